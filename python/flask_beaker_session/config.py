@@ -1,0 +1,167 @@
+"""Configuration keys, their defaults, and their validation.
+
+The module constants are the defaults (the original package's public ``config`` module);
+:func:`load` reads a Flask config once, at ``init_app``, and returns a frozen
+:class:`SessionConfig`, raising :class:`~flask_beaker_session.errors.ConfigurationError`
+naming the key and the accepted values for anything it cannot use.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import ConfigurationError
+
+#: Storage backend. Only ``'file'`` is built in so far.
+SESSION_TYPE = "file"
+#: ``True``: browser-session cookie; ``False``: persistent cookie (400 days, the longest
+#: lifetime browsers honour, refreshed whenever the session is written or touched);
+#: an int N: the cookie expires N seconds after the session's creation.
+SESSION_EXPIRES = True
+#: Server-side sliding idle timeout in seconds; ``None`` disables it.
+SESSION_TIMEOUT = 1800
+#: Where the file backend keeps sessions; resolved against the working directory at
+#: ``init_app`` and created (mode 0700) on the first save.
+SESSION_DATA_DIR = "./.sessions"
+#: Accepted for compatibility with the original package; changes nothing.
+SESSION_TESTING = False
+#: Seconds a request waits for another request of the same session before giving up with
+#: :class:`~flask_beaker_session.errors.LockTimeoutError` (a 503 response).
+SESSION_LOCK_TIMEOUT = 10.0
+#: Whether to read session files written by the original package (Beaker) and migrate them
+#: to our format on first use. Turn off once ``container_file/`` is gone.
+SESSION_READ_LEGACY = True
+
+#: The cookie name, kept from the original so users stay logged in. Flask's default
+#: ``SESSION_COOKIE_NAME`` (``'session'``) does not rename it.
+COOKIE_NAME = "beaker.session.id"
+
+#: Lifetime of a persistent cookie (``SESSION_EXPIRES = False``): 400 days, the cap of
+#: RFC 6265bis and current browsers; it is renewed whenever the session is written.
+PERSISTENT_COOKIE_SECONDS = 400 * 24 * 3600
+
+_TYPES = ("file",)
+_TRUE = {"true", "yes", "on", "1", "y", "t"}
+_FALSE = {"false", "no", "off", "0", "n", "f"}
+
+Expires = Union[bool, int]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The validated settings of one application."""
+
+    type: str
+    expires: Expires
+    timeout: float | None
+    data_dir: Path
+    lock_timeout: float
+    read_legacy: bool
+    secret_keys: tuple[bytes, ...]
+
+
+def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
+    return ConfigurationError(f"{key}={value!r} is invalid: expected {accepted}")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _fail(key, value, "True or False")
+
+
+def _number(key: str, value: Any, *, allow_none: bool, accepted: str) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        raise _fail(key, value, accepted)
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _fail(key, value, accepted) from None
+    if not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise _fail(key, value, accepted)
+    return float(value)
+
+
+def _expires(value: Any) -> Expires:
+    key = "SESSION_EXPIRES"
+    accepted = "True, False or a positive number of seconds"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    seconds = _number(key, value, allow_none=False, accepted=accepted)
+    assert seconds is not None
+    return int(seconds)
+
+
+def _data_dir(value: Any) -> Path:
+    key = "SESSION_DATA_DIR"
+    if not isinstance(value, (str, os.PathLike)) or str(os.fspath(value)) == "":
+        raise _fail(key, value, "a non-empty path (str or pathlib.Path)")
+    path = Path(os.fspath(value)).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(
+            f"SESSION_DATA_DIR={str(value)!r} is invalid: {path} exists and is not a "
+            "directory"
+        )
+    return path
+
+
+def _secret_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
+    keys: list[bytes] = []
+    primary = config.get("SECRET_KEY")
+    fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+    if not primary:
+        return ()
+    for key in [primary, *fallbacks]:
+        if isinstance(key, str):
+            keys.append(key.encode("utf-8"))
+        elif isinstance(key, bytes):
+            keys.append(key)
+        elif key:
+            raise _fail("SECRET_KEY", "<hidden>", "str or bytes")
+    return tuple(keys)
+
+
+def load(config: Mapping[str, Any]) -> SessionConfig:
+    """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings."""
+    type_ = config.get("SESSION_TYPE", SESSION_TYPE)
+    if type_ is None:
+        type_ = SESSION_TYPE
+    if type_ not in _TYPES:
+        raise _fail("SESSION_TYPE", type_, " or ".join(repr(t) for t in _TYPES))
+    lock_timeout = _number(
+        "SESSION_LOCK_TIMEOUT",
+        config.get("SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT),
+        allow_none=False,
+        accepted="a positive number of seconds",
+    )
+    assert lock_timeout is not None
+    return SessionConfig(
+        type=type_,
+        expires=_expires(config.get("SESSION_EXPIRES", SESSION_EXPIRES)),
+        timeout=_number(
+            "SESSION_TIMEOUT",
+            config.get("SESSION_TIMEOUT", SESSION_TIMEOUT),
+            allow_none=True,
+            accepted="a positive number of seconds or None",
+        ),
+        data_dir=_data_dir(config.get("SESSION_DATA_DIR", SESSION_DATA_DIR)),
+        lock_timeout=lock_timeout,
+        read_legacy=_bool(
+            "SESSION_READ_LEGACY", config.get("SESSION_READ_LEGACY", SESSION_READ_LEGACY)
+        ),
+        secret_keys=_secret_keys(config),
+    )

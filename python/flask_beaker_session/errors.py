@@ -1,0 +1,24 @@
+"""Exceptions raised by flask-beaker-session.
+
+:class:`ConfigurationError` is the original package's only exception and keeps its name and
+base class. :class:`LockTimeoutError` is new: the Rust core raises it (it imports this class,
+so there is exactly one owner) when a request waited longer than ``SESSION_LOCK_TIMEOUT`` for
+another request of the same session.
+"""
+
+from __future__ import annotations
+
+
+class ConfigurationError(Exception):
+    """A bad application object or configuration value, raised by ``init_app``.
+
+    The message names the offending config key and the accepted values.
+    """
+
+
+class LockTimeoutError(Exception):
+    """Another request of the same session held it for longer than ``SESSION_LOCK_TIMEOUT``.
+
+    Inside a request the extension turns it into a ``503 Service Unavailable`` response with
+    ``Retry-After: 1``; register your own error handler for this class to change that.
+    """

@@ -1,0 +1,528 @@
+"""The Flask side: the session object and the :class:`~flask.sessions.SessionInterface`.
+
+Life of a session in one request:
+
+1. ``open_session`` returns a :class:`BeakerSession` without any I/O (SPEC §5: a view that
+   never touches the session costs no syscall, even when the request carries a cookie).
+2. The first real use of the mapping loads it: the Rust core validates the cookie value,
+   takes the per-session lock (waiting with the GIL released), reads and verifies the record.
+   Anything unusable — malformed, unknown, expired, corrupt — gives an empty session under a
+   fresh server-made id; a client-chosen id is never adopted.
+3. ``save_session`` pickles the user keys and compares them with what was loaded: unchanged
+   data is not rewritten (at most the record's mtime is refreshed, rate-limited), changed data
+   is saved in place, a new session that holds data is created, an emptied one is deleted.
+   Then the lock is released. Teardown releases it too, for requests that never get to
+   ``save_session`` (an exception with ``PROPAGATE_EXCEPTIONS``).
+
+Responses with a 5xx status do not save the request's changes (as Django): a request that
+failed half-way must not commit half its work. Explicit ``delete()`` / ``invalidate()`` take
+effect at once, whatever the response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from flask.sessions import SessionInterface, SessionMixin
+
+from . import _core
+from .config import COOKIE_NAME, PERSISTENT_COOKIE_SECONDS, SessionConfig
+from .errors import LockTimeoutError
+
+if TYPE_CHECKING:
+    from flask import Flask, Request, Response
+
+logger = logging.getLogger("flask_beaker_session")
+
+#: Keys the original package shows in every session; kept visible, stored in the header.
+TIME_KEYS = ("_creation_time", "_accessed_time")
+#: Keys Beaker >= 1.11 added to stored sessions; dropped when a legacy session is read.
+_BEAKER_INTERNAL = ("_domain", "_path")
+#: Key under which the request environ lists the sessions opened for it (for teardown).
+_ENVIRON_KEY = "flask_beaker_session.sessions"
+
+if hasattr(os, "register_at_fork"):
+    # Threads that held in-process session locks do not exist in a forked child.
+    os.register_at_fork(after_in_child=_core.reset_after_fork)
+
+
+def _hashed(sid: str) -> str:
+    """A short digest of an id for log lines: ids are bearer secrets (OWASP)."""
+    return hashlib.sha256(sid.encode()).hexdigest()[:12]
+
+
+class _Backend:
+    """Per-application state shared by the interface and its sessions."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.store = _core.Store(
+            str(config.data_dir),
+            list(config.secret_keys),
+            config.timeout,
+            None,
+            config.lock_timeout,
+            config.read_legacy,
+        )
+        # Read-only requests refresh the last-access time at most this often, so the
+        # sliding timeout is exact to within a tenth of itself (and one minute).
+        self.touch_interval = min(config.timeout / 10, 60.0) if config.timeout else None
+
+
+def _pickle_user_data(data: dict[str, Any]) -> bytes:
+    try:
+        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        for key, value in data.items():
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as inner:
+                raise TypeError(
+                    f"session value for key {key!r} cannot be pickled "
+                    f"({type(value).__name__}: {inner}); the stored session is unchanged"
+                ) from inner
+        raise TypeError(f"session cannot be pickled: {exc}") from exc
+
+
+class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
+    """The object behind :data:`flask.session`: a dict that loads itself on first use.
+
+    Beyond the mapping it offers the Beaker methods users of the original call: :attr:`id`,
+    :attr:`is_new`, :attr:`created`, :attr:`last_accessed`, :meth:`delete`,
+    :meth:`invalidate`, :meth:`regenerate_id`, :meth:`save` and :meth:`revert`.
+    In-place changes of stored values (``session['cart'].append(x)``) are saved without
+    ``session.modified = True``, because saving compares the pickled data with what was
+    loaded.
+    """
+
+    def __init__(self, backend: _Backend, cookie_value: str | None) -> None:
+        super().__init__()
+        self._backend = backend
+        self._cookie_value = cookie_value
+        self._loaded = False
+        self._handle: _core.Handle | None = None
+        self._retired: list[_core.Handle] = []
+        self._sid: str | None = None
+        self._is_new = True
+        self._loaded_payload: bytes | None = None
+        self._last_accessed: float | None = None
+        #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
+        #: whenever the :data:`flask.session` proxy is used.
+        self.modified = False
+        self.accessed = False
+
+    # -- loading ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        now = time.time()
+        value = self._cookie_value
+        if value is not None:
+            handle, status = self._backend.store.open(value, now)
+            if handle is not None:
+                if self._adopt(handle, now):
+                    return
+            elif status == _core.OPEN_CORRUPT:
+                logger.warning(
+                    "session %s: corrupt or unauthenticated record removed; a new "
+                    "session was started",
+                    _hashed(value),
+                )
+            elif status == _core.OPEN_NEWER:
+                logger.warning(
+                    "session %s: record written by a newer version of "
+                    "flask-beaker-session; a new session was started",
+                    _hashed(value),
+                )
+        self._start_fresh(now)
+
+    def _adopt(self, handle: _core.Handle, now: float) -> bool:
+        """Fills the dict from an opened record; False if it could not be used."""
+        try:
+            data = pickle.loads(handle.payload)
+            if handle.legacy == 2:
+                data = data["session"]
+            if not isinstance(data, dict):
+                raise TypeError(f"stored session is a {type(data).__name__}")
+        except Exception as exc:
+            logger.warning(
+                "session %s: stored data cannot be loaded (%s: %s); removed, a new "
+                "session was started",
+                _hashed(handle.id),
+                type(exc).__name__,
+                exc,
+            )
+            handle.delete()
+            return False
+        created = handle.created
+        last = handle.last_access
+        if handle.legacy:
+            created = data.pop("_creation_time", created)
+            last = data.pop("_accessed_time", last)
+            for key in _BEAKER_INTERNAL:
+                data.pop(key, None)
+            timeout = self._backend.config.timeout
+            if timeout is not None and isinstance(last, (int, float)) and now - last > timeout:
+                handle.delete()
+                return False
+            logger.info("session %s: migrating a Beaker session", _hashed(handle.id))
+        else:
+            for key in TIME_KEYS:
+                data.pop(key, None)
+        dict.update(self, data)
+        dict.__setitem__(self, "_creation_time", float(created if created else now))
+        dict.__setitem__(self, "_accessed_time", now)
+        self._handle = handle
+        self._sid = handle.id
+        self._is_new = False
+        self._last_accessed = last
+        # Legacy sessions are rewritten in our format by the first save.
+        self._loaded_payload = None if handle.legacy else handle.payload
+        return True
+
+    def _start_fresh(self, now: float) -> None:
+        self._sid = self._backend.store.new_id()
+        self._is_new = True
+        self._last_accessed = None
+        self._loaded_payload = None
+        dict.__setitem__(self, "_creation_time", now)
+        dict.__setitem__(self, "_accessed_time", now)
+
+    def _release(self) -> None:
+        for handle in [self._handle, *self._retired]:
+            if handle is not None:
+                handle.release()
+        self._handle = None
+        self._retired = []
+
+    def _user_data(self) -> dict[str, Any]:
+        return {k: v for k, v in dict.items(self) if k not in TIME_KEYS}
+
+    # -- Beaker API ------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The 32-hex session id (a new session gets its id on first use)."""
+        self._load()
+        assert self._sid is not None
+        return self._sid
+
+    @property
+    def is_new(self) -> bool:
+        """Whether no stored session was found for this request's cookie."""
+        self._load()
+        return self._is_new
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Flask's name for :attr:`is_new`."""
+        return self.is_new
+
+    @property
+    def created(self) -> float:
+        """Creation time (epoch seconds) of the session."""
+        self._load()
+        return float(dict.get(self, "_creation_time", 0.0))
+
+    @property
+    def last_accessed(self) -> float | None:
+        """Time of the previous request that used the session; None for a new one."""
+        self._load()
+        return self._last_accessed
+
+    def delete(self) -> None:
+        """Removes all data and the stored record now, and expires the cookie.
+
+        The old id is dead: replaying it gives an empty session. Keys set afterwards in the
+        same request start a new session under a new id.
+        """
+        self._load()
+        if self._handle is not None:
+            self._handle.delete()
+            self._handle = None
+        dict.clear(self)
+        self._start_fresh(time.time())
+        self.modified = True
+
+    def invalidate(self) -> None:
+        """Clears the data and moves to a new id; the old record is removed."""
+        self.delete()
+
+    def regenerate_id(self) -> None:
+        """Keeps the data under a new id (session-fixation defence, e.g. at login).
+
+        The old record is removed when the new one has been stored.
+        """
+        self._load()
+        if self._handle is not None:
+            self._retired.append(self._handle)
+            self._handle = None
+        self._sid = self._backend.store.new_id()
+        self._is_new = True
+        self._loaded_payload = None
+        self.modified = True
+
+    def save(self) -> None:
+        """Kept for compatibility: sessions are saved at the end of the request."""
+
+    def revert(self) -> None:
+        """Restores the data as it was loaded at the start of this request."""
+        self._load()
+        times = {k: dict.get(self, k) for k in TIME_KEYS}
+        dict.clear(self)
+        if self._loaded_payload is not None:
+            dict.update(self, pickle.loads(self._loaded_payload))
+        dict.update(self, {k: v for k, v in times.items() if v is not None})
+        self.modified = True
+
+    # -- mapping: every access loads first --------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._load()
+        dict.__setitem__(self, key, value)
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        self._load()
+        dict.__delitem__(self, key)
+        self.modified = True
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __reversed__(self) -> Iterator[str]:
+        self._load()
+        return dict.__reversed__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._load()
+        return dict.__ne__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._load()
+        return f"<{type(self).__name__} {dict.__repr__(self)}>"
+
+    def __or__(self, other: Any) -> dict[str, Any]:
+        self._load()
+        return dict(dict.items(self)) | dict(other)
+
+    def __ror__(self, other: Any) -> dict[str, Any]:
+        self._load()
+        return dict(other) | dict(dict.items(self))
+
+    def __ior__(self, other: Any) -> BeakerSession:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> Any:
+        # Pickling the session object itself gives a plain dict (no store, no lock).
+        self._load()
+        return (dict, (dict(dict.items(self)),))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return dict.get(self, key, default)
+
+    def keys(self) -> Any:
+        self._load()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._load()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._load()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain ``dict`` copy of the data."""
+        self._load()
+        return dict(dict.items(self))
+
+    def clear(self) -> None:
+        self._load()
+        dict.clear(self)
+        self.modified = True
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._load()
+        self.modified = True
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._load()
+        self.modified = True
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._load()
+        self.modified = True
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._load()
+        self.modified = True
+        dict.update(self, *args, **kwargs)
+
+
+def _lock_timeout_response(error: LockTimeoutError) -> tuple[str, int, dict[str, str]]:
+    logger.warning("session lock timeout: %s", error)
+    return (
+        "The session is busy with another request; please retry.",
+        503,
+        {"Retry-After": "1", "Content-Type": "text/plain; charset=utf-8"},
+    )
+
+
+class BeakerSessionInterface(SessionInterface):
+    """Stores sessions server-side through the Rust core; the cookie holds only the id."""
+
+    #: Sessions are ``BeakerSession`` objects.
+    session_class = BeakerSession
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._backend = _Backend(config)
+
+    @property
+    def store(self) -> _core.Store:
+        """The native store (for tools and tests)."""
+        return self._backend.store
+
+    def open_session(self, app: Flask, request: Request) -> BeakerSession:
+        # No I/O here: the session loads itself on first use.
+        value = request.cookies.get(COOKIE_NAME)
+        session = BeakerSession(self._backend, value)
+        request.environ.setdefault(_ENVIRON_KEY, []).append(session)
+        return session
+
+    def is_null_session(self, obj: object) -> bool:
+        return not isinstance(obj, BeakerSession)
+
+    def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "httponly": self.get_cookie_httponly(app),
+            "samesite": self.get_cookie_samesite(app) or "Lax",
+        }
+        partitioned = getattr(self, "get_cookie_partitioned", None)
+        if partitioned is not None and partitioned(app):
+            kwargs["partitioned"] = True
+        return kwargs
+
+    def _expires(self, app: Flask, session: BeakerSession, now: float) -> datetime | None:
+        if session.permanent:
+            return datetime.fromtimestamp(now, timezone.utc) + app.permanent_session_lifetime
+        expires = self.config.expires
+        if expires is True:
+            return None
+        if expires is False:
+            return datetime.fromtimestamp(now + PERSISTENT_COOKIE_SECONDS, timezone.utc)
+        return datetime.fromtimestamp(session.created + expires, timezone.utc)
+
+    def _refreshes(self, app: Flask, session: BeakerSession) -> bool:
+        """Whether a persistent cookie is re-sent when its session is written/touched."""
+        return (session.permanent or self.config.expires is False) and bool(
+            app.config.get("SESSION_REFRESH_EACH_REQUEST", True)
+        )
+
+    def _set_cookie(self, app: Flask, session: BeakerSession, response: Response, now: float) -> None:
+        assert session._sid is not None
+        response.set_cookie(
+            COOKIE_NAME,
+            session._sid,
+            expires=self._expires(app, session, now),
+            **self._cookie_kwargs(app),
+        )
+
+    def _delete_cookie(self, app: Flask, session: BeakerSession, response: Response) -> None:
+        if session._cookie_value is not None:
+            response.delete_cookie(COOKIE_NAME, **self._cookie_kwargs(app))
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, BeakerSession):
+            return
+        try:
+            if session.accessed or session._loaded:
+                response.vary.add("Cookie")
+            if not session._loaded:
+                return
+            if response.status_code >= 500:
+                return
+            self._commit(app, session, response)
+        finally:
+            session._release()
+
+    def _commit(self, app: Flask, session: BeakerSession, response: Response) -> None:
+        now = time.time()
+        user = session._user_data()
+        handle = session._handle
+        if handle is not None:
+            if not user:
+                handle.delete()
+                session._handle = None
+                self._delete_cookie(app, session, response)
+                return
+            payload = _pickle_user_data(user)
+            if payload != session._loaded_payload:
+                handle.save(payload, now)
+                session._loaded_payload = payload
+                wrote = True
+            else:
+                interval = self._backend.touch_interval
+                wrote = interval is not None and handle.touch(now, interval)
+            if wrote and self._refreshes(app, session):
+                self._set_cookie(app, session, response, now)
+            return
+        if not user:
+            for old in session._retired:
+                old.delete()
+            session._retired = []
+            self._delete_cookie(app, session, response)
+            return
+        payload = _pickle_user_data(user)
+        assert session._sid is not None
+        self._backend.store.create(session._sid, payload, session.created, now)
+        for old in session._retired:
+            old.delete()
+        session._retired = []
+        session._loaded_payload = payload
+        self._set_cookie(app, session, response, now)
+
+
+def release_request_sessions(environ: dict[str, Any]) -> None:
+    """Releases every session lock taken for a request (called at teardown)."""
+    sessions: Iterable[BeakerSession] = environ.pop(_ENVIRON_KEY, ())
+    for session in sessions:
+        session._release()

@@ -1,0 +1,58 @@
+//! The one error type of the core. Variants are grouped by what the caller can do about
+//! them: an I/O failure names the operation and the path (never a session id, which is a
+//! bearer secret), a lock timeout says how long we waited. Invalid ids, unknown ids, corrupt
+//! and expired records are *not* errors: they are ordinary outcomes of `FileStore::open`
+//! ("no session"), because hostile input must never turn into an exception.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong in the core and must be reported to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem call failed. `op` is a short verb ("open", "write", "rename"…).
+    #[error("could not {op} {}: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file or directory involved (a digest path, never the raw id).
+        path: PathBuf,
+        /// The OS error, kept so Python gets the right `OSError` subclass.
+        #[source]
+        source: io::Error,
+    },
+    /// Another request (thread or process) held the session for longer than the lock timeout.
+    #[error(
+        "could not lock the session within {:.1}s: another request of the same session \
+         still holds it (raise SESSION_LOCK_TIMEOUT if such waits are expected)",
+        waited.as_secs_f64()
+    )]
+    LockTimeout {
+        /// How long we waited before giving up.
+        waited: Duration,
+    },
+    /// A session id that is not 32 lowercase hex characters reached an API that needs one.
+    #[error("invalid session id (expected 32 lowercase hexadecimal characters)")]
+    InvalidId,
+    /// The payload is larger than the record format can describe (4 GiB).
+    #[error("session payload of {0} bytes is too large")]
+    TooLarge(usize),
+    /// The session handle was already saved-and-released or deleted.
+    #[error("the session handle is already released")]
+    Released,
+}
+
+/// Result alias used throughout the core.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Wraps an `io::Error` with the operation and path it came from.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading session files written by the original package (Beaker's file backend), so users
+//! stay logged in across the upgrade (SPEC §6). Two layouts exist in the wild:
+//!
+//! * Beaker ≤ 1.10: `pickle({'session': {…the session dict…}})`
+//! * Beaker ≥ 1.11: `pickle({'session': base64(pickle(session_dict, protocol=2))})`
+//!
+//! The outer pickle is decoded here with `serde-pickle` to check its shape and read the
+//! `_accessed_time` / `_creation_time` the expiry check needs. The payload handed to Python
+//! is never re-encoded, because `serde-pickle` flattens objects of user classes into their
+//! `__dict__`: for ≥ 1.11 it is the inner pickle exactly as Beaker wrote it; for ≤ 1.10 it is
+//! the whole file (`wrapped`), and Python takes `['session']` after unpickling.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_pickle::{DeOptions, HashableValue, Value};
+
+/// A legacy session ready for Python.
+#[derive(Debug, PartialEq)]
+pub struct LegacySession {
+    /// Pickle bytes. If `wrapped`, Beaker's whole outer pickle; else the bare session dict.
+    pub payload: Vec<u8>,
+    /// Whether Python must take `['session']` of the unpickled payload.
+    pub wrapped: bool,
+    /// `_accessed_time` if it could be read without Python.
+    pub accessed: Option<f64>,
+    /// `_creation_time` if it could be read without Python.
+    pub created: Option<f64>,
+}
+
+/// Why a legacy file was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotLegacy;
+
+fn de_options() -> DeOptions {
+    DeOptions::new().replace_unresolved_globals()
+}
+
+fn time_of(dict: &BTreeMap<HashableValue, Value>, key: &str) -> Option<f64> {
+    match dict.get(&HashableValue::String(key.to_owned()))? {
+        Value::F64(v) => Some(*v),
+        Value::I64(v) => Some(*v as f64),
+        _ => None,
+    }
+}
+
+/// Decodes a legacy Beaker file. Garbage, truncated data and unexpected shapes are refused.
+pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
+    // Every Beaker file starts with a pickle protocol marker (protocol 2+).
+    if bytes.len() < 2 || bytes[0] != 0x80 {
+        return Err(NotLegacy);
+    }
+    let outer = serde_pickle::value_from_slice(bytes, de_options()).map_err(|_| NotLegacy)?;
+    let Value::Dict(outer) = outer else {
+        return Err(NotLegacy);
+    };
+    match outer.get(&HashableValue::String("session".to_owned())) {
+        Some(Value::String(b64)) => {
+            let inner = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| NotLegacy)?;
+            let (accessed, created) = match serde_pickle::value_from_slice(&inner, de_options()) {
+                Ok(Value::Dict(d)) => (time_of(&d, "_accessed_time"), time_of(&d, "_creation_time")),
+                Ok(_) => return Err(NotLegacy),
+                Err(_) => (None, None),
+            };
+            Ok(LegacySession {
+                payload: inner,
+                wrapped: false,
+                accessed,
+                created,
+            })
+        }
+        Some(Value::Dict(d)) => {
+            let accessed = time_of(d, "_accessed_time");
+            let created = time_of(d, "_creation_time");
+            Ok(LegacySession {
+                payload: bytes.to_vec(),
+                wrapped: true,
+                accessed,
+                created,
+            })
+        }
+        _ => Err(NotLegacy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy");
+        std::fs::read(root.join(rel)).unwrap()
+    }
+
+    fn find(label: &str, suffix: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/legacy")
+            .join(label);
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_str().unwrap().ends_with(suffix) {
+                    return std::fs::read(path).unwrap();
+                }
+            }
+        }
+        panic!("fixture {label}/{suffix} missing");
+    }
+
+    #[test]
+    fn beaker_110_dict_is_handed_over_whole_with_its_times() {
+        let s = decode(&find("beaker110", "01.cache")).unwrap();
+        assert!(s.wrapped);
+        assert_eq!(s.accessed, Some(4102448400.0));
+        assert_eq!(s.created, Some(4102444800.0));
+        let v = serde_pickle::value_from_slice(&s.payload, DeOptions::new()).unwrap();
+        let Value::Dict(outer) = v else { panic!() };
+        let Some(Value::Dict(d)) = outer.get(&HashableValue::String("session".into())) else {
+            panic!()
+        };
+        assert_eq!(
+            d.get(&HashableValue::String("user".into())),
+            Some(&Value::String("alice".into()))
+        );
+    }
+
+    #[test]
+    fn beaker_114_base64_inner_pickle_is_unwrapped() {
+        let s = decode(&find("beaker114", "01.cache")).unwrap();
+        assert!(!s.wrapped);
+        assert_eq!(s.accessed, Some(4102448400.0));
+        let v = serde_pickle::value_from_slice(&s.payload, DeOptions::new()).unwrap();
+        let Value::Dict(d) = v else { panic!() };
+        assert_eq!(d.get(&HashableValue::String("n".into())), Some(&Value::I64(5)));
+    }
+
+    #[test]
+    fn user_objects_are_handed_to_python() {
+        let s110 = decode(&find("beaker110", "02.cache")).unwrap();
+        assert!(s110.wrapped);
+        let s114 = decode(&find("beaker114", "02.cache")).unwrap();
+        assert!(!s114.wrapped);
+        // The inner pickle is passed on byte for byte (it names the user's class).
+        assert!(s114.payload.windows(11).any(|w| w == b"LegacyThing"));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let good = fixture("manifest.json");
+        assert_eq!(decode(&good), Err(NotLegacy));
+        assert_eq!(decode(b""), Err(NotLegacy));
+        assert_eq!(decode(b"\x80\x04garbage"), Err(NotLegacy));
+        let real = find("beaker114", "01.cache");
+        assert_eq!(decode(&real[..real.len() / 2]), Err(NotLegacy));
+        // pickle of a list, not a dict
+        assert_eq!(decode(b"\x80\x04]\x94."), Err(NotLegacy));
+    }
+}

@@ -1,0 +1,15 @@
+//! Rust core of flask-beaker-session: session ids, the record format, per-session locks,
+//! the file store with crash-safe in-place saves, and the reader for the original package's
+//! Beaker files. Everything but `py` is plain Rust, testable with `cargo test`; `py` is the
+//! thin PyO3 layer that exposes it as the private module `flask_beaker_session._core`.
+
+pub mod error;
+pub mod legacy;
+pub mod lock;
+mod py;
+pub mod record;
+pub mod shard;
+pub mod sid;
+pub mod store;
+
+pub use py::_core;

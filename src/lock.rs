@@ -1,0 +1,184 @@
+//! Per-session exclusive locks, held from a request's first access to the session until its
+//! save (SPEC §7). Two layers, because each is cheap where the other is not:
+//!
+//! * **In-process** (`ThreadLock`): a table of `parking_lot` mutex + condvar pairs keyed by
+//!   the record path. Threads of one worker queue here and wake exactly when the holder
+//!   releases, with a deadline, without touching the kernel's file locks.
+//! * **Across processes** (`flock_until`): an exclusive `flock` (through `fs4`) on the record
+//!   file itself, polled with exponential back-off up to the deadline. The kernel drops it when
+//!   its holder dies, so a SIGKILLed worker never blocks the others, and no lock file is ever
+//!   left behind.
+//!
+//! Nothing here survives `fork` meaningfully: `reset_after_fork` empties the table in a child
+//! (threads that held entries do not exist there).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use fs4::fs_std::FileExt;
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Default)]
+struct Entry {
+    held: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// Entries with the number of threads that hold or wait for them; an entry is dropped when
+/// that count reaches zero, so the table only holds sessions in use.
+type Table = HashMap<PathBuf, (Arc<Entry>, usize)>;
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The in-process half of a session lock; released on drop.
+pub struct ThreadLock {
+    key: PathBuf,
+    entry: Arc<Entry>,
+}
+
+impl ThreadLock {
+    /// Waits until no other thread of this process holds `key`, or until `deadline`.
+    /// Returns `None` on timeout.
+    pub fn acquire(key: &Path, deadline: Instant) -> Option<ThreadLock> {
+        let entry = {
+            let mut table = TABLE.lock();
+            let slot = table
+                .entry(key.to_path_buf())
+                .or_insert_with(|| (Arc::new(Entry::default()), 0));
+            slot.1 += 1;
+            Arc::clone(&slot.0)
+        };
+        let mut held = entry.held.lock();
+        while *held {
+            if entry.freed.wait_until(&mut held, deadline).timed_out() && *held {
+                drop(held);
+                forget(key);
+                return None;
+            }
+        }
+        *held = true;
+        drop(held);
+        Some(ThreadLock {
+            key: key.to_path_buf(),
+            entry,
+        })
+    }
+}
+
+fn forget(key: &Path) {
+    let mut table = TABLE.lock();
+    if let Some(slot) = table.get_mut(key) {
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            table.remove(key);
+        }
+    }
+}
+
+impl Drop for ThreadLock {
+    fn drop(&mut self) {
+        *self.entry.held.lock() = false;
+        self.entry.freed.notify_one();
+        forget(&self.key);
+    }
+}
+
+/// Forgets every in-process lock. Called in a child right after `fork`, where the threads
+/// that held entries no longer exist.
+pub fn reset_after_fork() {
+    let mut table = TABLE.lock();
+    *table = HashMap::new();
+}
+
+/// Number of sessions with an in-process lock entry (for tests).
+pub fn table_len() -> usize {
+    TABLE.lock().len()
+}
+
+/// Takes an exclusive `flock` on `file`, polling until `deadline`. Returns `Ok(false)` on
+/// timeout. The back-off starts at 20 µs (an uncontended re-try costs one syscall) and is
+/// capped at 2 ms so a waiter notices a release quickly.
+pub fn flock_until(file: &File, deadline: Instant) -> io::Result<bool> {
+    let mut backoff = Duration::from_micros(20);
+    loop {
+        if FileExt::try_lock_exclusive(file)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(backoff.min(deadline - now));
+        backoff = (backoff * 2).min(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn threads_are_serialised_per_key() {
+        let key = PathBuf::from("/nonexistent/serialise");
+        let inside = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (key, inside, max) = (key.clone(), inside.clone(), max.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        let _guard = ThreadLock::acquire(&key, deadline).unwrap();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn waits_are_bounded_and_entries_cleaned() {
+        let key = PathBuf::from("/nonexistent/bounded");
+        let held = ThreadLock::acquire(&key, Instant::now() + Duration::from_secs(1)).unwrap();
+        let start = Instant::now();
+        let k2 = key.clone();
+        let t = std::thread::spawn(move || {
+            ThreadLock::acquire(&k2, Instant::now() + Duration::from_millis(100)).is_none()
+        });
+        assert!(t.join().unwrap());
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        drop(held);
+        assert!(TABLE.lock().get(&key).is_none());
+        // A different key is independent.
+        let a = ThreadLock::acquire(&key, Instant::now()).unwrap();
+        let b = ThreadLock::acquire(Path::new("/nonexistent/other"), Instant::now()).unwrap();
+        drop((a, b));
+    }
+
+    #[test]
+    fn flock_excludes_other_open_file_descriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let a = File::open(&path).unwrap();
+        let b = File::open(&path).unwrap();
+        assert!(flock_until(&a, Instant::now()).unwrap());
+        let start = Instant::now();
+        assert!(!flock_until(&b, Instant::now() + Duration::from_millis(50)).unwrap());
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        drop(a);
+        assert!(flock_until(&b, Instant::now()).unwrap());
+    }
+}
