@@ -60,7 +60,9 @@ pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
                 .decode(b64.trim())
                 .map_err(|_| NotLegacy)?;
             let (accessed, created) = match serde_pickle::value_from_slice(&inner, de_options()) {
-                Ok(Value::Dict(d)) => (time_of(&d, "_accessed_time"), time_of(&d, "_creation_time")),
+                Ok(Value::Dict(d)) => {
+                    (time_of(&d, "_accessed_time"), time_of(&d, "_creation_time"))
+                }
                 Ok(_) => return Err(NotLegacy),
                 Err(_) => (None, None),
             };
@@ -136,7 +138,10 @@ mod tests {
         assert_eq!(s.accessed, Some(4102448400.0));
         let v = serde_pickle::value_from_slice(&s.payload, DeOptions::new()).unwrap();
         let Value::Dict(d) = v else { panic!() };
-        assert_eq!(d.get(&HashableValue::String("n".into())), Some(&Value::I64(5)));
+        assert_eq!(
+            d.get(&HashableValue::String("n".into())),
+            Some(&Value::I64(5))
+        );
     }
 
     #[test]

@@ -144,7 +144,13 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
 /// Checks the tag of a slot given its header bytes and payload. A keyed store accepts only
 /// keyed records; an unkeyed store only unkeyed ones (a planted checksum-only file must not
 /// pass once a `SECRET_KEY` is configured).
-pub fn verify(keys: &Keys, head: &[u8], header: &SlotHeader, id: &SessionId, payload: &[u8]) -> bool {
+pub fn verify(
+    keys: &Keys,
+    head: &[u8],
+    header: &SlotHeader,
+    id: &SessionId,
+    payload: &[u8],
+) -> bool {
     if (header.flags & FLAG_KEYED != 0) != keys.keyed || head.len() < HEADER_LEN {
         return false;
     }
@@ -207,7 +213,13 @@ pub enum Choice {
 
 /// Picks the newest slot that verifies. `read_slot(i, header)` returns the bytes of slot `i`'s
 /// header and payload (the caller may have them in memory already or read them on demand).
-pub fn choose<F>(keys: &Keys, id: &SessionId, heads: [&[u8]; 2], slot_size: usize, mut payload_of: F) -> Choice
+pub fn choose<F>(
+    keys: &Keys,
+    id: &SessionId,
+    heads: [&[u8]; 2],
+    slot_size: usize,
+    mut payload_of: F,
+) -> Choice
 where
     F: FnMut(usize, &SlotHeader) -> Option<Vec<u8>>,
 {
@@ -215,15 +227,18 @@ where
     let mut candidates: Vec<(usize, SlotHeader)> = Vec::with_capacity(2);
     for (i, head) in heads.iter().enumerate() {
         match parse_header(head) {
-            Ok(h) if h.payload_len <= slot_size.saturating_sub(HEADER_LEN) => candidates.push((i, h)),
+            Ok(h) if h.payload_len <= slot_size.saturating_sub(HEADER_LEN) => {
+                candidates.push((i, h))
+            }
             Ok(_) | Err(HeaderError::Garbage) => {}
             Err(HeaderError::Newer(v)) => newer = Some(v),
         }
     }
-    candidates.sort_by(|a, b| b.1.seq.cmp(&a.1.seq));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.1.seq));
     for (i, header) in candidates {
         if let Some(payload) = payload_of(i, &header) {
-            if payload.len() == header.payload_len && verify(keys, heads[i], &header, id, &payload) {
+            if payload.len() == header.payload_len && verify(keys, heads[i], &header, id, &payload)
+            {
                 return Choice::Valid(i, header, payload);
             }
         }
@@ -244,7 +259,13 @@ mod tests {
 
     fn check(keys: &Keys, bytes: &[u8]) -> bool {
         let h = parse_header(bytes).unwrap();
-        verify(keys, bytes, &h, &id(), &bytes[HEADER_LEN..HEADER_LEN + h.payload_len])
+        verify(
+            keys,
+            bytes,
+            &h,
+            &id(),
+            &bytes[HEADER_LEN..HEADER_LEN + h.payload_len],
+        )
     }
 
     #[test]
@@ -252,7 +273,10 @@ mod tests {
         let keys = Keys::new(&[b"secret".to_vec()]);
         let slot = encode_slot(&keys, &id(), 7, 1.5, 2.5, b"payload");
         let h = parse_header(&slot).unwrap();
-        assert_eq!((h.seq, h.created, h.saved_at, h.payload_len), (7, 1.5, 2.5, 7));
+        assert_eq!(
+            (h.seq, h.created, h.saved_at, h.payload_len),
+            (7, 1.5, 2.5, 7)
+        );
         assert!(check(&keys, &slot));
     }
 
@@ -316,7 +340,9 @@ mod tests {
         let size = 512;
         let a = encode_slot(&keys, &id(), 1, 1.0, 1.0, b"old");
         let b = encode_slot(&keys, &id(), 2, 1.0, 2.0, b"new");
-        fn payload<'a>(slots: [&'a Vec<u8>; 2]) -> impl FnMut(usize, &SlotHeader) -> Option<Vec<u8>> + 'a {
+        fn payload<'a>(
+            slots: [&'a Vec<u8>; 2],
+        ) -> impl FnMut(usize, &SlotHeader) -> Option<Vec<u8>> + 'a {
             move |i, h| Some(slots[i][HEADER_LEN..HEADER_LEN + h.payload_len].to_vec())
         }
         assert!(matches!(

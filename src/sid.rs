@@ -81,7 +81,9 @@ mod tests {
             let id = SessionId::generate().unwrap();
             let text = id.to_hex();
             assert_eq!(text.len(), 32);
-            assert!(text.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            assert!(text
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
             assert_eq!(SessionId::parse(&text), Some(id));
             ones += id.as_bytes().iter().map(|b| b.count_ones()).sum::<u32>();
             assert!(seen.insert(text));
@@ -107,7 +109,7 @@ mod tests {
             "0123456789abcdef/123456789abcdef",
             "0123456789abcdef.123456789abcdef",
             "0123456789abcdef 123456789abcdef",
-            "éééééééééééééééé",                  // 32 bytes of non-ASCII
+            "éééééééééééééééé", // 32 bytes of non-ASCII
             "..%2F..%2F..%2F..%2F..%2F..%2F..",
             &long,
         ];

@@ -126,7 +126,11 @@ fn to_system_time(secs: f64) -> SystemTime {
 
 /// Creates `dir` and its parents with mode 0700, set explicitly.
 fn make_dirs(dir: &Path) -> StoreResult<()> {
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => Ok(()),
         Err(e) => Err(StoreError::io("create directory", dir, e)),
     }
@@ -318,7 +322,9 @@ impl FileStore {
         let legacy_path = shard::legacy_path(&self.cfg.data_dir, id);
         let file = match open_rw(&legacy_path) {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            Err(e)
+                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
                 return Ok(Step::Done(Opened::Missing))
             }
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -371,7 +377,13 @@ impl FileStore {
 
     /// Stores a brand-new session under a freshly generated `id`. Nobody else knows the id
     /// yet, so no lock is needed; `O_EXCL` refuses to overwrite anything.
-    pub fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+    pub fn create(
+        &self,
+        id: &SessionId,
+        payload: &[u8],
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()> {
         check_len(payload)?;
         let path = self.record_path(id);
         let slot = record::encode_slot(&self.cfg.keys, id, 1, created, now, payload);
@@ -421,7 +433,8 @@ impl Handle {
                 slot_size,
             } => {
                 let target = 1 - slot;
-                let bytes = record::encode_slot(&store.cfg.keys, &self.id, seq + 1, created, now, payload);
+                let bytes =
+                    record::encode_slot(&store.cfg.keys, &self.id, seq + 1, created, now, payload);
                 if bytes.len() <= slot_size {
                     self.file
                         .write_all_at(&bytes, (target * slot_size) as u64)
@@ -451,9 +464,20 @@ impl Handle {
     /// Writes a complete new record to a temporary file, locks it, and renames it over the
     /// record path. Waiters on the old file see it unlinked and move to the new one, whose
     /// lock we already hold.
-    fn install(&mut self, store: &FileStore, payload: &[u8], created: f64, now: f64, seq: u64) -> StoreResult<()> {
+    fn install(
+        &mut self,
+        store: &FileStore,
+        payload: &[u8],
+        created: f64,
+        now: f64,
+        seq: u64,
+    ) -> StoreResult<()> {
         let suffix = SessionId::generate()?.to_hex();
-        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         name.push(format!(".{}{}", &suffix[..8], shard::TMP_SUFFIX));
         let tmp = self.path.with_file_name(name);
         let slot = record::encode_slot(&store.cfg.keys, &self.id, seq, created, now, payload);
@@ -464,7 +488,11 @@ impl Handle {
             if !fs4::fs_std::FileExt::try_lock_exclusive(&file)
                 .map_err(|e| StoreError::io("lock", &tmp, e))?
             {
-                return Err(StoreError::io("lock", &tmp, io::Error::from(ErrorKind::WouldBlock)));
+                return Err(StoreError::io(
+                    "lock",
+                    &tmp,
+                    io::Error::from(ErrorKind::WouldBlock),
+                ));
             }
             fill_new(&file, &tmp, &slot, slot_size)?;
             fs::rename(&tmp, &self.path).map_err(|e| StoreError::io("rename", &self.path, e))
@@ -527,9 +555,17 @@ enum ReadError {
     Newer,
 }
 
-fn read_record(file: &File, meta: &fs::Metadata, keys: &Keys, id: &SessionId) -> Result<Loaded, ReadError> {
+fn read_record(
+    file: &File,
+    meta: &fs::Metadata,
+    keys: &Keys,
+    id: &SessionId,
+) -> Result<Loaded, ReadError> {
     let len = meta.len();
-    if len < 2 * HEADER_LEN as u64 || len % 2 != 0 || len > 2 * (u64::from(u32::MAX) + HEADER_LEN as u64) {
+    if len < 2 * HEADER_LEN as u64
+        || len % 2 != 0
+        || len > 2 * (u64::from(u32::MAX) + HEADER_LEN as u64)
+    {
         return Err(ReadError::Corrupt);
     }
     let slot_size = (len / 2) as usize;
@@ -537,14 +573,18 @@ fn read_record(file: &File, meta: &fs::Metadata, keys: &Keys, id: &SessionId) ->
         let mut all = vec![0u8; len as usize];
         file.read_exact_at(&mut all, 0).map_err(ReadError::Io)?;
         (
-            [all[..HEADER_LEN].to_vec(), all[slot_size..slot_size + HEADER_LEN].to_vec()],
+            [
+                all[..HEADER_LEN].to_vec(),
+                all[slot_size..slot_size + HEADER_LEN].to_vec(),
+            ],
             Some(all),
         )
     } else {
         let mut a = vec![0u8; HEADER_LEN];
         let mut b = vec![0u8; HEADER_LEN];
         file.read_exact_at(&mut a, 0).map_err(ReadError::Io)?;
-        file.read_exact_at(&mut b, slot_size as u64).map_err(ReadError::Io)?;
+        file.read_exact_at(&mut b, slot_size as u64)
+            .map_err(ReadError::Io)?;
         ([a, b], None)
     };
     let mut io_error = None;
@@ -579,3 +619,7 @@ fn read_record(file: &File, meta: &fs::Metadata, keys: &Keys, id: &SessionId) ->
         Choice::Corrupt => Err(ReadError::Corrupt),
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

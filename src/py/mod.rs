@@ -39,4 +39,3 @@ pub mod _core {
         Ok(())
     }
 }
-

@@ -114,7 +114,14 @@ impl PyStore {
     }
 
     /// Stores a new session under `sid` (which must be fresh from `new_id`).
-    fn create(&self, py: Python<'_>, sid: &str, payload: &[u8], created: f64, now: f64) -> PyResult<()> {
+    fn create(
+        &self,
+        py: Python<'_>,
+        sid: &str,
+        payload: &[u8],
+        created: f64,
+        now: f64,
+    ) -> PyResult<()> {
         let id = SessionId::parse(sid).ok_or(StoreError::InvalidId)?;
         let store = Arc::clone(&self.inner);
         py.detach(|| store.create(&id, payload, created, now))?;

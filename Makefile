@@ -1,0 +1,49 @@
+# The one entry point. `make demo` and `make test` work on a fresh machine with Python 3.9+
+# and Rust: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+
+.PHONY: help venv demo test test-rust test-py lint fmt clean
+
+help:
+	@echo "make demo   - install and run the demo app on http://127.0.0.1:$(PORT)/"
+	@echo "make test   - install test dependencies, run the Rust and Python test suites"
+	@echo "make lint   - cargo fmt --check, clippy -D warnings, ruff"
+	@echo "make fmt    - format Rust and Python sources"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+demo: venv
+	$(BIN)/pip install --quiet .
+	cd examples && ../$(BIN)/python app.py
+
+test: venv
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(MAKE) test-rust test-py
+
+test-rust:
+	cargo test
+
+test-py:
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/pip install --quiet 'ruff>=0.5'
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(BIN)/ruff check python tests examples
+	$(BIN)/ruff format --check python tests examples
+
+fmt: venv
+	$(BIN)/pip install --quiet 'ruff>=0.5'
+	cargo fmt
+	$(BIN)/ruff format python tests examples
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,2 @@
+//! Unit tests of the file store (see store.rs).
+use super::*;
