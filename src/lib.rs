@@ -11,5 +11,6 @@ pub mod record;
 pub mod shard;
 pub mod sid;
 pub mod store;
+pub mod sweep;
 
 pub use py::_core;

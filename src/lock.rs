@@ -117,6 +117,11 @@ pub fn flock_until(file: &File, deadline: Instant) -> io::Result<bool> {
     }
 }
 
+/// Takes an exclusive `flock` on `file` if nobody holds it; never waits.
+pub fn try_flock(file: &File) -> io::Result<bool> {
+    FileExt::try_lock_exclusive(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

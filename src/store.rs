@@ -108,7 +108,8 @@ fn mtime_secs(meta: &fs::Metadata) -> f64 {
     meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
 }
 
-fn open_rw(path: &Path) -> io::Result<File> {
+/// Opens an existing file read-write without following a symlink at the last component.
+pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,12 +117,28 @@ fn open_rw(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn to_system_time(secs: f64) -> SystemTime {
+/// Epoch seconds as a `SystemTime` (non-finite or negative values give the epoch).
+pub(crate) fn to_system_time(secs: f64) -> SystemTime {
     if secs.is_finite() && secs > 0.0 {
         UNIX_EPOCH + Duration::from_secs_f64(secs)
     } else {
         UNIX_EPOCH
     }
+}
+
+/// Whether a session last used at `last_access` and created at `created` is past its idle
+/// timeout or absolute lifetime at `now`. A clock that stepped backwards gives a negative age,
+/// which never expires anything.
+pub(crate) fn expired(
+    cfg: &StoreConfig,
+    now: f64,
+    created: Option<f64>,
+    last_access: Option<f64>,
+) -> bool {
+    let idle = matches!((cfg.idle_timeout, last_access), (Some(limit), Some(at)) if now - at > limit);
+    let absolute =
+        matches!((cfg.absolute_timeout, created), (Some(limit), Some(at)) if now - at > limit);
+    idle || absolute
 }
 
 /// Creates `dir` and its parents with mode 0700, set explicitly.
@@ -137,7 +154,7 @@ fn make_dirs(dir: &Path) -> StoreResult<()> {
 }
 
 /// Creates a new file (`O_EXCL`), mode 0600, creating missing parent directories (0700).
-fn create_file(path: &Path) -> StoreResult<File> {
+pub(crate) fn create_file(path: &Path) -> StoreResult<File> {
     let open = || {
         OpenOptions::new()
             .read(true)
@@ -202,19 +219,6 @@ impl FileStore {
     /// Path of the record of `id`.
     pub fn record_path(&self, id: &SessionId) -> PathBuf {
         shard::record_path(&self.cfg.data_dir, id)
-    }
-
-    fn expired(&self, now: f64, created: Option<f64>, last_access: Option<f64>) -> bool {
-        // A clock stepping backwards gives a negative age: never expired by that.
-        let idle = match (self.cfg.idle_timeout, last_access) {
-            (Some(limit), Some(at)) => now - at > limit,
-            _ => false,
-        };
-        let absolute = match (self.cfg.absolute_timeout, created) {
-            (Some(limit), Some(at)) => now - at > limit,
-            _ => false,
-        };
-        idle || absolute
     }
 
     /// Opens session `id`: waits for its lock (bounded), reads and verifies the record,
@@ -284,7 +288,7 @@ impl FileStore {
             }
         };
         let last_access = loaded.saved_at.max(mtime_secs(&meta));
-        if self.expired(now, Some(loaded.created), Some(last_access)) {
+        if expired(&self.cfg, now, Some(loaded.created), Some(last_access)) {
             let _ = fs::remove_file(path);
             return Ok(Step::Done(Opened::Expired));
         }
@@ -353,7 +357,7 @@ impl FileStore {
                 return Ok(Step::Done(Opened::Corrupt));
             }
         };
-        if self.expired(now, decoded.created, decoded.accessed) {
+        if expired(&self.cfg, now, decoded.created, decoded.accessed) {
             let _ = fs::remove_file(&legacy_path);
             return Ok(Step::Done(Opened::Expired));
         }
@@ -395,6 +399,35 @@ impl FileStore {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Ids of the legacy Beaker session files under the data dir (file names that are
+    /// valid ids; anything else is ignored). Lists the tree fresh, whatever was seen at
+    /// construction.
+    pub fn legacy_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut stack = vec![self.cfg.data_dir.join(shard::LEGACY_DIR)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else if let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".cache"))
+                {
+                    if SessionId::parse(stem).is_some() {
+                        ids.push(stem.to_owned());
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids
     }
 
     /// Creates the data directory (0700) if it does not exist yet.

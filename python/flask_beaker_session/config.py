@@ -37,6 +37,15 @@ SESSION_LOCK_TIMEOUT = 10.0
 #: to our format on first use. Turn off once ``container_file/`` is gone.
 SESSION_READ_LEGACY = True
 
+#: Absolute lifetime in seconds from the session's creation, whatever its activity (OWASP);
+#: ``None`` disables it. Applies alongside the sliding ``SESSION_TIMEOUT``.
+SESSION_ABSOLUTE_TIMEOUT = None
+#: Seconds between automatic sweeps of expired sessions, run by a background thread of each
+#: worker process (never on a request's path) and at most once per interval across all the
+#: processes sharing the data dir. ``None`` (the default) leaves sweeping to
+#: ``flask beaker-session sweep`` (cron).
+SESSION_SWEEP_INTERVAL = None
+
 #: The cookie name, kept from the original so users stay logged in. Flask's default
 #: ``SESSION_COOKIE_NAME`` (``'session'``) does not rename it.
 COOKIE_NAME = "beaker.session.id"
@@ -63,6 +72,8 @@ class SessionConfig:
     lock_timeout: float
     read_legacy: bool
     secret_keys: tuple[bytes, ...]
+    absolute_timeout: float | None = None
+    sweep_interval: float | None = None
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -164,4 +175,16 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             "SESSION_READ_LEGACY", config.get("SESSION_READ_LEGACY", SESSION_READ_LEGACY)
         ),
         secret_keys=_secret_keys(config),
+        absolute_timeout=_number(
+            "SESSION_ABSOLUTE_TIMEOUT",
+            config.get("SESSION_ABSOLUTE_TIMEOUT", SESSION_ABSOLUTE_TIMEOUT),
+            allow_none=True,
+            accepted="a positive number of seconds or None",
+        ),
+        sweep_interval=_number(
+            "SESSION_SWEEP_INTERVAL",
+            config.get("SESSION_SWEEP_INTERVAL", SESSION_SWEEP_INTERVAL),
+            allow_none=True,
+            accepted="a positive number of seconds or None",
+        ),
     )

@@ -21,6 +21,7 @@ from typing import Any
 from flask import Flask, request
 
 from . import config as _config
+from .cli import group as cli_group
 from .errors import ConfigurationError, LockTimeoutError
 from .session_interface import (
     BeakerSessionInterface,
@@ -78,6 +79,7 @@ class Session:
         if EXTENSION_KEY not in app.extensions:
             app.teardown_request(_teardown)
             app.register_error_handler(LockTimeoutError, _lock_timeout_response)
+            app.cli.add_command(cli_group)
         app.extensions[EXTENSION_KEY] = self
 
 

@@ -35,6 +35,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from . import _core
 from .config import COOKIE_NAME, PERSISTENT_COOKIE_SECONDS, SessionConfig
 from .errors import LockTimeoutError
+from .sweeper import AutoSweeper
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -67,7 +68,7 @@ class _Backend:
             str(config.data_dir),
             list(config.secret_keys),
             config.timeout,
-            None,
+            config.absolute_timeout,
             config.lock_timeout,
             config.read_legacy,
         )
@@ -89,6 +90,56 @@ def _pickle_user_data(data: dict[str, Any]) -> bytes:
                     f"({type(value).__name__}: {inner}); the stored session is unchanged"
                 ) from inner
         raise TypeError(f"session cannot be pickled: {exc}") from exc
+
+
+def decode_record(
+    handle: _core.Handle, config: SessionConfig, now: float
+) -> tuple[dict[str, Any], float | None, float | None] | None:
+    """Unpickles an opened record into ``(user data, created, last access)``.
+
+    Legacy Beaker sessions carry their times inside the pickle: they are taken out, Beaker's
+    ``_domain``/``_path`` dropped, and the idle timeout applied here when the core could not
+    read the times itself. Returns None, after removing the record, when the data cannot be
+    used (it cannot be unpickled — e.g. its class is gone — or it expired): a stored value
+    that cannot be loaded must never lock its user out.
+    """
+    try:
+        data = pickle.loads(handle.payload)
+        if handle.legacy == 2:
+            data = data["session"]
+        if not isinstance(data, dict):
+            raise TypeError(f"stored session is a {type(data).__name__}")
+    except Exception as exc:
+        logger.warning(
+            "session %s: stored data cannot be loaded (%s: %s); removed, a new "
+            "session was started",
+            _hashed(handle.id),
+            type(exc).__name__,
+            exc,
+        )
+        handle.delete()
+        return None
+    created = handle.created
+    last = handle.last_access
+    if handle.legacy:
+        created = data.pop("_creation_time", created)
+        last = data.pop("_accessed_time", last)
+        for key in _BEAKER_INTERNAL:
+            data.pop(key, None)
+        idle = config.timeout or float("inf")
+        lifetime = config.absolute_timeout or float("inf")
+        stale = (isinstance(last, (int, float)) and now - last > idle) or (
+            isinstance(created, (int, float)) and now - created > lifetime
+        )
+        if stale:
+            handle.delete()
+            return None
+    else:
+        for key in TIME_KEYS:
+            data.pop(key, None)
+    created = float(created) if isinstance(created, (int, float)) else None
+    last = float(last) if isinstance(last, (int, float)) else None
+    return data, created, last
 
 
 class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
@@ -147,39 +198,14 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def _adopt(self, handle: _core.Handle, now: float) -> bool:
         """Fills the dict from an opened record; False if it could not be used."""
-        try:
-            data = pickle.loads(handle.payload)
-            if handle.legacy == 2:
-                data = data["session"]
-            if not isinstance(data, dict):
-                raise TypeError(f"stored session is a {type(data).__name__}")
-        except Exception as exc:
-            logger.warning(
-                "session %s: stored data cannot be loaded (%s: %s); removed, a new "
-                "session was started",
-                _hashed(handle.id),
-                type(exc).__name__,
-                exc,
-            )
-            handle.delete()
+        decoded = decode_record(handle, self._backend.config, now)
+        if decoded is None:
             return False
-        created = handle.created
-        last = handle.last_access
+        data, created, last = decoded
         if handle.legacy:
-            created = data.pop("_creation_time", created)
-            last = data.pop("_accessed_time", last)
-            for key in _BEAKER_INTERNAL:
-                data.pop(key, None)
-            timeout = self._backend.config.timeout
-            if timeout is not None and isinstance(last, (int, float)) and now - last > timeout:
-                handle.delete()
-                return False
             logger.info("session %s: migrating a Beaker session", _hashed(handle.id))
-        else:
-            for key in TIME_KEYS:
-                data.pop(key, None)
         dict.update(self, data)
-        dict.__setitem__(self, "_creation_time", float(created if created else now))
+        dict.__setitem__(self, "_creation_time", created if created else now)
         dict.__setitem__(self, "_accessed_time", now)
         self._handle = handle
         self._sid = handle.id
@@ -412,6 +438,12 @@ class BeakerSessionInterface(SessionInterface):
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self._backend = _Backend(config)
+        #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
+        self.sweeper = (
+            AutoSweeper(self._backend.store, config.sweep_interval)
+            if config.sweep_interval
+            else None
+        )
 
     @property
     def store(self) -> _core.Store:
@@ -420,6 +452,8 @@ class BeakerSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> BeakerSession:
         # No I/O here: the session loads itself on first use.
+        if self.sweeper is not None:
+            self.sweeper.ensure_started()
         value = request.cookies.get(COOKIE_NAME)
         session = BeakerSession(self._backend, value)
         request.environ.setdefault(_ENVIRON_KEY, []).append(session)
@@ -496,7 +530,7 @@ class BeakerSessionInterface(SessionInterface):
                 return
             payload = _pickle_user_data(user)
             if payload != session._loaded_payload:
-                handle.save(payload, now)
+                handle.save(payload, now, session.created)
                 session._loaded_payload = payload
                 wrote = True
             else:

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::error::StoreError;
 use crate::record::Keys;
 use crate::sid::SessionId;
 use crate::store::{FileStore, Handle, Opened, Origin, StoreConfig};
+use crate::sweep::{self, Mode};
 
 pub const OPEN_FOUND: u8 = 0;
 pub const OPEN_MISSING: u8 = 1;
@@ -113,6 +114,75 @@ impl PyStore {
         })
     }
 
+    /// One parallel pass over the store: `mode` is "stats", "sweep" or "clear". Returns
+    /// the counts as a dict.
+    #[pyo3(signature = (now, mode, threads=0))]
+    fn walk<'py>(
+        &self,
+        py: Python<'py>,
+        now: f64,
+        mode: &str,
+        threads: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mode = match mode {
+            "stats" => Mode::Stats,
+            "sweep" => Mode::Sweep,
+            "clear" => Mode::Clear,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "mode must be 'stats', 'sweep' or 'clear'",
+                ))
+            }
+        };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            threads
+        };
+        let store = Arc::clone(&self.inner);
+        let r = py.detach(|| sweep::walk(store.config(), now, mode, threads));
+        let out = PyDict::new(py);
+        out.set_item("records", r.records)?;
+        out.set_item("bytes", r.bytes)?;
+        out.set_item("live", r.live)?;
+        out.set_item("expired", r.expired)?;
+        out.set_item("corrupt", r.corrupt)?;
+        out.set_item("temp", r.temp)?;
+        out.set_item("legacy", r.legacy)?;
+        out.set_item("legacy_expired", r.legacy_expired)?;
+        out.set_item("legacy_locks", r.legacy_locks)?;
+        out.set_item("removed", r.removed)?;
+        out.set_item("bytes_freed", r.bytes_freed)?;
+        out.set_item("errors", r.errors)?;
+        out.set_item("sizes", r.sizes.to_vec())?;
+        Ok(out)
+    }
+
+    /// Sweeps if no process sharing the data dir has done so in the last `interval`
+    /// seconds: coordinated through `<data_dir>/sweep.stamp` (its `flock` elects one
+    /// sweeper, its mtime records the last sweep). Returns the counts, or None if skipped.
+    #[pyo3(signature = (now, interval, threads=0))]
+    fn sweep_if_due<'py>(
+        &self,
+        py: Python<'py>,
+        now: f64,
+        interval: f64,
+        threads: usize,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let store = Arc::clone(&self.inner);
+        let due = py.detach(|| sweep::claim(store.config(), now, interval))?;
+        let Some(_claim) = due else {
+            return Ok(None);
+        };
+        self.walk(py, now, "sweep", threads).map(Some)
+    }
+
+    /// Ids of the legacy Beaker sessions present (their file names), for migration.
+    fn legacy_ids(&self, py: Python<'_>) -> Vec<String> {
+        let store = Arc::clone(&self.inner);
+        py.detach(|| store.legacy_ids())
+    }
+
     /// Stores a new session under `sid` (which must be fresh from `new_id`).
     fn create(
         &self,
@@ -181,11 +251,16 @@ impl PyHandle {
         Ok(PyBytes::new(py, &handle.payload))
     }
 
-    /// Saves a new version of the session, keeping the lock.
-    fn save(&self, py: Python<'_>, payload: &[u8], now: f64) -> PyResult<()> {
+    /// Saves a new version of the session, keeping the lock. `created` fills in the
+    /// creation time when the core could not read it (legacy sessions).
+    #[pyo3(signature = (payload, now, created=None))]
+    fn save(&self, py: Python<'_>, payload: &[u8], now: f64, created: Option<f64>) -> PyResult<()> {
         py.detach(|| {
             let mut guard = self.inner.lock();
             let handle = guard.as_mut().ok_or(StoreError::Released)?;
+            if handle.created.is_none() {
+                handle.created = created;
+            }
             handle.save(&self.store, payload, now)
         })?;
         Ok(())
