@@ -135,7 +135,8 @@ pub(crate) fn expired(
     created: Option<f64>,
     last_access: Option<f64>,
 ) -> bool {
-    let idle = matches!((cfg.idle_timeout, last_access), (Some(limit), Some(at)) if now - at > limit);
+    let idle =
+        matches!((cfg.idle_timeout, last_access), (Some(limit), Some(at)) if now - at > limit);
     let absolute =
         matches!((cfg.absolute_timeout, created), (Some(limit), Some(at)) if now - at > limit);
     idle || absolute

@@ -17,10 +17,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::error::{StoreError, StoreResult};
 use crate::lock::try_flock;
 use crate::record::{self, HeaderError, HEADER_LEN};
 use crate::shard;
-use crate::error::{StoreError, StoreResult};
 use crate::store::{create_file, expired, open_rw, to_system_time, StoreConfig};
 
 /// Files younger than this (seconds) are never treated as orphaned or torn.
@@ -158,7 +158,11 @@ impl Walker<'_> {
     fn record(&self, path: &Path, meta: &Metadata, report: &mut Report) {
         let len = meta.len();
         let age = self.now - mtime(meta);
-        if path.as_os_str().to_string_lossy().ends_with(shard::TMP_SUFFIX) {
+        if path
+            .as_os_str()
+            .to_string_lossy()
+            .ends_with(shard::TMP_SUFFIX)
+        {
             if self.mode == Mode::Clear || age > GRACE {
                 report.temp += 1;
                 if self.mode != Mode::Stats {
@@ -234,7 +238,10 @@ impl Walker<'_> {
     /// Legacy files: Beaker rewrote a session file on every access, so its mtime is the
     /// last access; lock files are never used by us.
     fn legacy(&self, root: &Path, report: &mut Report) {
-        let mut stack = vec![root.join(shard::LEGACY_DIR), root.join("container_file_lock")];
+        let mut stack = vec![
+            root.join(shard::LEGACY_DIR),
+            root.join("container_file_lock"),
+        ];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
