@@ -38,6 +38,18 @@ pub enum StoreError {
     /// The payload is larger than the record format can describe (4 GiB).
     #[error("session payload of {0} bytes is too large")]
     TooLarge(usize),
+    /// A remote store (Redis) could not be reached or did not answer in time.
+    #[error("the session store is unavailable ({0})")]
+    Unavailable(String),
+    /// The session lock expired while the request held it, and another request took it.
+    #[error(
+        "the session lock expired before the request saved the session; the save was \
+         refused so as not to overwrite a newer version"
+    )]
+    LockLost,
+    /// A setting cannot be used (e.g. a malformed Redis URL).
+    #[error("{0}")]
+    Config(String),
     /// The session handle was already saved-and-released or deleted.
     #[error("the session handle is already released")]
     Released,

@@ -3,11 +3,14 @@
 //! Beaker files. Everything but `py` is plain Rust, testable with `cargo test`; `py` is the
 //! thin PyO3 layer that exposes it as the private module `flask_beaker_session._core`.
 
+pub mod backend;
 pub mod error;
 pub mod legacy;
 pub mod lock;
+pub mod memory;
 mod py;
 pub mod record;
+pub mod redis_store;
 pub mod shard;
 pub mod sid;
 pub mod store;

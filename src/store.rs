@@ -50,9 +50,9 @@ pub struct StoreConfig {
 }
 
 /// What `FileStore::open` found.
-pub enum Opened {
+pub enum Opened<H = Handle> {
     /// A live session, locked by the returned handle.
-    Found(Handle),
+    Found(H),
     /// No record for this id.
     Missing,
     /// The record was past its idle timeout or absolute lifetime; it has been removed.
@@ -483,10 +483,14 @@ impl Handle {
                 }
             }
             Origin::Legacy { .. } => {
-                self.install(store, payload, created, now, 1)?;
+                // Keep the legacy file locked until it is unlinked: a waiter in another
+                // process must then see `nlink == 0` and move to the new record, never load
+                // the stale legacy session.
+                let legacy_file = self.install(store, payload, created, now, 1)?;
                 if let Some(old) = self.legacy_path.take() {
                     let _ = fs::remove_file(old);
                 }
+                drop(legacy_file);
             }
         }
         self.payload = payload.to_vec();
@@ -497,7 +501,7 @@ impl Handle {
 
     /// Writes a complete new record to a temporary file, locks it, and renames it over the
     /// record path. Waiters on the old file see it unlinked and move to the new one, whose
-    /// lock we already hold.
+    /// lock we already hold. Returns the old file, still locked, for the caller to drop.
     fn install(
         &mut self,
         store: &FileStore,
@@ -505,7 +509,7 @@ impl Handle {
         created: f64,
         now: f64,
         seq: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<File> {
         let suffix = SessionId::generate()?.to_hex();
         let mut name = self
             .path
@@ -535,13 +539,13 @@ impl Handle {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        self.file = file;
+        let old = std::mem::replace(&mut self.file, file);
         self.origin = Origin::Record {
             slot: 0,
             seq,
             slot_size,
         };
-        Ok(())
+        Ok(old)
     }
 
     /// Refreshes the last-access time without rewriting the record: a metadata-only update

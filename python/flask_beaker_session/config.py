@@ -17,7 +17,8 @@ from typing import Any, Union
 
 from .errors import ConfigurationError
 
-#: Storage backend. Only ``'file'`` is built in so far.
+#: Storage backend: ``'file'`` (one host), ``'redis'`` (several hosts) or ``'memory'``
+#: (one process: tests and development).
 SESSION_TYPE = "file"
 #: ``True``: browser-session cookie; ``False``: persistent cookie (400 days, the longest
 #: lifetime browsers honour, refreshed whenever the session is written or touched);
@@ -46,6 +47,18 @@ SESSION_ABSOLUTE_TIMEOUT = None
 #: ``flask beaker-session sweep`` (cron).
 SESSION_SWEEP_INTERVAL = None
 
+#: Redis server for ``SESSION_TYPE = 'redis'``: ``redis://[:password@]host:port/db``,
+#: ``rediss://`` (TLS), or ``unix:///path/to/socket?db=N``.
+SESSION_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Prefix of every Redis key (lets several apps share one Redis database).
+SESSION_REDIS_PREFIX = "fbs:"
+#: Seconds allowed to connect to Redis, and for each command's round trip.
+SESSION_REDIS_CONNECT_TIMEOUT = 2.0
+SESSION_REDIS_TIMEOUT = 2.0
+#: Seconds a Redis session lock survives a worker that died holding it. A request that
+#: holds its session longer than this loses the lock (its save is refused).
+SESSION_REDIS_LOCK_TTL = 60.0
+
 #: The cookie name, kept from the original so users stay logged in. Flask's default
 #: ``SESSION_COOKIE_NAME`` (``'session'``) does not rename it.
 COOKIE_NAME = "beaker.session.id"
@@ -54,7 +67,8 @@ COOKIE_NAME = "beaker.session.id"
 #: RFC 6265bis and current browsers; it is renewed whenever the session is written.
 PERSISTENT_COOKIE_SECONDS = 400 * 24 * 3600
 
-_TYPES = ("file",)
+_TYPES = ("file", "memory", "redis")
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f"}
 
@@ -74,6 +88,11 @@ class SessionConfig:
     secret_keys: tuple[bytes, ...]
     absolute_timeout: float | None = None
     sweep_interval: float | None = None
+    redis_url: str = SESSION_REDIS_URL
+    redis_prefix: str = SESSION_REDIS_PREFIX
+    redis_connect_timeout: float = SESSION_REDIS_CONNECT_TIMEOUT
+    redis_timeout: float = SESSION_REDIS_TIMEOUT
+    redis_lock_ttl: float = SESSION_REDIS_LOCK_TTL
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -146,6 +165,30 @@ def _secret_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _positive(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = _number(
+        key,
+        config.get(key, default),
+        allow_none=False,
+        accepted="a positive number of seconds",
+    )
+    assert value is not None
+    return value
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail("SESSION_REDIS_PREFIX", value, "a string")
+    return value
+
+
+def _redis_url(value: Any) -> str:
+    key = "SESSION_REDIS_URL"
+    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+        raise _fail(key, value, "a URL starting with " + ", ".join(_REDIS_SCHEMES))
+    return value
+
+
 def load(config: Mapping[str, Any]) -> SessionConfig:
     """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings."""
     type_ = config.get("SESSION_TYPE", SESSION_TYPE)
@@ -153,13 +196,7 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
         type_ = SESSION_TYPE
     if type_ not in _TYPES:
         raise _fail("SESSION_TYPE", type_, " or ".join(repr(t) for t in _TYPES))
-    lock_timeout = _number(
-        "SESSION_LOCK_TIMEOUT",
-        config.get("SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT),
-        allow_none=False,
-        accepted="a positive number of seconds",
-    )
-    assert lock_timeout is not None
+    lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT)
     return SessionConfig(
         type=type_,
         expires=_expires(config.get("SESSION_EXPIRES", SESSION_EXPIRES)),
@@ -181,6 +218,13 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             allow_none=True,
             accepted="a positive number of seconds or None",
         ),
+        redis_url=_redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL)),
+        redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
+        redis_connect_timeout=_positive(
+            config, "SESSION_REDIS_CONNECT_TIMEOUT", SESSION_REDIS_CONNECT_TIMEOUT
+        ),
+        redis_timeout=_positive(config, "SESSION_REDIS_TIMEOUT", SESSION_REDIS_TIMEOUT),
+        redis_lock_ttl=_positive(config, "SESSION_REDIS_LOCK_TTL", SESSION_REDIS_LOCK_TTL),
         sweep_interval=_number(
             "SESSION_SWEEP_INTERVAL",
             config.get("SESSION_SWEEP_INTERVAL", SESSION_SWEEP_INTERVAL),

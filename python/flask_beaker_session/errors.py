@@ -22,3 +22,12 @@ class LockTimeoutError(Exception):
     Inside a request the extension turns it into a ``503 Service Unavailable`` response with
     ``Retry-After: 1``; register your own error handler for this class to change that.
     """
+
+
+class StoreUnavailableError(Exception):
+    """The session store (Redis) could not be reached or did not answer in time.
+
+    Inside a request the extension turns it into a ``503 Service Unavailable`` response
+    with ``Retry-After: 1`` and no internal details; register your own error handler for
+    this class to change that. Requests recover by themselves when the store is back.
+    """

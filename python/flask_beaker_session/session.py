@@ -15,17 +15,21 @@ It opens no file and starts no thread, so it is safe before a pre-fork server fo
 from __future__ import annotations
 
 import logging
+import os
 import stat
+import sys
+import weakref
 from typing import Any
 
 from flask import Flask, request
 
 from . import config as _config
 from .cli import group as cli_group
-from .errors import ConfigurationError, LockTimeoutError
+from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .session_interface import (
     BeakerSessionInterface,
     _lock_timeout_response,
+    _unavailable_response,
     release_request_sessions,
 )
 
@@ -54,6 +58,43 @@ def _check_data_dir(cfg: _config.SessionConfig) -> None:
         )
 
 
+def _declared_workers() -> int:
+    """Worker processes a pre-fork server was asked for, if we can tell (else 1)."""
+    if "uwsgi" in sys.modules:
+        return int(getattr(sys.modules["uwsgi"], "numproc", 1) or 1)
+    if "gunicorn" not in sys.modules:
+        return 1
+    args = [*sys.argv, *os.environ.get("GUNICORN_CMD_ARGS", "").split()]
+    count = os.environ.get("WEB_CONCURRENCY", "1")
+    for i, arg in enumerate(args):
+        if arg in ("-w", "--workers") and i + 1 < len(args):
+            count = args[i + 1]
+        elif arg.startswith("--workers="):
+            count = arg.split("=", 1)[1]
+        elif arg.startswith("-w") and arg[2:].isdigit():
+            count = arg[2:]
+    return int(count) if count.isdigit() else 1
+
+
+_memory_forked_warned = False
+
+
+def _warn_memory_after_fork() -> None:
+    global _memory_forked_warned
+    if _memory_apps and not _memory_forked_warned:
+        _memory_forked_warned = True
+        logger.warning(
+            "SESSION_TYPE='memory' in a forked worker: every worker process keeps its "
+            "own sessions, so users lose them when their requests reach another worker; "
+            "use 'file' or 'redis'"
+        )
+
+
+_memory_apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_warn_memory_after_fork)
+
+
 class Session:
     """Server-side sessions for one or several Flask applications."""
 
@@ -75,10 +116,19 @@ class Session:
             logger.info(
                 "no SECRET_KEY: session records are checksummed but not authenticated"
             )
+        if cfg.type == "memory":
+            _memory_apps.add(app)
+            if _declared_workers() > 1:
+                logger.warning(
+                    "SESSION_TYPE='memory' with %d worker processes: sessions are not "
+                    "shared between workers; use 'file' or 'redis'",
+                    _declared_workers(),
+                )
         app.session_interface = BeakerSessionInterface(cfg)
         if EXTENSION_KEY not in app.extensions:
             app.teardown_request(_teardown)
             app.register_error_handler(LockTimeoutError, _lock_timeout_response)
+            app.register_error_handler(StoreUnavailableError, _unavailable_response)
             app.cli.add_command(cli_group)
         app.extensions[EXTENSION_KEY] = self
 

@@ -34,7 +34,7 @@ from flask.sessions import SessionInterface, SessionMixin
 
 from . import _core
 from .config import COOKIE_NAME, PERSISTENT_COOKIE_SECONDS, SessionConfig
-from .errors import LockTimeoutError
+from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .sweeper import AutoSweeper
 
 if TYPE_CHECKING:
@@ -59,19 +59,43 @@ def _hashed(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
+def make_store(config: SessionConfig) -> _core.Store:
+    """Builds the native store for a configuration (no I/O, no connection)."""
+    if config.type == "memory":
+        return _core.Store.memory(
+            config.timeout, config.absolute_timeout, config.lock_timeout
+        )
+    if config.type == "redis":
+        try:
+            return _core.Store.redis(
+                config.redis_url,
+                config.redis_prefix,
+                list(config.secret_keys),
+                config.timeout,
+                config.absolute_timeout,
+                config.lock_timeout,
+                config.redis_connect_timeout,
+                config.redis_timeout,
+                config.redis_lock_ttl,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"SESSION_REDIS_URL is invalid: {exc}") from None
+    return _core.Store(
+        str(config.data_dir),
+        list(config.secret_keys),
+        config.timeout,
+        config.absolute_timeout,
+        config.lock_timeout,
+        config.read_legacy,
+    )
+
+
 class _Backend:
     """Per-application state shared by the interface and its sessions."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
-        self.store = _core.Store(
-            str(config.data_dir),
-            list(config.secret_keys),
-            config.timeout,
-            config.absolute_timeout,
-            config.lock_timeout,
-            config.read_legacy,
-        )
+        self.store = make_store(config)
         # Read-only requests refresh the last-access time at most this often, so the
         # sliding timeout is exact to within a tenth of itself (and one minute).
         self.touch_interval = min(config.timeout / 10, 60.0) if config.timeout else None
@@ -163,6 +187,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._sid: str | None = None
         self._is_new = True
         self._loaded_payload: bytes | None = None
+        #: The data as loaded (pickled), for revert(); unlike ``_loaded_payload`` it
+        #: survives regenerate_id() and is set for legacy sessions too.
+        self._revert_payload: bytes | None = None
         self._last_accessed: float | None = None
         #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
         #: whenever the :data:`flask.session` proxy is used.
@@ -204,15 +231,23 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         data, created, last = decoded
         if handle.legacy:
             logger.info("session %s: migrating a Beaker session", _hashed(handle.id))
-        dict.update(self, data)
+        # Time keys first, as in a fresh session (and the original package), so that
+        # iteration order and popitem() do not change from one request to the next.
         dict.__setitem__(self, "_creation_time", created if created else now)
         dict.__setitem__(self, "_accessed_time", now)
+        dict.update(self, data)
         self._handle = handle
         self._sid = handle.id
         self._is_new = False
         self._last_accessed = last
         # Legacy sessions are rewritten in our format by the first save.
         self._loaded_payload = None if handle.legacy else handle.payload
+        self._revert_payload = handle.payload
+        if handle.legacy:
+            try:
+                self._revert_payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # the first save reports it, naming the key
+                self._revert_payload = None
         return True
 
     def _start_fresh(self, now: float) -> None:
@@ -220,6 +255,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._is_new = True
         self._last_accessed = None
         self._loaded_payload = None
+        self._revert_payload = None
         dict.__setitem__(self, "_creation_time", now)
         dict.__setitem__(self, "_accessed_time", now)
 
@@ -305,9 +341,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._load()
         times = {k: dict.get(self, k) for k in TIME_KEYS}
         dict.clear(self)
-        if self._loaded_payload is not None:
-            dict.update(self, pickle.loads(self._loaded_payload))
         dict.update(self, {k: v for k, v in times.items() if v is not None})
+        if self._revert_payload is not None:
+            dict.update(self, pickle.loads(self._revert_payload))
         self.modified = True
 
     # -- mapping: every access loads first --------------------------------------------
@@ -389,6 +425,13 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._load()
         return dict.items(self)
 
+    @classmethod
+    def fromkeys(  # type: ignore[override]
+        cls, iterable: Iterable[Any], value: Any = None
+    ) -> dict[Any, Any]:
+        """A plain ``dict``: a session object only exists inside a request."""
+        return dict.fromkeys(iterable, value)
+
     def copy(self) -> dict[str, Any]:
         """A plain ``dict`` copy of the data."""
         self._load()
@@ -420,13 +463,20 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         dict.update(self, *args, **kwargs)
 
 
+_RETRY = {"Retry-After": "1", "Content-Type": "text/plain; charset=utf-8"}
+
+
 def _lock_timeout_response(error: LockTimeoutError) -> tuple[str, int, dict[str, str]]:
     logger.warning("session lock timeout: %s", error)
-    return (
-        "The session is busy with another request; please retry.",
-        503,
-        {"Retry-After": "1", "Content-Type": "text/plain; charset=utf-8"},
-    )
+    return ("The session is busy with another request; please retry.", 503, _RETRY)
+
+
+def _unavailable_response(
+    error: StoreUnavailableError,
+) -> tuple[str, int, dict[str, str]]:
+    # Internals (addresses, errors) go to the log, never to the client.
+    logger.error("session store unavailable: %s", error)
+    return ("The session store is unavailable; please retry.", 503, _RETRY)
 
 
 class BeakerSessionInterface(SessionInterface):
@@ -514,7 +564,19 @@ class BeakerSessionInterface(SessionInterface):
                 return
             if response.status_code >= 500:
                 return
-            self._commit(app, session, response)
+            try:
+                self._commit(app, session, response)
+            except (StoreUnavailableError, LockTimeoutError) as exc:
+                # Flask's error handlers do not run for errors raised here, so the response
+                # is turned into the same 503 they would give.
+                if isinstance(exc, LockTimeoutError):
+                    body, status, headers = _lock_timeout_response(exc)
+                else:
+                    body, status, headers = _unavailable_response(exc)
+                response.set_data(body)
+                response.status_code = status
+                response.headers.update(headers)
+                response.headers.pop("Set-Cookie", None)
         finally:
             session._release()
 

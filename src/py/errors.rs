@@ -8,6 +8,8 @@ use pyo3::PyErr;
 use crate::error::StoreError;
 
 pyo3::import_exception!(flask_beaker_session.errors, LockTimeoutError);
+pyo3::import_exception!(flask_beaker_session.errors, StoreUnavailableError);
+pyo3::import_exception!(flask_beaker_session.errors, ConfigurationError);
 
 impl From<StoreError> for PyErr {
     fn from(err: StoreError) -> PyErr {
@@ -19,7 +21,11 @@ impl From<StoreError> for PyErr {
                 Some(errno) => PyOSError::new_err((errno, message, path.display().to_string())),
                 None => PyOSError::new_err(message),
             },
-            StoreError::LockTimeout { .. } => LockTimeoutError::new_err(message),
+            StoreError::LockTimeout { .. } | StoreError::LockLost => {
+                LockTimeoutError::new_err(message)
+            }
+            StoreError::Unavailable(_) => StoreUnavailableError::new_err(message),
+            StoreError::Config(_) => ConfigurationError::new_err(message),
             StoreError::InvalidId => PyValueError::new_err(message),
             StoreError::TooLarge(_) => PyOverflowError::new_err(message),
             StoreError::Released => PyRuntimeError::new_err(message),

@@ -19,6 +19,7 @@ pub mod _core {
     #[pyfunction]
     fn reset_after_fork() {
         crate::lock::reset_after_fork();
+        crate::redis_store::reset_after_fork();
     }
 
     /// Whether `value` is a well-formed session id (32 lowercase hex characters).
