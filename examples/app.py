@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 from flask import Flask, jsonify, session
-
 from flask_beaker_session import session as beaker_session
 
 HERE = Path(__file__).parent

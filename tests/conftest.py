@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify
 from flask import session as flask_session
-
 from flask_beaker_session import session as fbs
 
 TESTS_DIR = Path(__file__).parent
@@ -114,4 +113,12 @@ def cookie_of(client: Any) -> str | None:
     return None if c is None else c.value
 
 
-__all__ = ["COOKIE", "FIXTURES", "all_files", "build_app", "cookie_of", "os", "record_files"]
+__all__ = [
+    "COOKIE",
+    "FIXTURES",
+    "all_files",
+    "build_app",
+    "cookie_of",
+    "os",
+    "record_files",
+]

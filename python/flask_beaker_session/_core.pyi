@@ -1,6 +1,7 @@
 """Type stub of the private native module built from ``src/`` (Rust, PyO3)."""
 
 from os import PathLike
+from typing import Any
 
 OPEN_FOUND: int
 OPEN_MISSING: int
@@ -17,7 +18,8 @@ def is_valid_id(value: str) -> bool:
     """Whether ``value`` is 32 lowercase hexadecimal characters."""
 
 class Store:
-    """A session store rooted at one data directory. Holds no file descriptor."""
+    """A session store: files (``Store(...)``), memory or Redis. Holds no file descriptor
+    or connection until first used, so it can be built before a pre-fork server forks."""
 
     def __init__(
         self,
@@ -28,12 +30,40 @@ class Store:
         lock_timeout: float,
         read_legacy: bool,
     ) -> None: ...
+    @staticmethod
+    def memory(
+        idle_timeout: float | None, absolute_timeout: float | None, lock_timeout: float
+    ) -> Store:
+        """A store in this process's memory."""
+    @staticmethod
+    def redis(
+        url: str,
+        prefix: str,
+        keys: list[bytes],
+        idle_timeout: float | None,
+        absolute_timeout: float | None,
+        lock_timeout: float,
+        connect_timeout: float,
+        io_timeout: float,
+        lock_ttl: float,
+    ) -> Store:
+        """A Redis store (connects lazily)."""
     @property
-    def data_dir(self) -> str: ...
+    def kind(self) -> str:
+        """``'file'``, ``'memory'`` or ``'redis'``."""
     @property
-    def keyed(self) -> bool: ...
+    def data_dir(self) -> str | None:
+        """The data directory of a file store."""
     @property
     def legacy_present(self) -> bool: ...
+    def ping(self) -> None:
+        """Check the store answers (Redis PING); raises StoreUnavailableError."""
+    def walk(self, now: float, mode: str, threads: int = 0) -> dict[str, Any]:
+        """One pass: ``mode`` is ``'stats'``, ``'sweep'`` or ``'clear'``; returns counts."""
+    def sweep_if_due(self, now: float, interval: float, threads: int = 0) -> dict[str, Any] | None:
+        """Sweep unless another process did within ``interval`` seconds."""
+    def legacy_ids(self) -> list[str]:
+        """Ids of the legacy Beaker session files present."""
     def new_id(self) -> str:
         """A fresh id from the OS CSPRNG."""
     def open(self, sid: str, now: float) -> tuple[Handle | None, int]:
@@ -56,7 +86,7 @@ class Handle:
     def released(self) -> bool: ...
     @property
     def payload(self) -> bytes: ...
-    def save(self, payload: bytes, now: float) -> None: ...
+    def save(self, payload: bytes, now: float, created: float | None = None) -> None: ...
     def touch(self, now: float, interval: float) -> bool: ...
     def delete(self) -> None: ...
     def release(self) -> None: ...

@@ -43,6 +43,10 @@ def _store() -> _core.Store:
     return _Backend(_config()).store
 
 
+def _where(store: _core.Store) -> str:
+    return str(store.data_dir) if store.data_dir else f"the {store.kind} store"
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -75,16 +79,14 @@ def stats_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return
-    click.echo(f"data dir:        {store.data_dir}")
+    click.echo(f"store:           {_where(store)}")
     click.echo(f"sessions:        {report['records']} ({_human(report['bytes'])})")
     click.echo(f"  live:          {report['live']}")
     click.echo(f"  expired:       {report['expired']}")
     click.echo(f"  corrupt:       {report['corrupt']}")
     click.echo(f"temporary files: {report['temp']}")
     click.echo(f"legacy (Beaker): {report['legacy']} ({report['legacy_expired']} expired)")
-    sizes = ", ".join(
-        f"{label}: {count}" for label, count in zip(_SIZE_LABELS, report["sizes"])
-    )
+    sizes = ", ".join(f"{label}: {count}" for label, count in zip(_SIZE_LABELS, report["sizes"]))
     click.echo(f"record sizes:    {sizes}")
 
 
@@ -94,9 +96,7 @@ def clear_command(yes: bool) -> None:
     """Remove every session (everybody is logged out)."""
     store = _store()
     if not yes:
-        click.confirm(
-            f"Remove every session stored in {store.data_dir}?", abort=True
-        )
+        click.confirm(f"Remove every session stored in {_where(store)}?", abort=True)
     report: dict[str, Any] = store.walk(time.time(), "clear")
     click.echo(f"removed {report['removed']} files ({_human(report['bytes_freed'])})")
 

@@ -143,8 +143,7 @@ def _data_dir(value: Any) -> Path:
     path = Path(os.fspath(value)).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ConfigurationError(
-            f"SESSION_DATA_DIR={str(value)!r} is invalid: {path} exists and is not a "
-            "directory"
+            f"SESSION_DATA_DIR={str(value)!r} is invalid: {path} exists and is not a directory"
         )
     return path
 
@@ -209,7 +208,8 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
         data_dir=_data_dir(config.get("SESSION_DATA_DIR", SESSION_DATA_DIR)),
         lock_timeout=lock_timeout,
         read_legacy=_bool(
-            "SESSION_READ_LEGACY", config.get("SESSION_READ_LEGACY", SESSION_READ_LEGACY)
+            "SESSION_READ_LEGACY",
+            config.get("SESSION_READ_LEGACY", SESSION_READ_LEGACY),
         ),
         secret_keys=_secret_keys(config),
         absolute_timeout=_number(

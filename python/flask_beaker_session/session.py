@@ -111,11 +111,10 @@ class Session:
         if not app or not isinstance(app, Flask):
             raise ConfigurationError("Invalid Flask application instance")
         cfg = _config.load(app.config)
-        _check_data_dir(cfg)
+        if cfg.type == "file":
+            _check_data_dir(cfg)
         if not cfg.secret_keys:
-            logger.info(
-                "no SECRET_KEY: session records are checksummed but not authenticated"
-            )
+            logger.info("no SECRET_KEY: session records are checksummed but not authenticated")
         if cfg.type == "memory":
             _memory_apps.add(app)
             if _declared_workers() > 1:

@@ -62,9 +62,7 @@ def _hashed(sid: str) -> str:
 def make_store(config: SessionConfig) -> _core.Store:
     """Builds the native store for a configuration (no I/O, no connection)."""
     if config.type == "memory":
-        return _core.Store.memory(
-            config.timeout, config.absolute_timeout, config.lock_timeout
-        )
+        return _core.Store.memory(config.timeout, config.absolute_timeout, config.lock_timeout)
     if config.type == "redis":
         try:
             return _core.Store.redis(
@@ -135,8 +133,7 @@ def decode_record(
             raise TypeError(f"stored session is a {type(data).__name__}")
     except Exception as exc:
         logger.warning(
-            "session %s: stored data cannot be loaded (%s: %s); removed, a new "
-            "session was started",
+            "session %s: stored data cannot be loaded (%s: %s); removed, a new session was started",
             _hashed(handle.id),
             type(exc).__name__,
             exc,
@@ -541,7 +538,9 @@ class BeakerSessionInterface(SessionInterface):
             app.config.get("SESSION_REFRESH_EACH_REQUEST", True)
         )
 
-    def _set_cookie(self, app: Flask, session: BeakerSession, response: Response, now: float) -> None:
+    def _set_cookie(
+        self, app: Flask, session: BeakerSession, response: Response, now: float
+    ) -> None:
         assert session._sid is not None
         response.set_cookie(
             COOKIE_NAME,

@@ -1,0 +1,215 @@
+"""Sessions written by the original package (Beaker 1.10 / 1.14) keep working (§6)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import COOKIE, FIXTURES, all_files, build_app, record_files
+from flask import Flask
+from flask import session as flask_session
+from legacy_objects import LegacyThing
+
+LEGACY = FIXTURES / "legacy"
+MANIFEST: dict[str, Any] = json.loads((LEGACY / "manifest.json").read_text())
+LABELS = sorted(MANIFEST["labels"])
+LIVE = [
+    (label, name)
+    for label in LABELS
+    for name in MANIFEST["labels"][label]["sessions"]
+    if name != "expired"
+]
+
+
+def entry(label: str, name: str) -> dict[str, Any]:
+    return dict(MANIFEST["labels"][label]["sessions"][name])
+
+
+def expected_data(label: str, name: str) -> dict[str, Any]:
+    """The user data of a fixture as Python objects (from the manifest's repr)."""
+    value = eval(entry(label, name)["python_repr"], {"LegacyThing": LegacyThing})
+    assert isinstance(value, dict)
+    return value
+
+
+def record_path(data_dir: Path, sid: str) -> Path:
+    digest = hashlib.sha256(sid.encode()).hexdigest()
+    return data_dir / "fbs1" / digest[:3] / digest
+
+
+def legacy_file(data_dir: Path, label: str, name: str) -> Path:
+    rel = Path(entry(label, name)["path"]).relative_to(label)
+    return data_dir / rel
+
+
+def install_fixtures(data_dir: Path) -> None:
+    """Copies both Beaker trees into ``data_dir`` (before the app is built)."""
+    for label in LABELS:
+        shutil.copytree(LEGACY / label, data_dir, dirs_exist_ok=True)
+
+
+class Probe:
+    """An app whose ``/probe`` route captures the session's items as objects."""
+
+    def __init__(self, data_dir: Path, **config: Any) -> None:
+        self.app: Flask = build_app(data_dir, **config)
+        self.seen: dict[str, Any] = {}
+
+        @self.app.route("/probe")
+        def probe() -> str:
+            self.seen = dict(flask_session.items())
+            self.seen["__is_new"] = flask_session.is_new
+            self.seen["__last"] = flask_session.last_accessed
+            return "ok"
+
+    def probe(self, sid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(user data, meta) seen by a request carrying ``sid``."""
+        client = self.app.test_client()
+        client.set_cookie(COOKIE, sid)
+        assert client.get("/probe").status_code == 200
+        seen = dict(self.seen)
+        meta = {k: seen.pop(k) for k in list(seen) if k.startswith("_")}
+        return seen, meta
+
+
+MakeProbe = Callable[..., Probe]
+
+
+@pytest.fixture
+def make_probe(data_dir: Path) -> MakeProbe:
+    def factory(*, fixtures: bool = True, **config: Any) -> Probe:
+        if fixtures:
+            install_fixtures(data_dir)
+        return Probe(data_dir, **config)
+
+    return factory
+
+
+@pytest.mark.parametrize(("label", "name"), LIVE)
+def test_legacy_session_read_and_migrated(
+    label: str, name: str, make_probe: MakeProbe, data_dir: Path
+) -> None:
+    """A Beaker session is read with its data, then moves to our format."""
+    fixture = entry(label, name)
+    sid = fixture["id"]
+    probe = make_probe()
+    old = legacy_file(data_dir, label, name)
+    assert old.is_file()
+    assert not record_path(data_dir, sid).exists()
+
+    data, meta = probe.probe(sid)
+    assert data == expected_data(label, name)
+    for key, value in expected_data(label, name).items():
+        assert type(data[key]) is type(value), key
+    assert "_domain" not in meta and "_path" not in meta
+    assert meta["_creation_time"] == fixture["_creation_time"]
+    assert meta["__is_new"] is False
+    assert meta["__last"] == fixture["_accessed_time"]
+
+    # Migrated on first use: the legacy file is gone, our record holds the session.
+    assert not old.exists()
+    assert record_files(data_dir) == [record_path(data_dir, sid)]
+
+    data2, meta2 = probe.probe(sid)
+    assert data2 == expected_data(label, name)
+    assert meta2["_creation_time"] == fixture["_creation_time"]
+
+    # It is now read from our format: a new app with no legacy tree at all sees it.
+    shutil.rmtree(data_dir / "container_file")
+    data3, meta3 = Probe(data_dir).probe(sid)
+    assert data3 == expected_data(label, name)
+    assert meta3["_creation_time"] == fixture["_creation_time"]
+
+
+def test_all_fixtures_in_one_store(make_probe: MakeProbe, data_dir: Path) -> None:
+    """Both layouts side by side: every live session is readable from one data dir."""
+    probe = make_probe()
+    for label, name in LIVE:
+        data, _ = probe.probe(entry(label, name)["id"])
+        assert data == expected_data(label, name), (label, name)
+    assert len(record_files(data_dir)) == len(LIVE)
+    remaining = [p.name for p in all_files(data_dir / "container_file")]
+    assert sorted(remaining) == sorted(f"{entry(label, 'expired')['id']}.cache" for label in LABELS)
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_expired_legacy_session(label: str, make_probe: MakeProbe, data_dir: Path) -> None:
+    """A legacy session idle for longer than SESSION_TIMEOUT is dropped and removed."""
+    probe = make_probe(SESSION_TIMEOUT=3600)
+    fixture = entry(label, "expired")
+    old = legacy_file(data_dir, label, "expired")
+    assert old.is_file()
+    data, meta = probe.probe(fixture["id"])
+    assert data == {}
+    assert meta["__is_new"] is True
+    assert not old.exists()
+    assert record_files(data_dir) == []
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_old_legacy_session_without_timeout(
+    label: str, make_probe: MakeProbe, data_dir: Path
+) -> None:
+    """With SESSION_TIMEOUT=None an old legacy session is still valid."""
+    probe = make_probe(SESSION_TIMEOUT=None)
+    data, _ = probe.probe(entry(label, "expired")["id"])
+    assert data == expected_data(label, "expired")
+
+
+def test_read_legacy_off_ignores_legacy(make_probe: MakeProbe, data_dir: Path) -> None:
+    """SESSION_READ_LEGACY=False: legacy files are neither read nor touched."""
+    probe = make_probe(SESSION_READ_LEGACY=False)
+    before = {p: p.read_bytes() for p in all_files(data_dir / "container_file")}
+    for label, name in LIVE:
+        data, meta = probe.probe(entry(label, name)["id"])
+        assert data == {}
+        assert meta["__is_new"] is True
+    assert {p: p.read_bytes() for p in all_files(data_dir / "container_file")} == before
+    assert record_files(data_dir) == []
+
+
+def test_no_legacy_tree(make_probe: MakeProbe, data_dir: Path) -> None:
+    """Without a ``container_file`` tree an unknown id is simply a fresh session."""
+    probe = make_probe(fixtures=False)
+    for label, name in LIVE:
+        data, meta = probe.probe(entry(label, name)["id"])
+        assert data == {}
+        assert meta["__is_new"] is True
+    assert not data_dir.exists()
+
+
+def test_legacy_session_written_then_saved(make_probe: MakeProbe, data_dir: Path) -> None:
+    """Writing to a migrated legacy session keeps the old data alongside the new."""
+    probe = make_probe()
+    label, name = LABELS[0], "plain"
+    sid = entry(label, name)["id"]
+    client = probe.app.test_client()
+    client.set_cookie(COOKIE, sid)
+    assert client.get("/set/extra/1").status_code == 200
+    assert not legacy_file(data_dir, label, name).exists()
+    data, _ = probe.probe(sid)
+    assert data == {**expected_data(label, name), "extra": "1"}
+
+
+def test_revert_on_legacy_session_keeps_data(make_probe: MakeProbe, data_dir: Path) -> None:
+    """``revert()`` on a just-loaded legacy session restores its data, loses nothing."""
+    probe = make_probe()
+
+    @probe.app.route("/revert")
+    def revert() -> str:
+        flask_session["junk"] = 1
+        flask_session.revert()
+        return "ok"
+
+    for label in LABELS:
+        sid = entry(label, "plain")["id"]
+        client = probe.app.test_client()
+        client.set_cookie(COOKIE, sid)
+        assert client.get("/revert").status_code == 200
+        data, _ = probe.probe(sid)
+        assert data == expected_data(label, "plain"), label
