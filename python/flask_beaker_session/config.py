@@ -34,6 +34,11 @@ SESSION_TESTING = False
 #: Seconds a request waits for another request of the same session before giving up with
 #: :class:`~flask_beaker_session.errors.LockTimeoutError` (a 503 response).
 SESSION_LOCK_TIMEOUT = 10.0
+#: ``True``: a request holds its session exclusively from first use to the response, so
+#: concurrent requests of one session never lose an update. ``False``: no lock across the
+#: request; at save, the keys this request changed are merged into the stored data (keys
+#: changed by concurrent requests survive; the same key: last writer wins).
+SESSION_LOCKING = True
 #: Whether to read session files written by the original package (Beaker) and migrate them
 #: to our format on first use. Turn off once ``container_file/`` is gone.
 SESSION_READ_LEGACY = True
@@ -87,6 +92,7 @@ class SessionConfig:
     read_legacy: bool
     secret_keys: tuple[bytes, ...]
     absolute_timeout: float | None = None
+    locking: bool = True
     sweep_interval: float | None = None
     redis_url: str = SESSION_REDIS_URL
     redis_prefix: str = SESSION_REDIS_PREFIX
@@ -218,6 +224,7 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             allow_none=True,
             accepted="a positive number of seconds or None",
         ),
+        locking=_bool("SESSION_LOCKING", config.get("SESSION_LOCKING", SESSION_LOCKING)),
         redis_url=_redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL)),
         redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
         redis_connect_timeout=_positive(

@@ -115,7 +115,7 @@ def _pickle_user_data(data: dict[str, Any]) -> bytes:
 
 
 def decode_record(
-    handle: _core.Handle, config: SessionConfig, now: float
+    handle: _core.Handle, config: SessionConfig, now: float, raw: bytes | None = None
 ) -> tuple[dict[str, Any], float | None, float | None] | None:
     """Unpickles an opened record into ``(user data, created, last access)``.
 
@@ -126,7 +126,7 @@ def decode_record(
     that cannot be loaded must never lock its user out.
     """
     try:
-        data = pickle.loads(handle.payload)
+        data = pickle.loads(handle.payload if raw is None else raw)
         if handle.legacy == 2:
             data = data["session"]
         if not isinstance(data, dict):
@@ -163,6 +163,29 @@ def decode_record(
     return data, created, last
 
 
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return pickle.dumps(a, pickle.HIGHEST_PROTOCOL) == pickle.dumps(b, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+
+
+def _merge(
+    stored: dict[str, Any], baseline: dict[str, Any], mine: dict[str, Any]
+) -> dict[str, Any]:
+    """Three-way merge at key granularity: ``stored`` (now), ``baseline`` (what this request
+    loaded) and ``mine`` (what it ends with). Keys this request added, changed (compared
+    pickled, so in-place mutation counts) or removed are applied to ``stored``; the others
+    keep whatever concurrent requests stored."""
+    merged = dict(stored)
+    for key in baseline.keys() | mine.keys():
+        if key not in mine:
+            merged.pop(key, None)
+        elif key not in baseline or not _same(mine[key], baseline[key]):
+            merged[key] = mine[key]
+    return merged
+
+
 class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     """The object behind :data:`flask.session`: a dict that loads itself on first use.
 
@@ -179,8 +202,13 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._backend = backend
         self._cookie_value = cookie_value
         self._loaded = False
+        #: The open, locked record (locking mode) from load until save.
         self._handle: _core.Handle | None = None
+        #: Id of the stored record this session was loaded from (both modes; None if new).
+        self._stored_sid: str | None = None
+        #: Records to remove once the session is stored under its new id.
         self._retired: list[_core.Handle] = []
+        self._retired_ids: list[str] = []
         self._sid: str | None = None
         self._is_new = True
         self._loaded_payload: bytes | None = None
@@ -222,7 +250,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def _adopt(self, handle: _core.Handle, now: float) -> bool:
         """Fills the dict from an opened record; False if it could not be used."""
-        decoded = decode_record(handle, self._backend.config, now)
+        raw = handle.payload
+        decoded = decode_record(handle, self._backend.config, now, raw)
         if decoded is None:
             return False
         data, created, last = decoded
@@ -233,13 +262,18 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         dict.__setitem__(self, "_creation_time", created if created else now)
         dict.__setitem__(self, "_accessed_time", now)
         dict.update(self, data)
-        self._handle = handle
-        self._sid = handle.id
+        self._sid = self._stored_sid = handle.id
         self._is_new = False
+        if self._backend.config.locking:
+            self._handle = handle
+        else:
+            # Non-locking mode: the lock is held only while reading; changes are merged
+            # into the stored data at save time (see BeakerSessionInterface._merge_save).
+            handle.release()
         self._last_accessed = last
         # Legacy sessions are rewritten in our format by the first save.
-        self._loaded_payload = None if handle.legacy else handle.payload
-        self._revert_payload = handle.payload
+        self._loaded_payload = None if handle.legacy else raw
+        self._revert_payload = raw
         if handle.legacy:
             try:
                 self._revert_payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
@@ -249,6 +283,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def _start_fresh(self, now: float) -> None:
         self._sid = self._backend.store.new_id()
+        self._stored_sid = None
         self._is_new = True
         self._last_accessed = None
         self._loaded_payload = None
@@ -262,6 +297,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
                 handle.release()
         self._handle = None
         self._retired = []
+        self._retired_ids = []
 
     def _user_data(self) -> dict[str, Any]:
         return {k: v for k, v in dict.items(self) if k not in TIME_KEYS}
@@ -308,6 +344,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         if self._handle is not None:
             self._handle.delete()
             self._handle = None
+        elif self._stored_sid is not None:
+            handle, _ = self._backend.store.open(self._stored_sid, time.time())
+            if handle is not None:
+                handle.delete()
         dict.clear(self)
         self._start_fresh(time.time())
         self.modified = True
@@ -325,6 +365,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         if self._handle is not None:
             self._retired.append(self._handle)
             self._handle = None
+        elif self._stored_sid is not None:
+            self._retired_ids.append(self._stored_sid)
+        self._stored_sid = None
         self._sid = self._backend.store.new_id()
         self._is_new = True
         self._loaded_payload = None
@@ -583,6 +626,9 @@ class BeakerSessionInterface(SessionInterface):
         now = time.time()
         user = session._user_data()
         handle = session._handle
+        if handle is None and session._stored_sid is not None:
+            self._merge_save(app, session, response, user, now)
+            return
         if handle is not None:
             if not user:
                 handle.delete()
@@ -601,19 +647,81 @@ class BeakerSessionInterface(SessionInterface):
                 self._set_cookie(app, session, response, now)
             return
         if not user:
-            for old in session._retired:
-                old.delete()
-            session._retired = []
+            self._retire(session, now)
             self._delete_cookie(app, session, response)
             return
         payload = _pickle_user_data(user)
         assert session._sid is not None
         self._backend.store.create(session._sid, payload, session.created, now)
+        self._retire(session, now)
+        session._loaded_payload = payload
+        self._set_cookie(app, session, response, now)
+
+    def _retire(self, session: BeakerSession, now: float) -> None:
+        """Removes the records a regenerate_id() left behind (after the new one exists)."""
         for old in session._retired:
             old.delete()
         session._retired = []
-        session._loaded_payload = payload
-        self._set_cookie(app, session, response, now)
+        for sid in session._retired_ids:
+            handle, _ = self._backend.store.open(sid, now)
+            if handle is not None:
+                handle.delete()
+        session._retired_ids = []
+
+    def _merge_save(
+        self,
+        app: Flask,
+        session: BeakerSession,
+        response: Response,
+        user: dict[str, Any],
+        now: float,
+    ) -> None:
+        """Non-locking mode: applies the keys this request changed to the data stored now.
+
+        Keys changed by concurrent requests of the same session survive; for a key changed
+        by both, the last save wins. A session deleted meanwhile (logout in another tab) is
+        not resurrected.
+        """
+        store = self._backend.store
+        sid = session._stored_sid
+        assert sid is not None
+        payload = _pickle_user_data(user) if user else b""
+        if user and payload == session._loaded_payload:
+            interval = self._backend.touch_interval
+            last = session._last_accessed
+            if interval is not None and (last is None or now - last >= interval):
+                handle, _ = store.open(sid, now)
+                if handle is not None:
+                    try:
+                        if handle.touch(now, interval) and self._refreshes(app, session):
+                            self._set_cookie(app, session, response, now)
+                    finally:
+                        handle.release()
+            return
+        baseline: dict[str, Any] = (
+            pickle.loads(session._loaded_payload) if session._loaded_payload else {}
+        )
+        handle, _ = store.open(sid, now)
+        if handle is None:
+            self._delete_cookie(app, session, response)
+            return
+        try:
+            decoded = decode_record(handle, self.config, now)
+            if decoded is None:
+                self._delete_cookie(app, session, response)
+                return
+            merged = _merge(decoded[0], baseline, user)
+            if not merged:
+                handle.delete()
+                self._delete_cookie(app, session, response)
+                return
+            merged_payload = _pickle_user_data(merged)
+            handle.save(merged_payload, now, session.created)
+            session._loaded_payload = merged_payload
+            if self._refreshes(app, session):
+                self._set_cookie(app, session, response, now)
+        finally:
+            handle.release()
 
 
 def release_request_sessions(environ: dict[str, Any]) -> None:
