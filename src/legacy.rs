@@ -33,7 +33,13 @@ pub struct LegacySession {
 pub struct NotLegacy;
 
 fn de_options() -> DeOptions {
-    DeOptions::new().replace_unresolved_globals()
+    // Only the shape and the two times are read from the decoded value (the payload goes to
+    // Python byte for byte), so a shared object that serde-pickle cannot expand a second
+    // time (nested shared references, e.g. `[x, x]` with `x = [l, l]`) may become None
+    // instead of failing the whole file: failing would delete a valid session.
+    DeOptions::new()
+        .replace_unresolved_globals()
+        .replace_recursive_structures()
 }
 
 fn time_of(dict: &BTreeMap<HashableValue, Value>, key: &str) -> Option<f64> {

@@ -8,6 +8,8 @@ pub mod error;
 pub mod legacy;
 pub mod lock;
 pub mod memory;
+#[cfg(test)]
+mod proptests;
 mod py;
 pub mod record;
 pub mod redis_store;

@@ -124,9 +124,17 @@ impl MemoryStore {
 
     /// Saves through a handle (we hold the session's lock).
     pub fn save(&self, handle: &mut MemoryHandle, payload: &[u8], now: f64) {
-        handle.payload = Arc::new(payload.to_vec());
+        let payload = Arc::new(payload.to_vec());
+        handle.payload = Arc::clone(&payload);
         handle.last_access = now;
-        self.create(&handle.id, payload, handle.created, now);
+        self.data.lock().insert(
+            handle.id,
+            Entry {
+                payload,
+                created: handle.created,
+                last_access: now,
+            },
+        );
     }
 
     /// Refreshes the last access if `interval` has passed.

@@ -166,8 +166,32 @@ pub fn verify(
     })
 }
 
-/// Serialises one slot (header + payload) for `id`. The caller guarantees `payload.len()`
-/// fits in `u32` (checked by the store).
+/// The 64-byte header of a slot holding `payload` for `id` (tag included). The caller
+/// guarantees `payload.len()` fits in `u32` (checked by the store).
+pub fn encode_header(
+    keys: &Keys,
+    id: &SessionId,
+    seq: u64,
+    created: f64,
+    saved_at: f64,
+    payload: &[u8],
+) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    let flags = if keys.keyed { FLAG_KEYED } else { 0 };
+    out[6..8].copy_from_slice(&flags.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    out[16..24].copy_from_slice(&created.to_bits().to_le_bytes());
+    out[24..32].copy_from_slice(&saved_at.to_bits().to_le_bytes());
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out[32..36].copy_from_slice(&len.to_le_bytes());
+    let t = tag(keys.primary(), &out, id, payload);
+    out[TAG_OFFSET..].copy_from_slice(&t);
+    out
+}
+
+/// Serialises one slot (header + payload) for `id`.
 pub fn encode_slot(
     keys: &Keys,
     id: &SessionId,
@@ -177,18 +201,7 @@ pub fn encode_slot(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    let flags = if keys.keyed { FLAG_KEYED } else { 0 };
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&created.to_bits().to_le_bytes());
-    out.extend_from_slice(&saved_at.to_bits().to_le_bytes());
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0u8; 12]);
-    let t = tag(keys.primary(), &out, id, payload);
-    out.extend_from_slice(&t);
+    out.extend_from_slice(&encode_header(keys, id, seq, created, saved_at, payload));
     out.extend_from_slice(payload);
     out
 }

@@ -101,7 +101,21 @@ fn unavailable(e: &RedisError) -> StoreError {
 }
 
 impl Pool {
-    fn get(&self) -> StoreResult<Conn<'_>> {
+    /// A new connection with the configured timeouts.
+    fn connect(&self) -> StoreResult<Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(|e| unavailable(&e))?;
+        con.set_read_timeout(Some(self.io_timeout))
+            .map_err(|e| unavailable(&e))?;
+        con.set_write_timeout(Some(self.io_timeout))
+            .map_err(|e| unavailable(&e))?;
+        Ok(con)
+    }
+
+    /// A pooled connection if there is one (second value: true), else a new one.
+    fn get(&self) -> StoreResult<(Conn<'_>, bool)> {
         let generation = FORK_GENERATION.load(Ordering::SeqCst);
         let reused = {
             let mut idle = self.idle.lock();
@@ -112,38 +126,49 @@ impl Pool {
             }
             idle.1.pop()
         };
+        let was_pooled = reused.is_some();
         let con = match reused {
             Some(c) => c,
-            None => {
-                let con = self
-                    .client
-                    .get_connection_with_timeout(self.connect_timeout)
-                    .map_err(|e| unavailable(&e))?;
-                con.set_read_timeout(Some(self.io_timeout))
-                    .map_err(|e| unavailable(&e))?;
-                con.set_write_timeout(Some(self.io_timeout))
-                    .map_err(|e| unavailable(&e))?;
-                con
-            }
+            None => self.connect()?,
         };
-        Ok(Conn {
-            pool: self,
-            con: Some(con),
-            broken: false,
-        })
+        Ok((
+            Conn {
+                pool: self,
+                con: Some(con),
+                broken: false,
+            },
+            was_pooled,
+        ))
     }
 
     /// Runs `f` on a pooled connection; a failed command discards the connection (it may be
     /// half-way through a reply) and maps to `StoreError::Unavailable`.
-    fn run<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> StoreResult<T> {
-        let mut conn = self.get()?;
-        match f(&mut conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                conn.broken = true;
-                Err(unavailable(&e))
-            }
+    ///
+    /// A pooled connection found dead (closed by a Redis restart, by Redis's idle-client
+    /// `timeout`, or by a proxy) is not an outage: the idle pool is emptied (its other
+    /// connections are as old) and `f` runs once more on a new connection. Timeouts are
+    /// never retried, so a request stays bounded by the configured timeouts.
+    fn run<T>(&self, f: impl Fn(&mut Connection) -> redis::RedisResult<T>) -> StoreResult<T> {
+        let (mut conn, pooled) = self.get()?;
+        let err = match f(&mut conn) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        conn.broken = true;
+        drop(conn);
+        if !(pooled && err.is_connection_dropped() && !err.is_timeout()) {
+            return Err(unavailable(&err));
         }
+        self.idle.lock().1.clear();
+        let mut conn = Conn {
+            pool: self,
+            con: Some(self.connect()?),
+            broken: false,
+        };
+        f(&mut conn).map_err(|e| {
+            conn.broken = true;
+            unavailable(&e)
+        })
     }
 }
 
@@ -403,7 +428,7 @@ impl RedisStore {
             return Err(StoreError::LockLost);
         }
         handle.seq += 1;
-        handle.payload = payload.to_vec();
+        handle.payload = Vec::new(); // "as loaded"; see store::Handle::save
         handle.last_access = now;
         Ok(())
     }

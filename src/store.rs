@@ -29,6 +29,8 @@ use crate::sid::SessionId;
 /// Legacy files larger than this are not read (Beaker sessions are small; this bounds the
 /// work an oversized or planted file can cause).
 const LEGACY_MAX: u64 = 64 << 20;
+/// Payloads up to this size are written together with their header in one `pwrite`.
+const SMALL_WRITE: usize = 64 << 10;
 /// Records up to this size are read with one `pread`; larger ones slot by slot.
 const SMALL_RECORD: u64 = 256 << 10;
 
@@ -260,11 +262,14 @@ impl FileStore {
     ) -> StoreResult<Step<Opened>> {
         let file = match open_rw(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+            // ENOTDIR: a path component is a file (the data dir itself, or a shard) – there
+            // is no session under it.
+            Err(e)
+                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
                 return self.try_open_legacy(id, path, now, deadline, thread_lock);
             }
-            // ENOTDIR: a path component is a file (the data dir itself, or a shard) – there
-            // is no session under it. ELOOP: a planted symlink; never followed, removed.
+            // ELOOP: a planted symlink; never followed, removed.
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 let _ = fs::remove_file(path);
                 return Ok(Step::Done(Opened::Corrupt));
@@ -467,12 +472,16 @@ impl Handle {
                 slot_size,
             } => {
                 let target = 1 - slot;
-                let bytes =
-                    record::encode_slot(&store.cfg.keys, &self.id, seq + 1, created, now, payload);
-                if bytes.len() <= slot_size {
-                    self.file
-                        .write_all_at(&bytes, (target * slot_size) as u64)
-                        .map_err(|e| StoreError::io("write", &self.path, e))?;
+                if HEADER_LEN + payload.len() <= slot_size {
+                    let header = record::encode_header(
+                        &store.cfg.keys,
+                        &self.id,
+                        seq + 1,
+                        created,
+                        now,
+                        payload,
+                    );
+                    self.write_slot(&header, payload, (target * slot_size) as u64)?;
                     self.origin = Origin::Record {
                         slot: target,
                         seq: seq + 1,
@@ -493,10 +502,29 @@ impl Handle {
                 drop(legacy_file);
             }
         }
-        self.payload = payload.to_vec();
+        // `payload` means "as loaded"; the caller has the saved bytes already, and keeping
+        // a copy would cost a large session an allocation and a copy per save.
+        self.payload = Vec::new();
         self.created = Some(created);
         self.last_access = Some(now);
         Ok(())
+    }
+
+    /// Writes one slot in place. Small slots go out in one `pwrite`; large ones as payload
+    /// then header, which spares copying the payload into a buffer. A crash between the two
+    /// writes leaves a slot whose tag does not verify, so the other slot wins: still safe.
+    fn write_slot(&self, header: &[u8], payload: &[u8], offset: u64) -> StoreResult<()> {
+        let io = |e| StoreError::io("write", &self.path, e);
+        if payload.len() <= SMALL_WRITE {
+            let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+            buf.extend_from_slice(header);
+            buf.extend_from_slice(payload);
+            return self.file.write_all_at(&buf, offset).map_err(io);
+        }
+        self.file
+            .write_all_at(payload, offset + HEADER_LEN as u64)
+            .map_err(io)?;
+        self.file.write_all_at(header, offset).map_err(io)
     }
 
     /// Writes a complete new record to a temporary file, locks it, and renames it over the

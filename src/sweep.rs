@@ -11,11 +11,19 @@
 //! Safety: a record is removed only while holding its `flock` (taken without waiting: a
 //! locked record is in use, hence live), and files younger than `GRACE` seconds are never
 //! taken for garbage, so a record being created or installed is not mistaken for a torn one.
+//!
+//! Fork safety: every `flock` taken here is released explicitly (`LOCK_UN`), not by closing
+//! the file. A `flock` belongs to the open file description, which a child forked while a
+//! sweep runs shares through its inherited descriptors: released by `close` alone, the lock
+//! would live on in the child (which never runs this thread's destructors), blocking the
+//! record's session, or every later sweep, for as long as the child lives.
 
 use std::fs::{self, File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fs4::fs_std::FileExt as LockExt;
 
 use crate::error::{StoreError, StoreResult};
 use crate::lock::try_flock;
@@ -148,6 +156,16 @@ fn read_times(file: &File, len: u64) -> Times {
     }
 }
 
+/// A file whose `flock` (if taken) is released explicitly when it goes out of scope.
+struct Unlocking(File);
+
+impl Drop for Unlocking {
+    fn drop(&mut self) {
+        // Unlocking a file that is not locked is a no-op.
+        let _ = LockExt::unlock(&self.0);
+    }
+}
+
 struct Walker<'a> {
     cfg: &'a StoreConfig,
     now: f64,
@@ -185,11 +203,12 @@ impl Walker<'_> {
             report.live += 1;
             return;
         }
-        let Ok(file) = open_rw(path) else {
+        let Ok(file) = open_rw(path).map(Unlocking) else {
             report.errors += 1;
             return;
         };
-        if self.mode == Mode::Sweep && !try_flock(&file).unwrap_or(false) {
+        let file = &file.0;
+        if self.mode == Mode::Sweep && !try_flock(file).unwrap_or(false) {
             // In use by a request right now: live by definition.
             report.live += 1;
             return;
@@ -197,7 +216,7 @@ impl Walker<'_> {
         if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
             return; // removed or replaced meanwhile
         }
-        match read_times(&file, len) {
+        match read_times(file, len) {
             Times::Known { created, saved_at } => {
                 let last_access = saved_at.max(mtime(meta));
                 if expired(self.cfg, self.now, Some(created), Some(last_access)) {
@@ -285,7 +304,14 @@ pub const STAMP: &str = "sweep.stamp";
 
 /// Proof that this process won the right to sweep now; holds the stamp's lock until dropped.
 pub struct Claim {
-    _file: File,
+    file: File,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Explicitly, so that a child forked during the sweep does not keep the lock.
+        let _ = LockExt::unlock(&self.file);
+    }
 }
 
 /// Claims the next automatic sweep: `Some` if no other process holds the stamp's lock and
@@ -317,7 +343,7 @@ pub fn claim(cfg: &StoreConfig, now: f64, interval: f64) -> StoreResult<Option<C
         .map_err(|e| StoreError::io("write", &path, e))?;
     file.set_modified(to_system_time(now))
         .map_err(|e| StoreError::io("touch", &path, e))?;
-    Ok(Some(Claim { _file: file }))
+    Ok(Some(Claim { file }))
 }
 
 /// Walks the store under `cfg.data_dir` with `threads` workers (at least one).

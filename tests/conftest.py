@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify
 from flask import session as flask_session
+from flask_beaker_session import _core
 from flask_beaker_session import session as fbs
 
 TESTS_DIR = Path(__file__).parent
@@ -102,6 +103,11 @@ def record_files(data_dir: Path) -> list[Path]:
     if not root.exists():
         return []
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def record_path(data_dir: Path, sid: str) -> Path:
+    """Where the record of ``sid`` lives (the core computes the layout)."""
+    return Path(_core.record_path(data_dir, sid))
 
 
 def all_files(root: Path) -> list[Path]:

@@ -4,7 +4,6 @@ with their process)."""
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import random
 import struct
@@ -19,7 +18,7 @@ from _helpers_conc import (
     client_with,
     holding_worker,
 )
-from conftest import build_app, cookie_of
+from conftest import build_app, cookie_of, record_path
 from flask import Flask
 
 # 'fork' makes each restart of the writer cheap (no re-import); the parent has no other
@@ -30,9 +29,6 @@ BIG = 300 * 1024
 SMALL = 200
 
 
-def _record_path(data_dir: Path, sid: str) -> Path:
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    return data_dir / "fbs1" / digest[:3] / digest
 
 
 def _newest_header_seq(path: Path) -> int:
@@ -100,7 +96,7 @@ def test_sigkill_loop_leaves_every_session_whole(data_dir: Path) -> None:
             last_seen[sid] = info["v"]
             # Version v is saved with sequence number v + 1; a newer header means the
             # kill tore that save and the reader fell back to the previous slot.
-            if _newest_header_seq(_record_path(data_dir, sid)) > info["v"] + 1:
+            if _newest_header_seq(record_path(data_dir, sid)) > info["v"] + 1:
                 recovered_from_torn += 1
     # A brand-new app (as after a server restart) reads every session.
     fresh = add_versioned_routes(build_app(data_dir, SESSION_LOCK_TIMEOUT=2))

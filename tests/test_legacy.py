@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, FIXTURES, all_files, build_app, record_files
+from conftest import COOKIE, FIXTURES, all_files, build_app, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
 from legacy_objects import LegacyThing
@@ -37,9 +36,6 @@ def expected_data(label: str, name: str) -> dict[str, Any]:
     return value
 
 
-def record_path(data_dir: Path, sid: str) -> Path:
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    return data_dir / "fbs1" / digest[:3] / digest
 
 
 def legacy_file(data_dir: Path, label: str, name: str) -> Path:

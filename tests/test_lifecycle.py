@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -11,16 +10,13 @@ from typing import Any
 
 import flask
 import pytest
-from conftest import COOKIE, all_files, cookie_of, record_files
+from conftest import COOKIE, all_files, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
 
 MakeApp = Callable[..., Flask]
 
 
-def record_path(data_dir: Path, sid: str) -> Path:
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    return data_dir / "fbs1" / digest[:3] / digest
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime
 import decimal
-import hashlib
 import json
 import os
 import pickle
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, cookie_of, record_files
+from conftest import COOKIE, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SessionMixin
@@ -32,10 +31,6 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 TIME_KEYS = ("_creation_time", "_accessed_time")
 
 
-def record_path(data_dir: Path, sid: str) -> Path:
-    """Where our record of ``sid`` lives (sharded by a digest of the id)."""
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    return data_dir / "fbs1" / digest[:3] / digest
 
 
 def real(s: Any) -> Any:

@@ -11,7 +11,10 @@ Importing this package does not import Flask; ``flask_beaker_session.session`` d
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports it lazily
+    from .session import Session
 
 try:
     __version__: str = version("flask-beaker-session")

@@ -1,7 +1,23 @@
 """Type stub of the private native module built from ``src/`` (Rust, PyO3)."""
 
 from os import PathLike
-from typing import Any
+from pathlib import Path
+from typing import Any, final
+
+__all__ = [
+    "OPEN_CORRUPT",
+    "OPEN_EXPIRED",
+    "OPEN_FOUND",
+    "OPEN_INVALID",
+    "OPEN_MISSING",
+    "OPEN_NEWER",
+    "RECORD_FORMAT_VERSION",
+    "Handle",
+    "Store",
+    "is_valid_id",
+    "record_path",
+    "reset_after_fork",
+]
 
 OPEN_FOUND: int
 OPEN_MISSING: int
@@ -14,22 +30,26 @@ RECORD_FORMAT_VERSION: int
 def reset_after_fork() -> None:
     """Forget in-process lock state (called in a child after ``fork``)."""
 
+def record_path(data_dir: str | PathLike[str], sid: str) -> Path:
+    """Path of the record of ``sid`` under ``data_dir``; ValueError for a malformed id."""
+
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` is 32 lowercase hexadecimal characters."""
 
+@final
 class Store:
     """A session store: files (``Store(...)``), memory or Redis. Holds no file descriptor
     or connection until first used, so it can be built before a pre-fork server forks."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         data_dir: str | PathLike[str],
         keys: list[bytes],
         idle_timeout: float | None,
         absolute_timeout: float | None,
         lock_timeout: float,
         read_legacy: bool,
-    ) -> None: ...
+    ) -> Store: ...
     @staticmethod
     def memory(
         idle_timeout: float | None, absolute_timeout: float | None, lock_timeout: float
@@ -52,7 +72,7 @@ class Store:
     def kind(self) -> str:
         """``'file'``, ``'memory'`` or ``'redis'``."""
     @property
-    def data_dir(self) -> str | None:
+    def data_dir(self) -> Path | None:
         """The data directory of a file store."""
     @property
     def legacy_present(self) -> bool: ...
@@ -71,6 +91,7 @@ class Store:
     def create(self, sid: str, payload: bytes, created: float, now: float) -> None:
         """Store a new session under a fresh id."""
 
+@final
 class Handle:
     """A locked, open session."""
 

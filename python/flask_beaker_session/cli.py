@@ -7,9 +7,13 @@ against the data directory of the app that ``flask`` loads, with that app's conf
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import pickle
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from flask import current_app
@@ -17,12 +21,16 @@ from flask.cli import AppGroup
 
 from . import _core
 from .config import SessionConfig
+from .errors import LockTimeoutError, StoreUnavailableError
 from .session_interface import (
     BeakerSessionInterface,
     _Backend,
+    _hashed,
     _pickle_user_data,
     decode_record,
 )
+
+logger = logging.getLogger("flask_beaker_session")
 
 group = AppGroup("beaker-session", help="Maintain the server-side session store.")
 
@@ -39,8 +47,30 @@ def _config() -> SessionConfig:
 
 
 def _store() -> _core.Store:
+    cfg = _config()
+    if cfg.type == "memory":
+        # Memory sessions live in the app's own store (this process only).
+        interface = current_app.session_interface
+        assert isinstance(interface, BeakerSessionInterface)
+        return interface.store
     # A fresh store sees the data dir as it is now (e.g. a legacy tree copied in later).
-    return _Backend(_config()).store
+    return _Backend(cfg).store
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _store_errors(fn: _F) -> _F:
+    """Reports an unreachable store as a one-line error (exit status 1), not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _where(store: _core.Store) -> str:
@@ -56,6 +86,7 @@ def _human(n: float) -> str:
 
 
 @group.command("sweep")
+@_store_errors
 def sweep_command() -> None:
     """Remove expired sessions, orphaned temporary files and stale legacy files."""
     store = _store()
@@ -72,6 +103,7 @@ def sweep_command() -> None:
 
 @group.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@_store_errors
 def stats_command(as_json: bool) -> None:
     """Count sessions, bytes, expired and legacy files, and sizes."""
     store = _store()
@@ -92,6 +124,7 @@ def stats_command(as_json: bool) -> None:
 
 @group.command("clear")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_store_errors
 def clear_command(yes: bool) -> None:
     """Remove every session (everybody is logged out)."""
     store = _store()
@@ -102,21 +135,31 @@ def clear_command(yes: bool) -> None:
 
 
 @group.command("migrate")
+@_store_errors
 def migrate_command() -> None:
     """Convert the original package's Beaker session files to this package's format."""
     cfg = _config()
     store = _store()
     ids = store.legacy_ids()
-    migrated = expired = failed = 0
+    migrated = expired = failed = skipped = 0
     with click.progressbar(ids, label="migrating", show_pos=True) as bar:
         for sid in bar:
             now = time.time()
-            handle, status = store.open(sid, now)
+            try:
+                handle, status = store.open(sid, now)
+            except LockTimeoutError:
+                skipped += 1  # in use by a request: it migrates itself when saved
+                continue
             if handle is None:
                 expired += status == _core.OPEN_EXPIRED
                 failed += status == _core.OPEN_CORRUPT
                 continue
             try:
+                if handle.legacy and not _loadable(handle):
+                    # Its classes are not importable here (but may be in the app, which
+                    # migrates it on first use): removing it would log its user out.
+                    skipped += 1
+                    continue
                 decoded = decode_record(handle, cfg, now)
                 if decoded is None:
                     expired += 1
@@ -133,4 +176,25 @@ def migrate_command() -> None:
     click.echo(
         f"migrated {migrated} of {len(ids)} legacy sessions; "
         f"{expired} expired or unreadable removed, {failed} corrupt removed"
+        + (
+            f"; {skipped} skipped (in use, or cannot be unpickled here; left in place)"
+            if skipped
+            else ""
+        )
     )
+
+
+def _loadable(handle: _core.Handle) -> bool:
+    """Whether a legacy payload unpickles in this process (logs why not)."""
+    try:
+        pickle.loads(handle.payload)
+    except Exception as exc:
+        logger.warning(
+            "legacy session %s cannot be unpickled by this command (%s: %s); "
+            "left for the application to migrate on first use",
+            _hashed(handle.id),
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,10 +188,17 @@ def _prefix(value: Any) -> str:
     return value
 
 
+def _redacted(url: str) -> str:
+    """``url`` with its password (``user:pw@`` or ``?pass=pw``) masked, for messages."""
+    url = re.sub(r"^([^:/?#]*://[^/?#@:]*:)[^/?#]*@", r"\1***@", url)
+    return re.sub(r"([?&]pass(?:word)?=)[^&#]*", r"\1***", url)
+
+
 def _redis_url(value: Any) -> str:
     key = "SESSION_REDIS_URL"
     if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
-        raise _fail(key, value, "a URL starting with " + ", ".join(_REDIS_SCHEMES))
+        shown = _redacted(value) if isinstance(value, str) else value
+        raise _fail(key, shown, "a URL starting with " + ", ".join(_REDIS_SCHEMES))
     return value
 
 

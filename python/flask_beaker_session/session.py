@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, request
 
 from . import config as _config
+from ._log import PROCESS
 from .cli import group as cli_group
 from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .session_interface import (
@@ -51,7 +52,9 @@ def _check_data_dir(cfg: _config.SessionConfig) -> None:
     except FileNotFoundError:
         return
     if mode & stat.S_IWOTH:
-        logger.warning(
+        PROCESS.log(
+            f"insecure-data-dir:{cfg.data_dir}",
+            logging.WARNING,
             "SESSION_DATA_DIR %s is writable by other users: anyone who can write there "
             "can plant session records",
             cfg.data_dir,
@@ -113,8 +116,14 @@ class Session:
         cfg = _config.load(app.config)
         if cfg.type == "file":
             _check_data_dir(cfg)
-        if not cfg.secret_keys:
-            logger.info("no SECRET_KEY: session records are checksummed but not authenticated")
+        if not cfg.secret_keys and cfg.type != "memory":
+            PROCESS.log(
+                "no-secret-key",
+                logging.WARNING,
+                "no SECRET_KEY: session records are checksummed but not authenticated, so "
+                "whoever can write to the session store can plant records that will be "
+                "unpickled; set SECRET_KEY",
+            )
         if cfg.type == "memory":
             _memory_apps.add(app)
             if _declared_workers() > 1:

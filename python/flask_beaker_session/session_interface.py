@@ -30,17 +30,17 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from flask import current_app, has_app_context
 from flask.sessions import SessionInterface, SessionMixin
 
 from . import _core
+from ._log import CORRUPT, LEGACY, LOCK_TIMEOUT, NEWER, PROCESS, Once, logger
 from .config import COOKIE_NAME, PERSISTENT_COOKIE_SECONDS, SessionConfig
 from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .sweeper import AutoSweeper
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
-
-logger = logging.getLogger("flask_beaker_session")
 
 #: Keys the original package shows in every session; kept visible, stored in the header.
 TIME_KEYS = ("_creation_time", "_accessed_time")
@@ -94,6 +94,8 @@ class _Backend:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.store = make_store(config)
+        #: Recurring problems of this app's sessions are logged once each (then at DEBUG).
+        self.once = Once()
         # Read-only requests refresh the last-access time at most this often, so the
         # sliding timeout is exact to within a tenth of itself (and one minute).
         self.touch_interval = min(config.timeout / 10, 60.0) if config.timeout else None
@@ -115,7 +117,11 @@ def _pickle_user_data(data: dict[str, Any]) -> bytes:
 
 
 def decode_record(
-    handle: _core.Handle, config: SessionConfig, now: float, raw: bytes | None = None
+    handle: _core.Handle,
+    config: SessionConfig,
+    now: float,
+    raw: bytes | None = None,
+    once: Once = PROCESS,
 ) -> tuple[dict[str, Any], float | None, float | None] | None:
     """Unpickles an opened record into ``(user data, created, last access)``.
 
@@ -132,7 +138,9 @@ def decode_record(
         if not isinstance(data, dict):
             raise TypeError(f"stored session is a {type(data).__name__}")
     except Exception as exc:
-        logger.warning(
+        once.log(
+            CORRUPT,
+            logging.WARNING,
             "session %s: stored data cannot be loaded (%s: %s); removed, a new session was started",
             _hashed(handle.id),
             type(exc).__name__,
@@ -161,6 +169,31 @@ def decode_record(
     created = float(created) if isinstance(created, (int, float)) else None
     last = float(last) if isinstance(last, (int, float)) else None
     return data, created, last
+
+
+#: Types whose values cannot change in place: a session holding only these (directly, or in
+#: tuples / frozensets of them) and never assigned to cannot have changed.
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, complex, type(None)})
+
+
+def _unchanged(session: BeakerSession, user: dict[str, Any]) -> bytes | None:
+    """The loaded payload if the data provably did not change in this request, else None.
+
+    Change detection normally pickles the data and compares it with what was loaded, which
+    is what makes in-place mutation of stored lists and dicts persist. That costs a full
+    pickle (milliseconds for a 1 MB session) on every request; when no mutating method was
+    called and every value is immutable, nothing can have changed and the pickle is skipped.
+    """
+    if session.modified or session._loaded_payload is None:
+        return None
+    for value in user.values():
+        kind = type(value)
+        if kind in _IMMUTABLE:
+            continue
+        if (kind is tuple or kind is frozenset) and all(type(v) in _IMMUTABLE for v in value):
+            continue
+        return None
+    return session._loaded_payload
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -220,6 +253,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         #: whenever the :data:`flask.session` proxy is used.
         self.modified = False
         self.accessed = False
+        #: Set once ``save_session`` has run: a first use after that (inside a streamed
+        #: response body) reads the session without keeping its lock, as nothing more will
+        #: be saved and the lock must not be held while the body streams.
+        self._finished = False
 
     # -- loading ---------------------------------------------------------------------
 
@@ -227,6 +264,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         if self._loaded:
             return
         self._loaded = True
+        # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
+        # that to the session class (as its SecureCookieSession does on reads).
+        self.accessed = True
         now = time.time()
         value = self._cookie_value
         if value is not None:
@@ -235,13 +275,17 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
                 if self._adopt(handle, now):
                     return
             elif status == _core.OPEN_CORRUPT:
-                logger.warning(
+                self._backend.once.log(
+                    CORRUPT,
+                    logging.WARNING,
                     "session %s: corrupt or unauthenticated record removed; a new "
                     "session was started",
                     _hashed(value),
                 )
             elif status == _core.OPEN_NEWER:
-                logger.warning(
+                self._backend.once.log(
+                    NEWER,
+                    logging.WARNING,
                     "session %s: record written by a newer version of "
                     "flask-beaker-session; a new session was started",
                     _hashed(value),
@@ -251,12 +295,18 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def _adopt(self, handle: _core.Handle, now: float) -> bool:
         """Fills the dict from an opened record; False if it could not be used."""
         raw = handle.payload
-        decoded = decode_record(handle, self._backend.config, now, raw)
+        decoded = decode_record(handle, self._backend.config, now, raw, self._backend.once)
         if decoded is None:
             return False
         data, created, last = decoded
         if handle.legacy:
-            logger.info("session %s: migrating a Beaker session", _hashed(handle.id))
+            self._backend.once.log(
+                LEGACY,
+                logging.INFO,
+                "session %s: migrating a session stored by the original package (Beaker) "
+                "to this package's format",
+                _hashed(handle.id),
+            )
         # Time keys first, as in a fresh session (and the original package), so that
         # iteration order and popitem() do not change from one request to the next.
         dict.__setitem__(self, "_creation_time", created if created else now)
@@ -264,7 +314,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         dict.update(self, data)
         self._sid = self._stored_sid = handle.id
         self._is_new = False
-        if self._backend.config.locking:
+        if self._backend.config.locking and not self._finished:
             self._handle = handle
         else:
             # Non-locking mode: the lock is held only while reading; changes are merged
@@ -432,15 +482,15 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._load()
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
 
-    def __or__(self, other: Any) -> dict[str, Any]:
+    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
         self._load()
         return dict(dict.items(self)) | dict(other)
 
-    def __ror__(self, other: Any) -> dict[str, Any]:
+    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
         self._load()
         return dict(other) | dict(dict.items(self))
 
-    def __ior__(self, other: Any) -> BeakerSession:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> BeakerSession:
         self.update(other)
         return self
 
@@ -466,9 +516,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         return dict.items(self)
 
     @classmethod
-    def fromkeys(  # type: ignore[override]
-        cls, iterable: Iterable[Any], value: Any = None
-    ) -> dict[Any, Any]:
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> dict[Any, Any]:
         """A plain ``dict``: a session object only exists inside a request."""
         return dict.fromkeys(iterable, value)
 
@@ -506,8 +554,17 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 _RETRY = {"Retry-After": "1", "Content-Type": "text/plain; charset=utf-8"}
 
 
+def _once() -> Once:
+    """The current app's :class:`Once` (the process-wide one outside an app)."""
+    if has_app_context():
+        interface = current_app.session_interface
+        if isinstance(interface, BeakerSessionInterface):
+            return interface._backend.once
+    return PROCESS
+
+
 def _lock_timeout_response(error: LockTimeoutError) -> tuple[str, int, dict[str, str]]:
-    logger.warning("session lock timeout: %s", error)
+    _once().log(LOCK_TIMEOUT, logging.WARNING, "session lock timeout: %s", error)
     return ("The session is busy with another request; please retry.", 503, _RETRY)
 
 
@@ -620,6 +677,7 @@ class BeakerSessionInterface(SessionInterface):
                 response.headers.update(headers)
                 response.headers.pop("Set-Cookie", None)
         finally:
+            session._finished = True
             session._release()
 
     def _commit(self, app: Flask, session: BeakerSession, response: Response) -> None:
@@ -635,7 +693,7 @@ class BeakerSessionInterface(SessionInterface):
                 session._handle = None
                 self._delete_cookie(app, session, response)
                 return
-            payload = _pickle_user_data(user)
+            payload = _unchanged(session, user) or _pickle_user_data(user)
             if payload != session._loaded_payload:
                 handle.save(payload, now, session.created)
                 session._loaded_payload = payload
@@ -685,7 +743,7 @@ class BeakerSessionInterface(SessionInterface):
         store = self._backend.store
         sid = session._stored_sid
         assert sid is not None
-        payload = _pickle_user_data(user) if user else b""
+        payload = (_unchanged(session, user) or _pickle_user_data(user)) if user else b""
         if user and payload == session._loaded_payload:
             interval = self._backend.touch_interval
             last = session._last_accessed
@@ -706,7 +764,7 @@ class BeakerSessionInterface(SessionInterface):
             self._delete_cookie(app, session, response)
             return
         try:
-            decoded = decode_record(handle, self.config, now)
+            decoded = decode_record(handle, self.config, now, once=self._backend.once)
             if decoded is None:
                 self._delete_cookie(app, session, response)
                 return

@@ -22,6 +22,14 @@ pub mod _core {
         crate::redis_store::reset_after_fork();
     }
 
+    /// Path of the record of `sid` under `data_dir` (the layout's single source of truth,
+    /// for tools and tests). Raises ValueError for a malformed id.
+    #[pyfunction]
+    fn record_path(data_dir: std::path::PathBuf, sid: &str) -> PyResult<std::path::PathBuf> {
+        let id = crate::sid::SessionId::parse(sid).ok_or(crate::error::StoreError::InvalidId)?;
+        Ok(crate::shard::record_path(&data_dir, &id))
+    }
+
     /// Whether `value` is a well-formed session id (32 lowercase hex characters).
     #[pyfunction]
     fn is_valid_id(value: &str) -> bool {

@@ -1,0 +1,391 @@
+"""The common behaviour of the three backends (SPEC §5, §7, §8, §10): every test runs
+against 'file', 'redis' (a real ``redis-server`` started by the fixture) and 'memory'."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import COOKIE, build_app, cookie_of
+from flask import Flask, jsonify
+from flask import session as flask_session
+from flask_beaker_session import _core
+from redis_server import RedisServer, data_key, running_server
+
+BACKENDS = ["file", "redis", "memory"]
+SID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` on a free port of 127.0.0.1 for the whole run."""
+    with running_server(tmp_path_factory.mktemp("redis-backends")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@dataclass
+class Backend:
+    """One configured backend plus ways to look at what it stores."""
+
+    kind: str
+    data_dir: Path
+    prefix: str
+    server: RedisServer | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def app(self, **config: Any) -> Flask:
+        """The conftest app on this backend, plus a few routes of this module."""
+        return add_routes(build_app(self.data_dir, **{**self.config, **config}))
+
+    def raw(self, app: Flask, sid: str) -> bytes | None:
+        """What the backend stores for ``sid`` (the record's bytes), or None."""
+        if self.kind == "file":
+            path = record_path(self.data_dir, sid)
+            return path.read_bytes() if path.exists() else None
+        if self.kind == "redis":
+            assert self.server is not None
+            with self.server.client() as c:
+                value: bytes | None = c("GET", data_key(self.prefix, sid))
+                return value
+        # memory: nothing outside the process; the stored payload is what there is.
+        handle, _ = app.session_interface.store.open(sid, time.time())  # type: ignore[attr-defined]
+        if handle is None:
+            return None
+        try:
+            return bytes(handle.payload)
+        finally:
+            handle.release()
+
+    def stored(self, app: Flask, sid: str) -> bool:
+        """Whether a live session ``sid`` is stored (as the store itself sees it)."""
+        handle, status = app.session_interface.store.open(sid, time.time())  # type: ignore[attr-defined]
+        if handle is not None:
+            handle.release()
+        return status == _core.OPEN_FOUND
+
+    def overwrite(self, sid: str, value: bytes) -> None:
+        """Replaces the stored record of ``sid`` (file and Redis only)."""
+        if self.kind == "file":
+            record_path(self.data_dir, sid).write_bytes(value)
+        elif self.kind == "redis":
+            assert self.server is not None
+            with self.server.client() as c:
+                c("SET", data_key(self.prefix, sid), value, "KEEPTTL")
+        else:
+            raise AssertionError("the memory backend has no external record")
+
+
+def record_path(data_dir: Path, sid: str) -> Path:
+    """The record file of ``sid``: named by the id's SHA-256, in some shard directory."""
+    digest = hashlib.sha256(sid.encode()).hexdigest()
+    root = data_dir / "fbs1"
+    found = sorted(root.rglob(digest)) if root.exists() else []
+    return found[0] if found else root / digest
+
+
+def add_routes(app: Flask) -> Flask:
+    """``/slowinc``, ``/cart/init``, ``/cart/add/<x>``, ``/cart``, ``/bad``, ``/hold``."""
+
+    @app.route("/slowinc")
+    def slowinc() -> str:
+        n = flask_session.get("n", 0)
+        time.sleep(0.002)  # widen the read→write window: lost updates would show
+        flask_session["n"] = n + 1
+        return str(n + 1)
+
+    @app.route("/cart/init")
+    def cart_init() -> str:
+        flask_session["cart"] = []
+        return "ok"
+
+    @app.route("/cart/add/<item>")
+    def cart_add(item: str) -> str:
+        flask_session["cart"].append(item)  # in place: no __setitem__, no modified flag
+        return "ok"
+
+    @app.route("/cart")
+    def cart() -> Any:
+        return jsonify(flask_session.get("cart"))
+
+    @app.route("/bad")
+    def bad() -> str:
+        flask_session["a"] = "changed"
+        flask_session["unpicklable"] = threading.Lock()
+        return "ok"
+
+    return app
+
+
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> Backend:
+    """Backend ``kind`` isolated for one test (own data dir / own Redis key prefix)."""
+    prefix = f"t:{tmp_path.name}:"
+    config: dict[str, Any] = {"SESSION_TYPE": kind}
+    server = None
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        config.update(SESSION_REDIS_URL=server.url, SESSION_REDIS_PREFIX=prefix)
+    return Backend(kind, tmp_path / "sessions", prefix, server, config)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The backend under test."""
+    return make_backend(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=["file", "redis"])
+def external_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The backends whose records live outside the process (and can be corrupted)."""
+    return make_backend(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def backend_app(backend: Backend) -> Flask:
+    return backend.app()
+
+
+def client_with(app: Flask, sid: str) -> Any:
+    client = app.test_client()
+    client.set_cookie(COOKIE, sid)
+    return client
+
+
+def test_counter_increments(backend_app: Flask) -> None:
+    """Successive requests of one client see and update the same session."""
+    client = backend_app.test_client()
+    assert [client.get("/inc").text for _ in range(5)] == ["1", "2", "3", "4", "5"]
+    other = backend_app.test_client()
+    assert other.get("/inc").text == "1"
+
+
+def test_new_session_gets_cookie(backend: Backend, backend_app: Flask) -> None:
+    """A new session with data gets a 32-hex HttpOnly cookie and is stored; a view that
+    never touches the session sends no cookie."""
+    client = backend_app.test_client()
+    none = client.get("/none")
+    assert "Set-Cookie" not in none.headers
+    assert cookie_of(client) is None
+    response = client.get("/set/a/1")
+    header = response.headers["Set-Cookie"]
+    assert header.startswith(f"{COOKIE}=")
+    assert "HttpOnly" in header
+    assert "Path=/" in header
+    assert "SameSite=Lax" in header
+    sid = cookie_of(client)
+    assert sid is not None and SID_RE.match(sid)
+    assert backend.stored(backend_app, sid)
+    assert "Cookie" in response.headers["Vary"]
+
+
+def test_session_without_data_not_stored(backend: Backend, backend_app: Flask) -> None:
+    """Reading a missing key of a new session stores nothing and sends no cookie."""
+    client = backend_app.test_client()
+    response = client.get("/id")
+    sid = response.text
+    assert "Set-Cookie" not in response.headers
+    assert not backend.stored(backend_app, sid)
+    assert backend.raw(backend_app, sid) is None
+
+
+def test_read_only_request_sends_no_cookie(backend: Backend, backend_app: Flask) -> None:
+    """A request that only reads neither sends Set-Cookie nor rewrites the record."""
+    client = backend_app.test_client()
+    client.get("/set/a/1")
+    sid = cookie_of(client)
+    assert sid is not None
+    before = backend.raw(backend_app, sid)
+    assert before is not None
+    response = client.get("/get/a")
+    assert response.text == "1"
+    assert "Set-Cookie" not in response.headers
+    assert backend.raw(backend_app, sid) == before
+
+
+def test_unknown_id_never_adopted(backend: Backend, backend_app: Flask) -> None:
+    """A well-formed id the store does not know gives a new session under a new id."""
+    unknown = "0123456789abcdef0123456789abcdef"
+    client = client_with(backend_app, unknown)
+    assert client.get("/get/a").text == "None"
+    client.get("/set/a/1")
+    sid = cookie_of(client)
+    assert sid is not None and sid != unknown
+    assert not backend.stored(backend_app, unknown)
+    assert backend.stored(backend_app, sid)
+
+
+def test_delete_kills_old_id(backend: Backend, backend_app: Flask) -> None:
+    """delete(): the record is removed, the cookie expired, and the old id is dead."""
+    client = backend_app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    assert old is not None
+    response = client.get("/delete")
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert not backend.stored(backend_app, old)
+    assert client_with(backend_app, old).get("/get/a").text == "None"
+
+
+def test_invalidate_kills_old_id(backend: Backend, backend_app: Flask) -> None:
+    """invalidate(): the old record is removed at once and the new id differs."""
+    client = backend_app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    assert old is not None
+    new = client.get("/invalidate").text
+    assert SID_RE.match(new) and new != old
+    assert not backend.stored(backend_app, old)
+    assert client_with(backend_app, old).get("/get/a").text == "None"
+
+
+def test_regenerate_id_moves_data(backend: Backend, backend_app: Flask) -> None:
+    """regenerate_id(): data kept under the new id, the old id is dead."""
+    client = backend_app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    assert old is not None
+    new = client.get("/regenerate").text
+    assert new != old and cookie_of(client) == new
+    assert client.get("/get/a").text == "1"
+    assert backend.stored(backend_app, new)
+    assert not backend.stored(backend_app, old)
+    assert client_with(backend_app, old).get("/get/a").text == "None"
+
+
+def test_idle_timeout_expires(backend: Backend) -> None:
+    """A session idle for longer than SESSION_TIMEOUT is gone; its id is not reused."""
+    app = backend.app(SESSION_TIMEOUT=1)
+    client = app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    assert old is not None
+    time.sleep(1.3)
+    assert client.get("/get/a").text == "None"
+    assert not backend.stored(app, old)
+    client.get("/set/b/2")
+    assert cookie_of(client) not in (None, old)
+
+
+def test_absolute_timeout_expires_active_session(backend: Backend) -> None:
+    """SESSION_ABSOLUTE_TIMEOUT ends a session however active it is."""
+    app = backend.app(SESSION_TIMEOUT=100, SESSION_ABSOLUTE_TIMEOUT=2)
+    client = app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    time.sleep(1.0)
+    assert client.get("/inc").text == "1"
+    assert client.get("/get/a").text == "1"
+    time.sleep(1.2)
+    assert client.get("/get/a").text == "None"
+    assert old is not None and not backend.stored(app, old)
+
+
+def test_session_transaction(backend_app: Flask) -> None:
+    """Data written in client.session_transaction() is seen by the next request."""
+    client = backend_app.test_client()
+    with client.session_transaction() as sess:
+        sess["a"] = "from-transaction"
+    assert client.get("/get/a").text == "from-transaction"
+    with client.session_transaction() as sess:
+        assert sess["a"] == "from-transaction"
+        sess["b"] = "2"
+    assert client.get("/get/b").text == "2"
+
+
+def test_in_place_mutation_persists(backend_app: Flask) -> None:
+    """session['cart'].append(x) is saved without session.modified."""
+    client = backend_app.test_client()
+    client.get("/cart/init")
+    client.get("/cart/add/x")
+    client.get("/cart/add/y")
+    assert client.get("/cart").json == ["x", "y"]
+
+
+def test_unpicklable_value_names_key(backend: Backend) -> None:
+    """An unpicklable value raises TypeError naming its key; nothing of the request is
+    stored."""
+    app = backend.app(PROPAGATE_EXCEPTIONS=True)
+    client = app.test_client()
+    client.get("/set/a/1")
+    sid = cookie_of(client)
+    assert sid is not None
+    before = backend.raw(app, sid)
+    with pytest.raises(TypeError, match="unpicklable"):
+        client.get("/bad")
+    assert backend.raw(app, sid) == before
+    assert client.get("/dump").json == {"a": "1"}
+
+
+def test_threads_lose_no_update(backend: Backend, backend_app: Flask) -> None:
+    """8 threads x 25 read-modify-write requests on one session: every one counts."""
+    first = backend_app.test_client()
+    assert first.get("/slowinc").text == "1"
+    sid = cookie_of(first)
+    assert sid is not None
+    statuses: list[int] = []
+    guard = threading.Lock()
+
+    def work() -> None:
+        client = client_with(backend_app, sid)
+        got = [client.get("/slowinc").status_code for _ in range(25)]
+        with guard:
+            statuses.extend(got)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 200
+    assert first.get("/get/n").text == str(1 + 200)
+
+
+def test_lock_timeout_gives_503(backend: Backend) -> None:
+    """A request waiting longer than SESSION_LOCK_TIMEOUT gets 503 + Retry-After: 1,
+    and the session works again once the holder lets go."""
+    app = backend.app(SESSION_LOCK_TIMEOUT=0.3)
+    client = app.test_client()
+    client.get("/set/a/1")
+    sid = cookie_of(client)
+    assert sid is not None
+    store: Any = app.session_interface.store  # type: ignore[attr-defined]
+    handle, status = store.open(sid, time.time())
+    assert status == _core.OPEN_FOUND
+    try:
+        response = client.get("/get/a")
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "Traceback" not in response.text
+    finally:
+        handle.release()
+    assert client.get("/get/a").text == "1"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"garbage", b"\x00" * 64, b"FBS" * 100])
+def test_corrupt_record_gives_fresh_session(external_backend: Backend, garbage: bytes) -> None:
+    """A stored value that is not a valid record: fresh empty session under a new id, the
+    bad record removed (file and Redis; memory has no external record)."""
+    backend = external_backend
+    backend_app = backend.app()
+    client = backend_app.test_client()
+    client.get("/set/a/1")
+    old = cookie_of(client)
+    assert old is not None
+    backend.overwrite(old, garbage)
+    assert client.get("/get/a").text == "None"
+    assert backend.raw(backend_app, old) is None
+    client.get("/set/b/2")
+    new = cookie_of(client)
+    assert new is not None and new != old
+    assert client.get("/dump").json == {"b": "2"}
