@@ -5,12 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: help venv demo test test-rust test-py lint fmt clean
+.PHONY: help venv demo test test-rust test-py test-oldest typecheck lint fmt clean
 
 help:
 	@echo "make demo   - install and run the demo app on http://127.0.0.1:$(PORT)/"
 	@echo "make test   - install test dependencies, run the Rust and Python test suites"
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, ruff"
+	@echo "make typecheck   - mypy --strict on the package and a usage file, stubtest on _core"
+	@echo "make test-oldest - the Python suite on the oldest Flask/Werkzeug we support"
 	@echo "make fmt    - format Rust and Python sources"
 
 $(BIN)/python:
@@ -33,6 +35,22 @@ test-rust:
 test-py:
 	$(BIN)/python -m pytest
 
+typecheck: venv
+	$(BIN)/pip install --quiet -e '.[test]' 'mypy==2.4.1'
+	$(BIN)/python -m mypy --strict python/flask_beaker_session
+	$(BIN)/python -m mypy --strict tests/typecheck/check_public_api.py
+	$(BIN)/python -m mypy.stubtest flask_beaker_session._core
+
+# The oldest versions declared in pyproject.toml (dependencies' lower bounds).
+OLDEST := 'flask==2.3.3' 'werkzeug==2.3.8'
+OLD_VENV := .venv-oldest
+
+test-oldest:
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet --upgrade pip
+	$(OLD_VENV)/bin/pip install --quiet -e '.[test]' $(OLDEST)
+	$(OLD_VENV)/bin/python -m pytest
+
 lint: venv
 	$(BIN)/pip install --quiet 'ruff>=0.5'
 	cargo fmt --check
@@ -46,4 +64,4 @@ fmt: venv
 	$(BIN)/ruff format python tests examples
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(OLD_VENV) target

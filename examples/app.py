@@ -2,13 +2,16 @@
 
 Run it with ``make demo`` (or ``flask --app examples/app.py run``), then open
 http://127.0.0.1:5000/ and follow the links. Sessions are stored under
-``examples/.sessions``; the browser only holds an opaque id in ``beaker.session.id``.
+``examples/.sessions`` (or ``$SESSION_DATA_DIR``); the browser only holds an opaque id in
+the ``beaker.session.id`` cookie.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, jsonify, session
 from flask_beaker_session import session as beaker_session
@@ -26,16 +29,21 @@ class YourObject:
         return f"YourObject({self.name!r})"
 
 
-class Config:
-    SESSION_EXPIRES = False  # persistent cookie
-    SESSION_TIMEOUT = 3600  # server-side idle timeout: 1 hour
-    SESSION_DATA_DIR = os.environ.get("SESSION_DATA_DIR", str(HERE / ".sessions"))
-    SECRET_KEY = os.environ.get("SECRET_KEY", "change-me: records are signed with it")
+def default_config() -> dict[str, Any]:
+    """The demo's settings; the environment can override the data dir and the key."""
+    return {
+        "SESSION_EXPIRES": False,  # persistent cookie
+        "SESSION_TIMEOUT": 3600,  # server-side idle timeout: 1 hour
+        "SESSION_DATA_DIR": os.environ.get("SESSION_DATA_DIR", str(HERE / ".sessions")),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "dev only: records are signed with it"),
+    }
 
 
-def create_app(config_class: type = Config) -> Flask:
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The demo app; ``config`` overrides :func:`default_config`."""
     app = Flask(__name__)
-    app.config.from_object(config_class)
+    app.config.update(default_config())
+    app.config.update(config or {})
     beaker_session.init_app(app)
 
     @app.route("/")
@@ -58,7 +66,7 @@ def create_app(config_class: type = Config) -> Flask:
         return f"{session['var_1']} - {session['var_2']} - {session['var_3']}"
 
     @app.route("/delete")
-    def delete() -> object:
+    def delete() -> Any:
         session.pop("var_1", None)
         return jsonify("var_1" in session)
 
