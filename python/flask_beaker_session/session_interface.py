@@ -601,9 +601,9 @@ class BeakerSessionInterface(SessionInterface):
         # No I/O here: the session loads itself on first use.
         if self.sweeper is not None:
             self.sweeper.ensure_started()
-        value = request.cookies.get(COOKIE_NAME)
-        session = BeakerSession(self._backend, value)
-        request.environ.setdefault(_ENVIRON_KEY, []).append(session)
+        environ = request.environ
+        session = BeakerSession(self._backend, _cookie_value(environ.get("HTTP_COOKIE")))
+        environ.setdefault(_ENVIRON_KEY, []).append(session)
         return session
 
     def is_null_session(self, obj: object) -> bool:
@@ -634,7 +634,7 @@ class BeakerSessionInterface(SessionInterface):
 
     def _refreshes(self, app: Flask, session: BeakerSession) -> bool:
         """Whether a persistent cookie is re-sent when its session is written/touched."""
-        return (session.permanent or self.config.expires is False) and bool(
+        return (self.config.expires is False or session.permanent) and bool(
             app.config.get("SESSION_REFRESH_EACH_REQUEST", True)
         )
 
@@ -658,7 +658,7 @@ class BeakerSessionInterface(SessionInterface):
             return
         try:
             if session.accessed or session._loaded:
-                response.vary.add("Cookie")
+                _vary_cookie(response)
             if not session._loaded:
                 return
             if response.status_code >= 500:
@@ -780,6 +780,33 @@ class BeakerSessionInterface(SessionInterface):
                 self._set_cookie(app, session, response, now)
         finally:
             handle.release()
+
+
+def _cookie_value(header: str | None) -> str | None:
+    """The first ``beaker.session.id`` value of a Cookie header (as Werkzeug picks it).
+
+    Parsing the whole header into ``request.cookies`` costs more than the rest of a
+    session's request put together; we need one cookie, whose only acceptable values are
+    32 lowercase hex characters (anything else is rejected by the core before any I/O, so
+    unusual quoting or encoding can only make a value invalid, never select a session).
+    """
+    if not header or COOKIE_NAME not in header:
+        return None
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() == COOKIE_NAME:
+            return value.strip().strip('"')
+    return None
+
+
+def _vary_cookie(response: Response) -> None:
+    """Adds ``Cookie`` to the Vary header (cheaper than building ``response.vary``)."""
+    headers = response.headers
+    vary = headers.get("Vary")
+    if not vary:
+        headers["Vary"] = "Cookie"
+    elif "cookie" not in (v.strip().lower() for v in vary.split(",")):
+        headers["Vary"] = f"{vary}, Cookie"
 
 
 def release_request_sessions(environ: dict[str, Any]) -> None:

@@ -1,0 +1,130 @@
+"""One cached virtualenv per implementation, under ``bench/.venvs/``.
+
+A venv is rebuilt only when its stamp changes: the stamp holds the requirements and, for
+this package, a digest of the sources that go into the wheel (``src/``, ``python/``,
+``Cargo.toml``, ``Cargo.lock``, ``pyproject.toml``), so the release build runs only when
+the sources changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from impls import COMMON_REQUIREMENTS, IMPLS, Impl
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENVS = BENCH / ".venvs"
+DEV_VENV = Path("/work/venv")
+SOURCE_PATHS = ("src", "python", "Cargo.toml", "Cargo.lock", "pyproject.toml")
+SKIPPED_SUFFIXES = (".so", ".pyc", ".pyd")
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the results)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def source_digest() -> str:
+    """Digest of every source file that goes into this package's wheel."""
+    digest = hashlib.sha256()
+    for name in SOURCE_PATHS:
+        root = REPO / name
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for path in files:
+            if not path.is_file() or path.suffix in SKIPPED_SUFFIXES:
+                continue
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def pinned_flask() -> list[str]:
+    """Flask and Werkzeug pinned to the versions of the development venv."""
+    pins = []
+    for dist in ("flask", "werkzeug"):
+        version = _dev_venv_version(dist)
+        pins.append(f"{dist}=={version}" if version else dist)
+    return pins
+
+
+def _dev_venv_version(dist: str) -> str | None:
+    pip = DEV_VENV / "bin" / "pip"
+    if not pip.exists():
+        return None
+    out = subprocess.run(
+        [str(pip), "show", dist], capture_output=True, text=True, check=False
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def requirements(impl: Impl) -> list[str]:
+    """What ``pip install`` gets for ``impl`` (ours adds the working tree)."""
+    reqs = [*pinned_flask(), *COMMON_REQUIREMENTS, *impl.requirements]
+    if impl.name == "ours":
+        reqs.append(str(REPO))
+    return reqs
+
+
+def stamp_for(impl: Impl) -> dict[str, object]:
+    stamp: dict[str, object] = {
+        "requirements": requirements(impl),
+        "python": sys.version,
+    }
+    if impl.name == "ours":
+        stamp["sources"] = source_digest()
+    return stamp
+
+
+def venv_python(name: str) -> Path:
+    return VENVS / name / "bin" / "python"
+
+
+def ensure_venv(impl: Impl) -> Path:
+    """Creates (or reuses) the venv of ``impl``; returns its interpreter."""
+    root = VENVS / impl.name
+    stamp_file = root / "bench-stamp.json"
+    stamp = stamp_for(impl)
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        return venv_python(impl.name)
+    log(f"building venv {impl.name} (requirements or sources changed)")
+    started = time.monotonic()
+    if root.exists():
+        shutil.rmtree(root)
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    pip = [str(venv_python(impl.name)), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, *requirements(impl)], check=True, cwd=BENCH)
+    stamp_file.write_text(json.dumps(stamp, indent=1))
+    log(f"venv {impl.name} ready in {time.monotonic() - started:.0f} s")
+    return venv_python(impl.name)
+
+
+def ensure_all(names: list[str]) -> dict[str, Path]:
+    return {name: ensure_venv(IMPLS[name]) for name in names}
+
+
+def freeze(python: Path) -> list[str]:
+    """Installed distributions of a venv (recorded in the results)."""
+    out = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if line and not line.startswith("pip==")]
+
+
+if __name__ == "__main__":
+    ensure_all(sys.argv[1:] or list(IMPLS))

@@ -1,0 +1,524 @@
+"""Turns raw results into medians, paired ratios, the SPEC §12 verdicts and markdown.
+
+Statistics (see README): within a round, each scenario's time is the median of its
+requests; a scenario's *overhead* is that minus the same round's session-free route
+(no cookie). Across rounds we report the median overhead and, for ratios, the median
+of the per-round paired ratios (ours / peer measured in the same round).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from impls import IMPLS
+
+#: Per round: {impl: {scenario: (time_us, overhead_us)}}.
+RoundTable = dict[str, dict[str, tuple[float, float]]]
+
+OURS = "ours"
+BASELINE = "free"
+#: Below this peer overhead (µs) a ratio means nothing (e.g. session-free routes).
+MIN_OVERHEAD_US = 2.0
+MICRO_ROWS = {
+    "free": "session-free route, no cookie (absolute time)",
+    "free_cookie": "session-free route with a session cookie",
+    "read_only": "read-only (one small key)",
+    "read_write": "read-write counter",
+    "new_session": "new session",
+    "rw_100B": "read-write, payload 100 B",
+    "rw_10KB": "read-write, payload 10 KB",
+    "rw_1MB": "read-write, payload 1 MB",
+    "ro_small_key_1MB": "read one small key next to 1 MB",
+}
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def median(values: Iterable[float]) -> float | None:
+    items = list(values)
+    return statistics.median(items) if items else None
+
+
+def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def ratio_fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
+
+
+def peers_of(names: Iterable[str]) -> list[str]:
+    return [n for n in names if n != OURS]
+
+
+# -- summaries ----------------------------------------------------------------------
+
+
+def round_overheads(
+    rounds: list[dict[str, Any]], key: str = "median_ns"
+) -> list[RoundTable]:
+    """Per round: {impl: {scenario: (time_us, overhead_us)}}."""
+    out = []
+    for rnd in rounds:
+        per_impl: RoundTable = {}
+        for impl, scenarios in rnd["results"].items():
+            base = scenarios[BASELINE][key]
+            per_impl[impl] = {
+                s: (v[key] / 1000, (v[key] - base) / 1000) for s, v in scenarios.items()
+            }
+        out.append(per_impl)
+    return out
+
+
+def paired_ratio(per_round: list[RoundTable], scenario: str, peer: str) -> float | None:
+    """Median over rounds of ours' overhead / the peer's (same round)."""
+    ratios = []
+    for rnd in per_round:
+        ours = rnd.get(OURS, {}).get(scenario)
+        theirs = rnd.get(peer, {}).get(scenario)
+        if ours and theirs and theirs[1] >= MIN_OVERHEAD_US:
+            ratios.append(ours[1] / theirs[1])
+    return median(ratios)
+
+
+def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    per_round = round_overheads(rounds)
+    names = list(rounds[0]["results"]) if rounds else []
+    table: dict[str, dict[str, Any]] = {}
+    for scenario in MICRO_ROWS:
+        cells = {}
+        for impl in names:
+            values = [
+                r[impl][scenario] for r in per_round if scenario in r.get(impl, {})
+            ]
+            if values:
+                cells[impl] = {
+                    "time_us": median(v[0] for v in values),
+                    "overhead_us": median(v[1] for v in values),
+                }
+        ratios = {
+            f"{OURS}/{peer}": paired_ratio(per_round, scenario, peer)
+            if (cells.get(peer, {}).get("overhead_us") or 0) >= MIN_OVERHEAD_US
+            else None
+            for peer in peers_of(names)
+        }
+        table[scenario] = {"impls": cells, "ratios": ratios}
+    return table
+
+
+def summarise_store(store: dict[str, Any]) -> dict[str, Any]:
+    sizes = []
+    for entry in store.get("sizes", []):
+        rounds = round_overheads(entry["rounds"])
+        impls = {name for rnd in rounds for name in rnd}
+        cells = {}
+        for impl in sorted(impls):
+            cells[impl] = {
+                s: median(r[impl][s][1] for r in rounds if impl in r)
+                for s in ("read_write", "new_session")
+            }
+        ratios = {
+            f"{OURS}/{peer}": paired_ratio(rounds, "read_write", peer)
+            for peer in peers_of(sorted(impls))
+        }
+        sizes.append(
+            {
+                "size": entry["size"],
+                "overhead_us": cells,
+                "rw_ratios": ratios,
+                "populate": entry["populate"],
+                "survivors": entry["survivors"],
+            }
+        )
+    flatness = {}
+    if sizes:
+        first, last = sizes[0], sizes[-1]
+        for impl, cell in last["overhead_us"].items():
+            low = first["overhead_us"].get(impl, {}).get("read_write")
+            high = cell["read_write"]
+            if low and high and low > 0:
+                flatness[impl] = {
+                    "from": first["size"],
+                    "to": last["size"],
+                    "ratio": high / low,
+                }
+    return {"sizes": sizes, "flatness": flatness}
+
+
+def summarise_gunicorn(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["workers"], run["sessions"]), []).append(run)
+    out = []
+    for (workers, sessions), group in groups.items():
+        impls: dict[str, Any] = {}
+        present = {r["impl"] for r in group}
+        for impl in sorted(present, key=list(IMPLS).index):
+            mine = [r for r in group if r["impl"] == impl]
+            impls[impl] = {
+                "req_per_s": median(r["req_per_s"] for r in mine),
+                "p50_ms": median(r["p50_ms"] for r in mine),
+                "p99_ms": median(r["p99_ms"] for r in mine),
+                "errors": sum(r["errors"] for r in mine),
+                "lost_updates": sum(r["lost_updates"] for r in mine),
+                "ok": sum(r["ok"] for r in mine),
+                "client_cpu": median(r.get("client_cpu_s_per_s", 0.0) for r in mine),
+            }
+        ratios = {}
+        for peer in peers_of(impls):
+            per_round = [
+                a["req_per_s"] / b["req_per_s"]
+                for a in group
+                for b in group
+                if a["impl"] == OURS
+                and b["impl"] == peer
+                and a["round"] == b["round"]
+                and b["req_per_s"]
+            ]
+            ratios[f"{OURS}/{peer}"] = median(per_round)
+        out.append(
+            {"workers": workers, "sessions": sessions, "impls": impls, "ratios": ratios}
+        )
+    return out
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    if "micro" in results:
+        summary["micro"] = summarise_rounds(results["micro"]["rounds"])
+        summary["rewrite"] = results["micro"]["rewrite"]
+    if results.get("syscalls"):
+        summary["syscalls"] = results["syscalls"]
+    if "store" in results:
+        summary["store"] = summarise_store(results["store"])
+    if "gunicorn" in results:
+        summary["gunicorn"] = summarise_gunicorn(results["gunicorn"])
+    summary["targets"] = targets(summary)
+    return summary
+
+
+# -- SPEC §12 verdicts ---------------------------------------------------------------
+
+
+def verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def micro_ratio(summary: dict[str, Any], scenario: str, peer: str) -> float | None:
+    value: float | None = (
+        summary.get("micro", {})
+        .get(scenario, {})
+        .get("ratios", {})
+        .get(f"{OURS}/{peer}")
+    )
+    return value
+
+
+def ratio_target(
+    label: str, value: float | None, bound: float, at_most: bool = True
+) -> dict[str, Any]:
+    met = None if value is None else (value <= bound if at_most else value >= bound)
+    return {"target": label, "value": f"{ratio_fmt(value)}", "met": met}
+
+
+def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [
+        ratio_target(
+            "read-write overhead ≤ 1/10 of the original's (ours/original)",
+            micro_ratio(summary, "read_write", "original"),
+            0.1,
+        ),
+        ratio_target(
+            "read-write overhead ≤ 1/2 of Flask's cookie session (ours/cookie)",
+            micro_ratio(summary, "read_write", "cookie"),
+            0.5,
+        ),
+        rewrite_target(summary.get("rewrite", {}).get(OURS)),
+        syscall_target(summary.get("syscalls", {}).get(OURS)),
+        flatness_target(summary.get("store", {}).get("flatness", {}).get(OURS)),
+        ratio_target(
+            "one small key next to 1 MB ≤ 1/10 of the original's (ours/original)",
+            micro_ratio(summary, "ro_small_key_1MB", "original"),
+            0.1,
+        ),
+    ]
+    found.extend(gunicorn_targets(summary.get("gunicorn", [])))
+    return found
+
+
+def rewrite_target(check: dict[str, Any] | None) -> dict[str, Any]:
+    label = "read-only requests rewrite no record"
+    if not check:
+        return {"target": label, "value": "-", "met": None}
+    rewritten = check["bytes_changed"] + check["files_created"] + check["files_removed"]
+    value = (
+        f"{rewritten} files rewritten/created/removed by {check['requests']} requests "
+        f"(mtime refreshed: {check['mtime_changed']})"
+    )
+    return {"target": label, "value": value, "met": rewritten == 0}
+
+
+def syscall_target(counts: dict[str, Any] | None) -> dict[str, Any]:
+    label = "session-free request with a cookie: zero syscalls (vs. without cookie)"
+    cell = (counts or {}).get("free_cookie")
+    if not cell:
+        return {"target": label, "value": "-", "met": None}
+    value = (
+        f"{cell['session_layer']:+.2f}/request "
+        f"({cell['session_layer_file']:+.2f} file syscalls)"
+    )
+    met = abs(cell["session_layer"]) < 0.05 and cell["session_layer_file"] == 0
+    return {"target": label, "value": value, "met": met}
+
+
+def flatness_target(flat: dict[str, Any] | None) -> dict[str, Any]:
+    if not flat:
+        label = "read-write cost flat (≤ 1.2x) from 1k to 100k stored sessions"
+        return {"target": label, "value": "-", "met": None}
+    label = (
+        f"read-write cost flat (≤ 1.2x) from {flat['from']:,} to {flat['to']:,} "
+        "stored sessions"
+    )
+    return ratio_target(label, flat["ratio"], 1.2)
+
+
+def gunicorn_targets(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    most = max((g["workers"] for g in groups), default=None)
+    found = []
+    for group in groups:
+        if group["workers"] != most:
+            continue
+        ratio = group["ratios"].get(f"{OURS}/original")
+        if group["sessions"] > 1:
+            found.append(
+                ratio_target(
+                    f"gunicorn -w {most}, {group['sessions']} sessions: "
+                    "≥ 3x the original's req/s",
+                    ratio,
+                    3.0,
+                    at_most=False,
+                )
+            )
+        else:
+            lost = group["impls"].get(OURS, {}).get("lost_updates")
+            met = None if ratio is None or lost is None else lost == 0 and ratio >= 1
+            found.append(
+                {
+                    "target": f"gunicorn -w {most}, one shared session: 0 lost updates "
+                    "at ≥ the original's req/s",
+                    "value": f"{lost} lost, {ratio_fmt(ratio)}x the original's req/s",
+                    "met": met,
+                }
+            )
+    return found
+
+
+# -- markdown -----------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def label(name: str) -> str:
+    return IMPLS[name].label if name in IMPLS else name
+
+
+def micro_table(micro: dict[str, Any], names: list[str]) -> str:
+    peers = peers_of(names)
+    header = [
+        "scenario (µs)",
+        *[label(n) for n in names],
+        *[f"ours/{p}" for p in peers],
+    ]
+    rows = []
+    for scenario, title in MICRO_ROWS.items():
+        entry = micro.get(scenario, {"impls": {}, "ratios": {}})
+        field = "time_us" if scenario == BASELINE else "overhead_us"
+        cells = [fmt(entry["impls"].get(n, {}).get(field)) for n in names]
+        ratios = [ratio_fmt(entry["ratios"].get(f"{OURS}/{p}")) for p in peers]
+        rows.append([title, *cells, *ratios])
+    return table(header, rows)
+
+
+def store_table(store: dict[str, Any]) -> str:
+    sizes = store["sizes"]
+    names = sorted({n for s in sizes for n in s["populate"]}, key=list(IMPLS).index)
+    header = ["stored sessions", *[f"{label(n)}: rw / new µs" for n in names]]
+    header += ["ours/original (rw)", "sessions lost (checked)"]
+    rows = []
+    for entry in sizes:
+        cells = []
+        for name in names:
+            cell = entry["overhead_us"].get(name)
+            populate = entry["populate"].get(name)
+            if cell:
+                cells.append(f"{fmt(cell['read_write'])} / {fmt(cell['new_session'])}")
+            elif populate and populate["stalled"]:
+                cells.append(f"stalled at {populate['stored']:,}")
+            else:
+                cells.append("-")
+        lost = ", ".join(
+            f"{n}: {v['lost']:,} ({v['checked']:,})"
+            for n, v in entry["survivors"].items()
+        )
+        ratio = ratio_fmt(entry["rw_ratios"].get(f"{OURS}/original"))
+        rows.append([f"{entry['size']:,}", *cells, ratio, lost])
+    flat = ", ".join(
+        f"{n} {v['ratio']:.2f}x" for n, v in store.get("flatness", {}).items()
+    )
+    return (
+        table(header, rows) + f"\n\nread-write cost, largest / smallest store: {flat}"
+    )
+
+
+def syscall_table(counts: dict[str, Any]) -> str:
+    names = list(counts)
+    header = ["syscalls per request (session layer)", *[label(n) for n in names]]
+    rows = []
+    for scenario in ("free_cookie", "read_only", "read_write", "new_session"):
+        cells = []
+        for name in names:
+            cell = counts[name].get(scenario)
+            cells.append(
+                f"{cell['session_layer']:.1f} ({cell['session_layer_file']:.1f} file)"
+                if cell
+                else "-"
+            )
+        rows.append([MICRO_ROWS[scenario], *cells])
+    ours = counts.get(OURS, {}).get("read_write", {}).get("by_name", {})
+    detail = ", ".join(f"{k} {v:g}" for k, v in ours.items() if abs(v) >= 0.05)
+    return table(header, rows) + f"\n\nours, read-write, per request: {detail}"
+
+
+def rewrite_table(rewrite: dict[str, Any]) -> str:
+    header = ["read-only requests", "files", "bytes changed", "mtime changed",
+              "created", "removed", "Set-Cookie sent"]  # fmt: skip
+    rows = [
+        [
+            f"{label(n)} x{c['requests']}",
+            str(c["files"]),
+            str(c["bytes_changed"]),
+            str(c["mtime_changed"]),
+            str(c["files_created"]),
+            str(c["files_removed"]),
+            str(c["set_cookie_responses"]),
+        ]
+        for n, c in rewrite.items()
+    ]
+    return table(header, rows)
+
+
+def gunicorn_table(groups: list[dict[str, Any]]) -> str:
+    header = ["gunicorn", "implementation", "req/s", "ours ÷ this", "p50 ms",
+              "p99 ms", "errors", "lost updates", "client CPU"]  # fmt: skip
+    rows = []
+    for group in groups:
+        setting = f"-w {group['workers']}, " + (
+            f"{group['sessions']:,} sessions" if group["sessions"] > 1 else "shared"
+        )
+        for name, cell in group["impls"].items():
+            ratio = group["ratios"].get(f"{OURS}/{name}") if name != OURS else None
+            rows.append(
+                [
+                    setting,
+                    label(name),
+                    fmt(cell["req_per_s"]),
+                    ratio_fmt(ratio),
+                    fmt(cell["p50_ms"], 2),
+                    fmt(cell["p99_ms"], 2),
+                    str(cell["errors"]),
+                    f"{cell['lost_updates']:,} of {cell['ok']:,}",
+                    fmt(cell["client_cpu"], 2),
+                ]
+            )
+    return table(header, rows)
+
+
+def floor_table(floor: dict[str, Any]) -> str:
+    rows = [
+        [op, fmt(v["median_ns"] / 1000, 1), fmt(v["p90_ns"] / 1000, 1)]
+        for op, v in floor.items()
+    ]
+    return table(["filesystem floor (C, 4 KiB)", "median µs", "p90 µs"], rows)
+
+
+def targets_table(found: list[dict[str, Any]]) -> str:
+    rows = [[t["target"], t["value"], verdict(t["met"])] for t in found]
+    return table(["SPEC §12 target", "measured", "status"], rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = results["summary"]
+    names = list(results["impls"])
+    machine, git = results["machine"], results["git"]
+    dirty = " + uncommitted changes" if git["dirty"] == "True" else ""
+    parts = [
+        f"Run: `{results['command']}` ({results['mode']}, {results['started']}, "
+        f"{machine['cpus']} CPUs, load {machine['loadavg'][0]:.1f} → "
+        f"{machine['loadavg_end'][0]:.1f}, {results['seconds']:.0f} s, "
+        f"commit {git['commit'][:10]}{dirty}).",
+        targets_table(summary["targets"]),
+    ]
+    if "micro" in summary:
+        parts.append(
+            "Session overhead per request, Flask test client (µs; median of "
+            f"{results['plan']['rounds']} interleaved rounds; ratios: median of "
+            "per-round paired ratios):\n\n" + micro_table(summary["micro"], names)
+        )
+        parts.append(rewrite_table(summary["rewrite"]))
+    if "syscalls" in summary:
+        parts.append(syscall_table(summary["syscalls"]))
+    if "store" in summary:
+        parts.append(
+            "Overhead (µs) as the store grows (existing session read-write / new "
+            "session):\n\n" + store_table(summary["store"])
+        )
+    if "gunicorn" in summary:
+        parts.append(
+            "gunicorn sync workers on 127.0.0.1 (client: 2 threads per worker, one "
+            f"connection per request, {results['plan']['load_seconds']:g} s per run; "
+            "client CPU: cores used by the load client):"
+            "\n\n" + gunicorn_table(summary["gunicorn"])
+        )
+    if "floor" in results:
+        parts.append(floor_table(results["floor"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    """``python bench/report.py RESULT.json [--readme]``: re-renders a result file."""
+    results = json.loads(Path(argv[0]).read_text())
+    results["summary"] = summarise(results)
+    text = markdown(results)
+    print(text)
+    if "--readme" in argv[1:]:
+        update_readme(Path(__file__).with_name("README.md"), text, results)
+
+
+def update_readme(readme: Path, markdown_text: str, results: dict[str, Any]) -> None:
+    """Replaces the text between the results markers with the latest full table."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} lacks the {START} / {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    body = (
+        f"\nReproduce with `{results['command']}` from the repository root.\n\n"
+        f"{markdown_text}\n"
+    )
+    readme.write_text(head + START + body + END + tail)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
