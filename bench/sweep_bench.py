@@ -124,6 +124,10 @@ def release_site(work: Path) -> Path:
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp)
     tmp.rename(site)
+    keep = (site.name, wheels.name, "fbs-release-target")
+    for stale in work.glob("fbs-release-*"):  # builds of older sources
+        if stale.is_dir() and stale.name not in keep:
+            shutil.rmtree(stale, ignore_errors=True)
     return site
 
 

@@ -117,6 +117,32 @@ pub fn flock_until(file: &File, deadline: Instant) -> io::Result<bool> {
     }
 }
 
+/// A file whose `flock` (if taken) is released explicitly when it is dropped. Closing alone
+/// is not enough: after a `fork` the child holds a copy of the descriptor, and the lock
+/// lives on as long as any copy is open, so a session would stay locked until the child
+/// exits. Unlocking a file that is not locked is a no-op.
+pub struct LockedFile(File);
+
+impl LockedFile {
+    /// Wraps an open file (locked or not yet locked).
+    pub fn new(file: File) -> Self {
+        LockedFile(file)
+    }
+}
+
+impl std::ops::Deref for LockedFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Drop for LockedFile {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.0);
+    }
+}
+
 /// Takes an exclusive `flock` on `file` if nobody holds it; never waits.
 pub fn try_flock(file: &File) -> io::Result<bool> {
     FileExt::try_lock_exclusive(file)

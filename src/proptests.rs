@@ -440,7 +440,7 @@ fn legacy_memo_bomb_is_cheap() {
             level,
         ]);
     }
-    p.extend_from_slice(&[b's', b's', b'.']);
+    p.extend_from_slice(b"ss.");
     let started = std::time::Instant::now();
     let s = legacy::decode(&p).expect("bomb decodes as a (huge) legacy session");
     assert!(s.wrapped);

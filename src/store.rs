@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{StoreError, StoreResult};
 use crate::legacy;
-use crate::lock::{flock_until, ThreadLock};
+use crate::lock::{flock_until, LockedFile, ThreadLock};
 use crate::record::{self, Choice, Keys, HEADER_LEN};
 use crate::shard;
 use crate::sid::SessionId;
@@ -89,7 +89,7 @@ pub struct Handle {
     id: SessionId,
     path: PathBuf,
     legacy_path: Option<PathBuf>,
-    file: File,
+    file: LockedFile,
     origin: Origin,
     /// The stored payload as loaded (pickle bytes).
     pub payload: Vec<u8>,
@@ -262,13 +262,11 @@ impl FileStore {
     ) -> StoreResult<Step<Opened>> {
         let file = match open_rw(path) {
             Ok(f) => f,
-            // ENOTDIR: a path component is a file (the data dir itself, or a shard) – there
-            // is no session under it.
-            Err(e)
-                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 return self.try_open_legacy(id, path, now, deadline, thread_lock);
             }
+            // ENOTDIR (the data dir or a shard is a file), like EROFS or EACCES, is an I/O
+            // error: the store is broken, which must not pass for a missing session.
             // ELOOP: a planted symlink; never followed, removed.
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 let _ = fs::remove_file(path);
@@ -276,6 +274,7 @@ impl FileStore {
             }
             Err(e) => return Err(StoreError::io("open", path, e)),
         };
+        let file = LockedFile::new(file);
         self.lock_file(&file, deadline)?;
         let meta = file
             .metadata()
@@ -342,6 +341,7 @@ impl FileStore {
             }
             Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
         };
+        let file = LockedFile::new(file);
         self.lock_file(&file, deadline)?;
         let meta = file
             .metadata()
@@ -537,7 +537,7 @@ impl Handle {
         created: f64,
         now: f64,
         seq: u64,
-    ) -> StoreResult<File> {
+    ) -> StoreResult<LockedFile> {
         let suffix = SessionId::generate()?.to_hex();
         let mut name = self
             .path
@@ -548,10 +548,10 @@ impl Handle {
         let tmp = self.path.with_file_name(name);
         let slot = record::encode_slot(&store.cfg.keys, &self.id, seq, created, now, payload);
         let slot_size = record::slot_size_for(payload.len());
-        let file = create_file(&tmp)?;
+        let file = LockedFile::new(create_file(&tmp)?);
         let result = (|| {
             // Uncontended: nobody else can know the temporary name.
-            if !fs4::fs_std::FileExt::try_lock_exclusive(&file)
+            if !fs4::fs_std::FileExt::try_lock_exclusive(&*file)
                 .map_err(|e| StoreError::io("lock", &tmp, e))?
             {
                 return Err(StoreError::io(

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use fs4::fs_std::FileExt as LockExt;
 
 use crate::error::{StoreError, StoreResult};
-use crate::lock::try_flock;
+use crate::lock::{try_flock, LockedFile};
 use crate::record::{self, HeaderError, HEADER_LEN};
 use crate::shard;
 use crate::store::{create_file, expired, open_rw, to_system_time, StoreConfig};
@@ -156,16 +156,6 @@ fn read_times(file: &File, len: u64) -> Times {
     }
 }
 
-/// A file whose `flock` (if taken) is released explicitly when it goes out of scope.
-struct Unlocking(File);
-
-impl Drop for Unlocking {
-    fn drop(&mut self) {
-        // Unlocking a file that is not locked is a no-op.
-        let _ = LockExt::unlock(&self.0);
-    }
-}
-
 struct Walker<'a> {
     cfg: &'a StoreConfig,
     now: f64,
@@ -203,22 +193,29 @@ impl Walker<'_> {
             report.live += 1;
             return;
         }
-        let Ok(file) = open_rw(path).map(Unlocking) else {
+        let Ok(file) = open_rw(path).map(LockedFile::new) else {
             report.errors += 1;
             return;
         };
-        let file = &file.0;
-        if self.mode == Mode::Sweep && !try_flock(file).unwrap_or(false) {
+        if self.mode == Mode::Sweep && !try_flock(&file).unwrap_or(false) {
             // In use by a request right now: live by definition.
             report.live += 1;
             return;
         }
-        if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
+        // Look again now that we hold the lock: a request may have touched (or removed)
+        // the record between the directory scan and the lock.
+        let Ok(meta) = file.metadata() else {
+            report.errors += 1;
+            return;
+        };
+        if meta.nlink() == 0 {
             return; // removed or replaced meanwhile
         }
-        match read_times(file, len) {
+        let len = meta.len();
+        let age = self.now - mtime(&meta);
+        match read_times(&file, len) {
             Times::Known { created, saved_at } => {
-                let last_access = saved_at.max(mtime(meta));
+                let last_access = saved_at.max(mtime(&meta));
                 if expired(self.cfg, self.now, Some(created), Some(last_access)) {
                     report.expired += 1;
                     if self.mode == Mode::Sweep {

@@ -33,6 +33,8 @@ def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
     for sweeper in list(_sweepers):
+        # A thread of the parent may have held the lock at the fork: it never returns here.
+        sweeper._lock = threading.Lock()
         sweeper.ensure_started()
 
 
@@ -72,7 +74,8 @@ class AutoSweeper:
 
     def sweep_once(self) -> dict[str, Any] | None:
         """Sweeps now if no process did in the last interval; returns the counts."""
-        report = self.store.sweep_if_due(time.time(), self.interval)
+        # One thread: a background sweep must not compete with requests for every core.
+        report = self.store.sweep_if_due(time.time(), self.interval, 1)
         if report is not None:
             self.last_report = report
             logger.info(
