@@ -29,8 +29,6 @@ BIG = 300 * 1024
 SMALL = 200
 
 
-
-
 def _newest_header_seq(path: Path) -> int:
     """Highest sequence number among the record's two slot headers (torn or not)."""
     data = path.read_bytes()

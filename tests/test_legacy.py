@@ -36,8 +36,6 @@ def expected_data(label: str, name: str) -> dict[str, Any]:
     return value
 
 
-
-
 def legacy_file(data_dir: Path, label: str, name: str) -> Path:
     rel = Path(entry(label, name)["path"]).relative_to(label)
     return data_dir / rel

@@ -17,8 +17,6 @@ from flask import session as flask_session
 MakeApp = Callable[..., Flask]
 
 
-
-
 def snapshot(path: Path) -> tuple[bytes, int]:
     """The record's bytes and its mtime in nanoseconds."""
     return path.read_bytes(), os.stat(path).st_mtime_ns

@@ -31,8 +31,6 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 TIME_KEYS = ("_creation_time", "_accessed_time")
 
 
-
-
 def real(s: Any) -> Any:
     """The session object behind the ``flask.session`` proxy."""
     return s._get_current_object()
