@@ -1,4 +1,5 @@
-"""One cached virtualenv per implementation, under ``bench/.venvs/``.
+"""One cached virtualenv per implementation, under ``bench/.venvs/`` (the Redis
+variants run in the venv of their file-store sibling, see ``Impl.venv``).
 
 A venv is rebuilt only when its stamp changes: the stamp holds the requirements and, for
 this package, a digest of the sources that go into the wheel (``src/``, ``python/``,
@@ -112,7 +113,11 @@ def ensure_venv(impl: Impl) -> Path:
 
 
 def ensure_all(names: list[str]) -> dict[str, Path]:
-    return {name: ensure_venv(IMPLS[name]) for name in names}
+    """The interpreter of each implementation (several may share one venv)."""
+    built: dict[str, Path] = {}
+    for venv in dict.fromkeys(IMPLS[name].venv_name for name in names):
+        built[venv] = ensure_venv(IMPLS[venv])
+    return {name: built[IMPLS[name].venv_name] for name in names}
 
 
 def freeze(python: Path) -> list[str]:

@@ -2,7 +2,12 @@
 
 Each entry says how to install the implementation into its own virtualenv and how to
 wire it into a Flask app. Everything else (routes, scenarios, timing) is common code, so
-the four apps differ only in their session set-up.
+the apps differ only in their session set-up.
+
+Two groups: ``file`` (the main comparison: this package's file store, the original,
+Flask-Session's cachelib store, Flask's cookie) and ``redis`` (this package's Redis
+store against Flask-Session's Redis backend, on one ``redis-server`` that the runner
+starts and names in the environment variable ``BENCH_REDIS_URL``).
 
 This module is imported both by ``run.py`` (system Python, standard library only) and by
 the apps inside each virtualenv, so the set-up functions import their packages lazily.
@@ -10,6 +15,8 @@ the apps inside each virtualenv, so the set-up functions import their packages l
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,6 +30,11 @@ COMMON_REQUIREMENTS = ("gunicorn==23.0.0",)
 TIMEOUT = 1800
 #: Flask's SECRET_KEY, set in every app (a real app has one; ours then tags records).
 SECRET_KEY = "bench-secret-key"
+#: Environment variable through which the runner hands its Redis server to the apps
+#: (test-client workers and gunicorn alike): ``redis://127.0.0.1:PORT/0``.
+REDIS_URL_ENV = "BENCH_REDIS_URL"
+#: The Redis client of Flask-Session's venv (ours talks to Redis from Rust).
+REDIS_CLIENT = "redis==8.1.0"
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,14 @@ class Impl:
     server_side: bool = True
     #: Largest payload it can hold (the cookie session is limited to ~4 KB).
     max_payload: int = 1 << 30
+    #: ``file`` (main comparison) or ``redis`` (the Redis comparison).
+    group: str = "file"
+    #: The virtualenv it runs in (another implementation's name; default: its own).
+    venv: str = ""
+
+    @property
+    def venv_name(self) -> str:
+        return self.venv or self.name
 
 
 def setup_ours(app: Flask, data_dir: str) -> None:
@@ -99,6 +119,56 @@ def setup_cookie(app: Flask, data_dir: str) -> None:
     """Flask's built-in signed-cookie session: nothing to set up but SECRET_KEY."""
 
 
+def redis_url() -> str:
+    """The runner's Redis server (``BENCH_REDIS_URL``)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        raise RuntimeError(f"{REDIS_URL_ENV} is not set (the runner starts Redis)")
+    return url
+
+
+def redis_prefix(name: str, data_dir: str) -> str:
+    """A key prefix per implementation and per run (the data dir is fresh per run).
+
+    Each phase thus starts from an empty key space, as the file stores start from an
+    empty data dir; the gunicorn workers of one server share it.
+    """
+    run = hashlib.sha256(data_dir.encode()).hexdigest()[:8]
+    return f"bench:{name}:{run}:"
+
+
+def setup_ours_redis(app: Flask, data_dir: str) -> None:
+    """This package's Redis store, otherwise configured like ``ours``."""
+    from flask_beaker_session.session import Session
+
+    app.config.update(
+        SESSION_TYPE="redis",
+        SESSION_REDIS_URL=redis_url(),
+        SESSION_REDIS_PREFIX=redis_prefix("ours", data_dir),
+        SESSION_TIMEOUT=TIMEOUT,
+        SESSION_EXPIRES=True,
+    )
+    Session(app)
+
+
+def setup_flask_session_redis(app: Flask, data_dir: str) -> None:
+    """Flask-Session 0.8's Redis backend with a ``redis.Redis`` client."""
+    from urllib.parse import urlsplit
+
+    import redis
+    from flask_session import Session
+
+    url = urlsplit(redis_url())
+    app.config.update(
+        SESSION_TYPE="redis",
+        SESSION_REDIS=redis.Redis(host=url.hostname, port=url.port),
+        SESSION_KEY_PREFIX=redis_prefix("flask_session", data_dir),
+        SESSION_PERMANENT=False,
+        PERMANENT_SESSION_LIFETIME=TIMEOUT,
+    )
+    Session(app)
+
+
 IMPLS: dict[str, Impl] = {
     impl.name: impl
     for impl in (
@@ -119,7 +189,7 @@ IMPLS: dict[str, Impl] = {
         Impl(
             name="flask_session",
             label="Flask-Session 0.8 (cachelib)",
-            requirements=("flask-session==0.8.0", "cachelib==0.13.0"),
+            requirements=("flask-session==0.8.0", "cachelib==0.13.0", REDIS_CLIENT),
             cookie_name="session",
             setup=setup_flask_session,
         ),
@@ -132,5 +202,28 @@ IMPLS: dict[str, Impl] = {
             server_side=False,
             max_payload=2048,
         ),
+        Impl(
+            name="ours_redis",
+            label="flask-beaker-session (this), Redis",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_redis,
+            group="redis",
+            venv="ours",
+        ),
+        Impl(
+            name="flask_session_redis",
+            label="Flask-Session 0.8 (Redis)",
+            requirements=(),
+            cookie_name="session",
+            setup=setup_flask_session_redis,
+            group="redis",
+            venv="flask_session",
+        ),
     )
 }
+
+
+def impl_names(group: str) -> list[str]:
+    """The implementations of one group, in table order (ours first)."""
+    return [n for n, impl in IMPLS.items() if impl.group == group]

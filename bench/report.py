@@ -3,7 +3,9 @@
 Statistics (see README): within a round, each scenario's time is the median of its
 requests; a scenario's *overhead* is that minus the same round's session-free route
 (no cookie). Across rounds we report the median overhead and, for ratios, the median
-of the per-round paired ratios (ours / peer measured in the same round).
+of the per-round paired ratios (ours / peer measured in the same round). The Redis
+comparison (``results["redis"]``) is summarised the same way, with ``ours_redis`` as
+"ours", and has its own README section.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from impls import IMPLS
+from impls import IMPLS, impl_names
 
 #: Per round: {impl: {scenario: (time_us, overhead_us)}}.
 RoundTable = dict[str, dict[str, tuple[float, float]]]
 
 OURS = "ours"
+#: "ours" of the Redis comparison.
+REDIS_OURS = "ours_redis"
 BASELINE = "free"
 #: Below this peer overhead (µs) a ratio means nothing (e.g. session-free routes).
 MIN_OVERHEAD_US = 2.0
@@ -35,7 +39,14 @@ MICRO_ROWS = {
     "rw_1MB": "read-write, payload 1 MB",
     "ro_small_key_1MB": "read one small key next to 1 MB",
 }
+#: Rows of the Redis comparison's micro table.
+REDIS_ROWS = (
+    "free", "free_cookie", "read_only", "read_write", "new_session", "rw_10KB",
+)  # fmt: skip
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+REDIS_START, REDIS_END = "<!-- redis:start -->", "<!-- redis:end -->"
+#: The phases of the main (file store) comparison.
+FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 
 
 def median(values: Iterable[float]) -> float | None:
@@ -55,8 +66,8 @@ def ratio_fmt(value: float | None) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
 
-def peers_of(names: Iterable[str]) -> list[str]:
-    return [n for n in names if n != OURS]
+def peers_of(names: Iterable[str], ours: str = OURS) -> list[str]:
+    return [n for n in names if n != ours]
 
 
 # -- summaries ----------------------------------------------------------------------
@@ -78,18 +89,20 @@ def round_overheads(
     return out
 
 
-def paired_ratio(per_round: list[RoundTable], scenario: str, peer: str) -> float | None:
+def paired_ratio(
+    per_round: list[RoundTable], scenario: str, peer: str, us: str = OURS
+) -> float | None:
     """Median over rounds of ours' overhead / the peer's (same round)."""
     ratios = []
     for rnd in per_round:
-        ours = rnd.get(OURS, {}).get(scenario)
+        ours = rnd.get(us, {}).get(scenario)
         theirs = rnd.get(peer, {}).get(scenario)
         if ours and theirs and theirs[1] >= MIN_OVERHEAD_US:
             ratios.append(ours[1] / theirs[1])
     return median(ratios)
 
 
-def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_rounds(rounds: list[dict[str, Any]], ours: str = OURS) -> dict[str, Any]:
     per_round = round_overheads(rounds)
     names = list(rounds[0]["results"]) if rounds else []
     table: dict[str, dict[str, Any]] = {}
@@ -105,10 +118,10 @@ def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                     "overhead_us": median(v[1] for v in values),
                 }
         ratios = {
-            f"{OURS}/{peer}": paired_ratio(per_round, scenario, peer)
+            f"{OURS}/{peer}": paired_ratio(per_round, scenario, peer, ours)
             if (cells.get(peer, {}).get("overhead_us") or 0) >= MIN_OVERHEAD_US
             else None
-            for peer in peers_of(names)
+            for peer in peers_of(names, ours)
         }
         table[scenario] = {"impls": cells, "ratios": ratios}
     return table
@@ -153,7 +166,9 @@ def summarise_store(store: dict[str, Any]) -> dict[str, Any]:
     return {"sizes": sizes, "flatness": flatness}
 
 
-def summarise_gunicorn(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise_gunicorn(
+    runs: list[dict[str, Any]], ours: str = OURS
+) -> list[dict[str, Any]]:
     groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["workers"], run["sessions"]), []).append(run)
@@ -173,12 +188,12 @@ def summarise_gunicorn(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "client_cpu": median(r.get("client_cpu_s_per_s", 0.0) for r in mine),
             }
         ratios = {}
-        for peer in peers_of(impls):
+        for peer in peers_of(impls, ours):
             per_round = [
                 a["req_per_s"] / b["req_per_s"]
                 for a in group
                 for b in group
-                if a["impl"] == OURS
+                if a["impl"] == ours
                 and b["impl"] == peer
                 and a["round"] == b["round"]
                 and b["req_per_s"]
@@ -201,6 +216,14 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         summary["store"] = summarise_store(results["store"])
     if "gunicorn" in results:
         summary["gunicorn"] = summarise_gunicorn(results["gunicorn"])
+    if "redis" in results:
+        redis = results["redis"]
+        summary["redis"] = {
+            "server": redis["server"],
+            "micro": summarise_rounds(redis["micro"]["rounds"], REDIS_OURS),
+            "gunicorn": summarise_gunicorn(redis["gunicorn"], REDIS_OURS),
+            "cost": redis["micro"].get("redis_cost", {}),
+        }
     summary["targets"] = targets(summary)
     return summary
 
@@ -334,15 +357,21 @@ def label(name: str) -> str:
     return IMPLS[name].label if name in IMPLS else name
 
 
-def micro_table(micro: dict[str, Any], names: list[str]) -> str:
-    peers = peers_of(names)
+def micro_table(
+    micro: dict[str, Any],
+    names: list[str],
+    ours: str = OURS,
+    rows_shown: Iterable[str] = MICRO_ROWS,
+) -> str:
+    peers = peers_of(names, ours)
     header = [
         "scenario (µs)",
         *[label(n) for n in names],
         *[f"ours/{p}" for p in peers],
     ]
     rows = []
-    for scenario, title in MICRO_ROWS.items():
+    for scenario in rows_shown:
+        title = MICRO_ROWS[scenario]
         entry = micro.get(scenario, {"impls": {}, "ratios": {}})
         field = "time_us" if scenario == BASELINE else "overhead_us"
         cells = [fmt(entry["impls"].get(n, {}).get(field)) for n in names]
@@ -419,7 +448,7 @@ def rewrite_table(rewrite: dict[str, Any]) -> str:
     return table(header, rows)
 
 
-def gunicorn_table(groups: list[dict[str, Any]]) -> str:
+def gunicorn_table(groups: list[dict[str, Any]], ours: str = OURS) -> str:
     header = ["gunicorn", "implementation", "req/s", "ours ÷ this", "p50 ms",
               "p99 ms", "errors", "lost updates", "client CPU"]  # fmt: skip
     rows = []
@@ -428,7 +457,7 @@ def gunicorn_table(groups: list[dict[str, Any]]) -> str:
             f"{group['sessions']:,} sessions" if group["sessions"] > 1 else "shared"
         )
         for name, cell in group["impls"].items():
-            ratio = group["ratios"].get(f"{OURS}/{name}") if name != OURS else None
+            ratio = group["ratios"].get(f"{OURS}/{name}") if name != ours else None
             rows.append(
                 [
                     setting,
@@ -445,6 +474,32 @@ def gunicorn_table(groups: list[dict[str, Any]]) -> str:
     return table(header, rows)
 
 
+def redis_cost_table(cost: dict[str, Any], names: list[str]) -> str:
+    """Read events (≈ round trips; a large value may take more than one) and commands
+    per request (commands run by Lua scripts included)."""
+    header = [
+        "Redis per request: reads (≈ round trips) / commands",
+        *[label(n) for n in names],
+    ]
+    rows = []
+    for scenario in REDIS_ROWS:
+        cells = []
+        for name in names:
+            cell = cost.get(name, {}).get(scenario)
+            cells.append(
+                f"{cell['round_trips']:.1f} / {cell['commands']:.1f}" if cell else "-"
+            )
+        title = MICRO_ROWS[scenario].removesuffix(" (absolute time)")
+        rows.append([title, *cells])
+    details = []
+    for name in names:
+        for scenario in ("read_only", "read_write"):
+            by_name = cost.get(name, {}).get(scenario, {}).get("by_name", {})
+            listed = ", ".join(f"{k} {v:g}" for k, v in by_name.items() if v >= 0.05)
+            details.append(f"{name}, {MICRO_ROWS[scenario]}: {listed or 'none'}")
+    return table(header, rows) + "\n\n" + "  \n".join(details)
+
+
 def floor_table(floor: dict[str, Any]) -> str:
     rows = [
         [op, fmt(v["median_ns"] / 1000, 1), fmt(v["p90_ns"] / 1000, 1)]
@@ -458,18 +513,22 @@ def targets_table(found: list[dict[str, Any]]) -> str:
     return table(["SPEC §12 target", "measured", "status"], rows)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    summary = results["summary"]
-    names = list(results["impls"])
+def run_line(results: dict[str, Any]) -> str:
     machine, git = results["machine"], results["git"]
     dirty = " + uncommitted changes" if git["dirty"] == "True" else ""
-    parts = [
+    return (
         f"Run: `{results['command']}` ({results['mode']}, {results['started']}, "
         f"{machine['cpus']} CPUs, load {machine['loadavg'][0]:.1f} → "
         f"{machine['loadavg_end'][0]:.1f}, {results['seconds']:.0f} s, "
-        f"commit {git['commit'][:10]}{dirty}).",
-        targets_table(summary["targets"]),
-    ]
+        f"commit {git['commit'][:10]}{dirty})."
+    )
+
+
+def main_markdown(results: dict[str, Any]) -> str:
+    """The file-store comparison (everything but the Redis phase)."""
+    summary = results["summary"]
+    names = list(results["impls"])
+    parts = [run_line(results), targets_table(summary["targets"])]
     if "micro" in summary:
         parts.append(
             "Session overhead per request, Flask test client (µs; median of "
@@ -496,28 +555,94 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def redis_markdown(results: dict[str, Any]) -> str:
+    """The Redis comparison: ours' Redis store vs. Flask-Session's Redis backend."""
+    redis = results["summary"]["redis"]
+    names = list(results["redis_impls"])
+    plan = results["plan"]
+    server = redis["server"]
+    parts = [
+        run_line(results),
+        f"One `redis-server` {server['version']} on 127.0.0.1 (`--save '' "
+        "--appendonly no`), shared by both; each implementation has its own key "
+        "prefix.",
+        "Session overhead per request, Flask test client (µs; median of "
+        f"{plan['redis_rounds']} interleaved rounds of {plan['redis_requests']} "
+        "requests; ratios: median of per-round paired ratios):\n\n"
+        + micro_table(redis["micro"], names, REDIS_OURS, REDIS_ROWS),
+        "gunicorn sync workers on 127.0.0.1 (client: 2 threads per worker, one "
+        f"connection per request, {plan['load_seconds']:g} s per run, "
+        f"{plan['redis_load_rounds']} round(s); client CPU: cores used by the load "
+        "client):\n\n" + gunicorn_table(redis["gunicorn"], REDIS_OURS),
+    ]
+    if redis.get("cost"):
+        parts.insert(
+            3,
+            "Counted on the server (`INFO stats` read events, `INFO commandstats`; "
+            f"{redis['cost'][names[0]]['read_only']['n']} requests per scenario, one "
+            "implementation at a time):\n\n" + redis_cost_table(redis["cost"], names),
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+def has_main(results: dict[str, Any]) -> bool:
+    return any(phase in results for phase in FILE_PHASES)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = []
+    if has_main(results):
+        parts.append(main_markdown(results))
+    if "redis" in results:
+        parts.append("## Redis\n\n" + redis_markdown(results))
+    return "\n".join(parts)
+
+
 def main(argv: list[str]) -> None:
     """``python bench/report.py RESULT.json [--readme]``: re-renders a result file."""
     results = json.loads(Path(argv[0]).read_text())
     results["summary"] = summarise(results)
-    text = markdown(results)
-    print(text)
+    print(markdown(results))
     if "--readme" in argv[1:]:
-        update_readme(Path(__file__).with_name("README.md"), text, results)
+        update_readme(Path(__file__).with_name("README.md"), results)
 
 
-def update_readme(readme: Path, markdown_text: str, results: dict[str, Any]) -> None:
-    """Replaces the text between the results markers with the latest full table."""
+def update_readme(readme: Path, results: dict[str, Any]) -> list[str]:
+    """Rewrites the README sections this result covers; returns their names.
+
+    The main section needs every file-store phase and implementation; the Redis
+    section needs the Redis phase.
+    """
+    updated = []
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} lacks the {START} / {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    complete = all(phase in results for phase in FILE_PHASES) and set(
+        results["impls"]
+    ) == set(impl_names("file"))
+    if complete:
+        text = replace_section(text, START, END, main_markdown(results), results)
+        updated.append("results")
+    if "redis" in results:
+        text = replace_section(
+            text, REDIS_START, REDIS_END, redis_markdown(results), results
+        )
+        updated.append("redis")
+    readme.write_text(text)
+    return updated
+
+
+def replace_section(
+    text: str, start: str, end: str, markdown_text: str, results: dict[str, Any]
+) -> str:
+    """Replaces the text between two markers with the latest table."""
+    if start not in text or end not in text:
+        raise ValueError(f"README lacks the {start} / {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     body = (
         f"\nReproduce with `{results['command']}` from the repository root.\n\n"
         f"{markdown_text}\n"
     )
-    readme.write_text(head + START + body + END + tail)
+    return head + start + body + end + tail
 
 
 if __name__ == "__main__":

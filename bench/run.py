@@ -1,11 +1,14 @@
 """Benchmark: this package vs. the original (Beaker), Flask-Session, Flask's cookie.
 
-    python bench/run.py [--quick] [--impls ours,original,...] [--no-readme]
+    python bench/run.py [--quick] [--redis] [--impls ours,original,...] [--no-readme]
 
 Builds (and caches) one virtualenv per implementation, runs the same Flask app in each,
 interleaves the implementations round by round, prints a markdown table and writes the
-raw numbers and their summary to ``bench/results/<timestamp>.json``. A full run that
-covers every implementation also rewrites the results section of ``bench/README.md``.
+raw numbers and their summary to ``bench/results/<timestamp>.json``. The last phase,
+``redis``, compares this package's Redis store with Flask-Session's Redis backend on
+one ``redis-server`` started for the run; ``--redis`` runs only that phase. A full run
+that covers every file implementation rewrites the results section of
+``bench/README.md``; a full run with the ``redis`` phase rewrites its Redis section.
 See ``bench/README.md`` for the method.
 """
 
@@ -30,14 +33,17 @@ from typing import Any
 
 import envs
 import load
+import redisbench
 import report
 import syscalls
 from envs import BENCH, REPO, log
-from impls import IMPLS
+from impls import IMPLS, impl_names
 
 RESULTS = BENCH / "results"
 #: Longest any single worker command may take before the run is aborted (s).
 COMMAND_TIMEOUT = 900
+#: Micro scenarios of the Redis comparison (besides the baseline).
+REDIS_SCENARIOS = ("free_cookie", "read_only", "read_write", "new_session", "rw_10KB")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Plan:
     load_max_requests: int
     load_sessions: int
     floor_iterations: int
+    redis_rounds: int
+    redis_requests: int
+    redis_load_workers: tuple[int, ...]
+    redis_load_rounds: int
 
 
 PLANS = {
@@ -78,6 +88,10 @@ PLANS = {
         load_max_requests=50_000,
         load_sessions=1_000,
         floor_iterations=500,
+        redis_rounds=3,
+        redis_requests=100,
+        redis_load_workers=(4,),
+        redis_load_rounds=1,
     ),
     "full": Plan(
         rounds=9,
@@ -95,6 +109,10 @@ PLANS = {
         load_max_requests=200_000,
         load_sessions=1_000,
         floor_iterations=2_000,
+        redis_rounds=9,
+        redis_requests=300,
+        redis_load_workers=(4,),
+        redis_load_rounds=2,
     ),
 }
 
@@ -183,22 +201,49 @@ def run_floor(plan: Plan) -> dict[str, Any]:
 
 
 def run_micro(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
-    """Test-client scenarios, interleaved: round r starts with implementation r."""
+    """Test-client scenarios, interleaved; then the read-only rewrite check."""
+    return micro_rounds(pythons, plan.rounds, plan.requests, "micro", rewrite=plan)
+
+
+def micro_rounds(
+    pythons: dict[str, Path],
+    count: int,
+    requests: int,
+    label: str,
+    only: tuple[str, ...] | None = None,
+    rewrite: Plan | None = None,
+    redis_cost: int = 0,
+) -> dict[str, Any]:
+    """``count`` interleaved rounds: round r starts with implementation r.
+
+    Then either the read-only rewrite check (``rewrite``) or, for the Redis
+    implementations, ``redis_cost`` requests of each scenario counting Redis round
+    trips and commands (one implementation at a time: nothing else talks to Redis).
+    """
     names = list(pythons)
     rounds: list[dict[str, Any]] = []
-    with workers(pythons, "micro") as pool:
-        for r in range(plan.rounds):
-            log(f"micro round {r + 1}/{plan.rounds}")
+    extra = {} if only is None else {"only": list(only)}
+    with workers(pythons, label) as pool:
+        for r in range(count):
+            log(f"{label} round {r + 1}/{count}")
             order = rotated(names, r)
             results = {
-                name: pool[name].call("micro", n=plan.requests) for name in order
+                name: pool[name].call("micro", n=requests, **extra) for name in order
             }
             rounds.append({"order": order, "results": results})
-        rewrite = {
-            name: pool[name].call("rewrite_check", n=plan.rewrite_requests)
+        if redis_cost:
+            costs = {
+                name: pool[name].call("redis_cost", n=redis_cost, **extra)
+                for name in names
+            }
+            return {"rounds": rounds, "redis_cost": costs}
+        if rewrite is None:
+            return {"rounds": rounds}
+        checks = {
+            name: pool[name].call("rewrite_check", n=rewrite.rewrite_requests)
             for name in names
         }
-    return {"rounds": rounds, "rewrite": rewrite}
+    return {"rounds": rounds, "rewrite": checks}
 
 
 def run_store(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
@@ -255,13 +300,18 @@ def run_syscalls(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
     return results
 
 
-def run_gunicorn(pythons: dict[str, Path], plan: Plan) -> list[dict[str, Any]]:
+def run_gunicorn(
+    pythons: dict[str, Path],
+    plan: Plan,
+    load_workers: tuple[int, ...] | None = None,
+    load_rounds: int | None = None,
+) -> list[dict[str, Any]]:
     names = list(pythons)
     runs = []
     turn = 0
-    for workers_count in plan.load_workers:
+    for workers_count in load_workers or plan.load_workers:
         for sessions in (plan.load_sessions, 1):
-            for r in range(plan.load_rounds):
+            for r in range(load_rounds or plan.load_rounds):
                 for name in rotated(names, turn):
                     log(f"gunicorn -w {workers_count}, {sessions} session(s): {name}")
                     result = load.load_run(
@@ -275,6 +325,29 @@ def run_gunicorn(pythons: dict[str, Path], plan: Plan) -> list[dict[str, Any]]:
                     runs.append({"impl": name, "round": r, **result})
                 turn += 1
     return runs
+
+
+def run_redis(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
+    """Ours' Redis store vs. Flask-Session's Redis backend on one redis-server:
+    micro scenarios (test client, interleaved rounds), then gunicorn."""
+    with redisbench.server() as server:
+        log(
+            f"redis-server {server['version']} on {server['url']} (pid {server['pid']})"
+        )
+        micro = micro_rounds(
+            pythons,
+            plan.redis_rounds,
+            plan.redis_requests,
+            "redis-micro",
+            only=REDIS_SCENARIOS,
+            redis_cost=plan.rewrite_requests,
+        )
+        runs = run_gunicorn(
+            pythons, plan, plan.redis_load_workers, plan.redis_load_rounds
+        )
+        port = redisbench.port_of(server["url"])
+        server["keys_at_end"] = int(redisbench.command(port, "DBSIZE"))
+    return {"server": server, "micro": micro, "gunicorn": runs}
 
 
 # -- bookkeeping --------------------------------------------------------------------
@@ -302,9 +375,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (< 3 min)")
     parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="only the Redis comparison: " + " vs. ".join(impl_names("redis")),
+    )
+    parser.add_argument(
         "--impls",
-        default=",".join(IMPLS),
-        help="comma-separated subset of: " + ", ".join(IMPLS),
+        default=",".join(impl_names("file")),
+        help="comma-separated subset of: " + ", ".join(impl_names("file")),
     )
     parser.add_argument(
         "--no-readme", action="store_true", help="never rewrite bench/README.md"
@@ -312,42 +390,61 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated phases to skip: floor,micro,syscalls,store,gunicorn",
+        help="comma-separated phases to skip: "
+        "floor,micro,syscalls,store,gunicorn,redis",
     )
     return parser.parse_args(argv)
+
+
+FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
+    skip = set(filter(None, args.skip.split(",")))
     names = [n for n in args.impls.split(",") if n]
-    unknown = set(names) - set(IMPLS)
+    unknown = set(names) - set(impl_names("file"))
     if unknown:
         raise SystemExit(f"unknown implementation(s): {', '.join(sorted(unknown))}")
-    skip = set(filter(None, args.skip.split(",")))
+    if args.redis:
+        skip |= set(FILE_PHASES)
+        names = []
+    if "redis" not in skip and not redisbench.available():
+        if args.redis:
+            raise SystemExit("no redis-server (apt-get install redis-server)")
+        log("no redis-server: Redis phase skipped (apt-get install redis-server)")
+        skip.add("redis")
+    redis_names = [] if "redis" in skip else impl_names("redis")
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
-    pythons = envs.ensure_all(names)
+    pythons = envs.ensure_all(names + redis_names)
     log(f"venvs ready ({time.monotonic() - started:.0f} s); {mode} run")
     measured = time.monotonic()
+    frozen: dict[Path, list[str]] = {}
     results: dict[str, Any] = {
         "command": command.strip(),
         "mode": mode,
         "plan": asdict(plan),
         "impls": {n: IMPLS[n].label for n in names},
+        "redis_impls": {n: IMPLS[n].label for n in redis_names},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "git": git_state(),
         "source_digest": envs.source_digest(),
-        "versions": {n: envs.freeze(p) for n, p in pythons.items()},
+        "versions": {
+            n: frozen.setdefault(p, envs.freeze(p)) for n, p in pythons.items()
+        },
     }
+    files = {n: pythons[n] for n in names}
     phases: dict[str, Callable[[], Any]] = {
         "floor": lambda: run_floor(plan),
-        "micro": lambda: run_micro(pythons, plan),
-        "syscalls": lambda: run_syscalls(pythons, plan),
-        "store": lambda: run_store(pythons, plan),
-        "gunicorn": lambda: run_gunicorn(pythons, plan),
+        "micro": lambda: run_micro(files, plan),
+        "syscalls": lambda: run_syscalls(files, plan),
+        "store": lambda: run_store(files, plan),
+        "gunicorn": lambda: run_gunicorn(files, plan),
+        "redis": lambda: run_redis({n: pythons[n] for n in redis_names}, plan),
     }
     for phase, run in phases.items():
         if phase not in skip:
@@ -358,14 +455,14 @@ def main(argv: list[str]) -> int:
     results["summary"] = report.summarise(results)
     table = report.markdown(results)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}.json"
+    kind = "redis-" if args.redis else ""
+    out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}{mode}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(table)
     log(f"measured in {results['seconds']:.0f} s; results in {out.relative_to(REPO)}")
-    complete = not skip and set(names) == set(IMPLS)
-    if mode == "full" and complete and not args.no_readme:
-        report.update_readme(BENCH / "README.md", table, results)
-        log("bench/README.md updated")
+    if mode == "full" and not args.no_readme:
+        for section in report.update_readme(BENCH / "README.md", results):
+            log(f"bench/README.md updated: {section}")
     return 0
 
 

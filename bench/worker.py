@@ -29,8 +29,9 @@ from typing import Any, Callable
 from flask import Flask
 from flask.testing import FlaskClient
 
+import redisbench
 from apps import create_app
-from impls import IMPLS
+from impls import IMPLS, REDIS_URL_ENV
 
 #: Payload sizes of the "payload" scenarios (bytes of random data next to the counter).
 PAYLOADS = {"100B": 100, "10KB": 10_000, "1MB": 1_000_000}
@@ -91,6 +92,9 @@ class Bench:
             self.clients[key] = client
         return self.clients[key]
 
+    def check_call(self, request: Callable[[], Any]) -> Any:
+        return self.check(request())
+
     def check(self, response: Any) -> Any:
         if response.status_code != 200:
             raise RuntimeError(f"{self.impl.name}: HTTP {response.status_code}")
@@ -109,34 +113,57 @@ class Bench:
                 raise RuntimeError(f"{self.impl.name}: HTTP {response.status_code}")
         return samples
 
-    def scenarios(self) -> dict[str, tuple[Callable[[], Any], bool]]:
-        """Name -> (one request, whether it moves a 1 MB session)."""
-        small = self.client_with_session(0)
+    def scenarios(
+        self, only: list[str] | None = None
+    ) -> dict[str, tuple[Callable[[], Any], bool]]:
+        """Name -> (one request, whether it moves a 1 MB session).
+
+        ``only``: just these scenarios (and the baseline); the sessions of the others
+        are not even created.
+        """
+        wanted = None if only is None else {BASELINE, *only}
+
+        def keep(name: str) -> bool:
+            return wanted is None or name in wanted
+
         table: dict[str, tuple[Callable[[], Any], bool]] = {
             BASELINE: (lambda: self.empty_jar.get("/free"), False),
-            "free_cookie": (lambda: small.get("/free"), False),
-            "read_only": (lambda: small.get("/ro"), False),
-            "read_write": (lambda: small.get("/rw"), False),
-            "new_session": (lambda: self.anonymous.get("/rw"), False),
         }
+        if any(map(keep, ("free_cookie", "read_only", "read_write"))):
+            small = self.client_with_session(0)
+            table["free_cookie"] = (lambda: small.get("/free"), False)
+            table["read_only"] = (lambda: small.get("/ro"), False)
+            table["read_write"] = (lambda: small.get("/rw"), False)
+        table["new_session"] = (lambda: self.anonymous.get("/rw"), False)
         for label, size in PAYLOADS.items():
-            if size > self.impl.max_payload:
+            rw, ro = f"rw_{label}", f"ro_small_key_{label}"
+            if size > self.impl.max_payload or not (keep(rw) or keep(ro)):
                 continue
             client = self.client_with_session(size)
             big = size >= 1_000_000
-            table[f"rw_{label}"] = (functools.partial(client.get, "/rw"), big)
+            table[rw] = (functools.partial(client.get, "/rw"), big)
             if big:
-                ro = functools.partial(client.get, "/ro")
-                table[f"ro_small_key_{label}"] = (ro, big)
-        return table
+                table[ro] = (functools.partial(client.get, "/ro"), big)
+        return {name: entry for name, entry in table.items() if keep(name)}
 
-    def micro(self, n: int) -> dict[str, Any]:
-        """One round of every micro scenario, ``n`` requests each (fewer for 1 MB)."""
+    def micro(self, n: int, only: list[str] | None = None) -> dict[str, Any]:
+        """One round of the micro scenarios (all, or ``only`` these and the baseline),
+        ``n`` requests each (fewer for 1 MB)."""
         results = {}
-        for name, (request, big) in self.scenarios().items():
+        for name, (request, big) in self.scenarios(only).items():
             count = max(10, n // 10) if big else n
             request()  # warm-up (imports, first-use paths)
             results[name] = summarise(self.time_requests(count, request))
+        return results
+
+    def redis_cost(self, n: int, only: list[str] | None = None) -> dict[str, Any]:
+        """Redis round trips and commands per request, per scenario (Redis impls)."""
+        port = redisbench.port_of(os.environ[REDIS_URL_ENV])
+        results = {}
+        for name, (request, _) in self.scenarios(only).items():
+            request()  # warm-up (script loading, first connection)
+            checked = functools.partial(self.check_call, request)
+            results[name] = redisbench.cost(port, n, checked)
         return results
 
     # -- read-only rewrite check ----------------------------------------------------
@@ -234,6 +261,7 @@ def serve(bench: Bench) -> None:
     ops: dict[str, Callable[..., Any]] = {
         "micro": bench.micro,
         "rewrite_check": bench.rewrite_check,
+        "redis_cost": bench.redis_cost,
         "populate": bench.populate,
         "store_round": bench.store_round,
         "survivors": bench.survivors,

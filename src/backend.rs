@@ -151,33 +151,46 @@ impl Session {
     }
 
     /// Saves a new version; `created` fills in an unknown creation time (legacy sessions).
-    pub fn save(&mut self, payload: &[u8], now: f64, created: Option<f64>) -> StoreResult<()> {
+    /// With `release`, the lock is given up right after (in the same round trip for Redis).
+    pub fn save(
+        &mut self,
+        payload: &[u8],
+        now: f64,
+        created: Option<f64>,
+        release: bool,
+    ) -> StoreResult<()> {
         let backend = Arc::clone(&self.backend);
         match (&*backend, self.inner.as_mut().ok_or(StoreError::Released)?) {
             (Backend::File(s), Inner::File(h)) => {
                 if h.created.is_none() {
                     h.created = created;
                 }
-                h.save(s, payload, now)
+                h.save(s, payload, now)?;
             }
-            (Backend::Memory(s), Inner::Memory(h)) => {
-                s.save(h, payload, now);
-                Ok(())
-            }
-            (Backend::Redis(s), Inner::Redis(h)) => s.save(h, payload, now),
-            _ => Err(StoreError::Released),
+            (Backend::Memory(s), Inner::Memory(h)) => s.save(h, payload, now),
+            (Backend::Redis(s), Inner::Redis(h)) => s.save(h, payload, now, release)?,
+            _ => return Err(StoreError::Released),
         }
+        if release {
+            self.inner = None;
+        }
+        Ok(())
     }
 
-    /// Refreshes the last access (metadata only) if `interval` has passed.
-    pub fn touch(&mut self, now: f64, interval: f64) -> StoreResult<bool> {
+    /// Refreshes the last access (metadata only) if `interval` has passed; with `release`,
+    /// gives up the lock afterwards whether or not it touched.
+    pub fn touch(&mut self, now: f64, interval: f64, release: bool) -> StoreResult<bool> {
         let backend = Arc::clone(&self.backend);
-        match (&*backend, self.inner.as_mut().ok_or(StoreError::Released)?) {
-            (Backend::File(_), Inner::File(h)) => h.touch(now, interval),
-            (Backend::Memory(s), Inner::Memory(h)) => Ok(s.touch(h, now, interval)),
-            (Backend::Redis(s), Inner::Redis(h)) => s.touch(h, now, interval),
-            _ => Err(StoreError::Released),
+        let touched = match (&*backend, self.inner.as_mut().ok_or(StoreError::Released)?) {
+            (Backend::File(_), Inner::File(h)) => h.touch(now, interval)?,
+            (Backend::Memory(s), Inner::Memory(h)) => s.touch(h, now, interval),
+            (Backend::Redis(s), Inner::Redis(h)) => s.touch(h, now, interval, release)?,
+            _ => return Err(StoreError::Released),
+        };
+        if release {
+            self.inner = None;
         }
+        Ok(touched)
     }
 
     /// Removes the stored session and releases the lock.

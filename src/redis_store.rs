@@ -178,6 +178,7 @@ pub struct RedisStore {
     rcfg: RedisConfig,
     pool: Pool,
     save_script: Script,
+    touch_script: Script,
     delete_script: Script,
     release_script: Script,
 }
@@ -198,6 +199,8 @@ pub struct RedisHandle {
     _lock: ThreadLock,
 }
 
+// ARGV[4] == '1': also release the lock, so a read-write request costs two round trips
+// (lock+read, save+unlock) instead of three.
 const SAVE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[3]) > 0 then
@@ -205,6 +208,13 @@ if tonumber(ARGV[3]) > 0 then
 else
   redis.call('SET', KEYS[2], ARGV[2])
 end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[1]) end
+return 1";
+
+const TOUCH_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
 return 1";
 
 const DELETE_LUA: &str = r"
@@ -251,6 +261,7 @@ impl RedisStore {
             cfg,
             rcfg,
             save_script: Script::new(SAVE_LUA),
+            touch_script: Script::new(TOUCH_LUA),
             delete_script: Script::new(DELETE_LUA),
             release_script: Script::new(RELEASE_LUA),
         })
@@ -404,8 +415,15 @@ impl RedisStore {
         }
     }
 
-    /// Saves a new version through a locked handle.
-    pub fn save(&self, handle: &mut RedisHandle, payload: &[u8], now: f64) -> StoreResult<()> {
+    /// Saves a new version through a locked handle; with `release`, gives up the lock in
+    /// the same round trip.
+    pub fn save(
+        &self,
+        handle: &mut RedisHandle,
+        payload: &[u8],
+        now: f64,
+        release: bool,
+    ) -> StoreResult<()> {
         let value = record::encode_slot(
             &self.cfg.keys,
             &handle.id,
@@ -422,11 +440,13 @@ impl RedisStore {
                 .arg(&handle.token)
                 .arg(value.as_slice())
                 .arg(ttl)
+                .arg(if release { "1" } else { "0" })
                 .invoke(c)
         })?;
         if ok != 1 {
             return Err(StoreError::LockLost);
         }
+        handle.released |= release;
         handle.seq += 1;
         handle.payload = Vec::new(); // "as loaded"; see store::Handle::save
         handle.last_access = now;
@@ -434,17 +454,34 @@ impl RedisStore {
     }
 
     /// Refreshes the TTL (the last access) if `interval` has passed; no value is rewritten.
-    pub fn touch(&self, handle: &mut RedisHandle, now: f64, interval: f64) -> StoreResult<bool> {
-        if now - handle.last_access < interval {
-            return Ok(false);
-        }
+    /// With `release`, the lock is given up in the same round trip either way.
+    pub fn touch(
+        &self,
+        handle: &mut RedisHandle,
+        now: f64,
+        interval: f64,
+        release: bool,
+    ) -> StoreResult<bool> {
         let ttl = self.ttl_ms(handle.created, now);
-        if ttl == 0 {
+        if now - handle.last_access < interval || ttl == 0 {
+            if release {
+                self.release(handle);
+            }
             return Ok(false);
         }
-        let key = self.data_key(&handle.digest);
-        self.pool
-            .run(|c| redis::cmd("PEXPIRE").arg(&key).arg(ttl).query::<i64>(c))?;
+        let ok: i64 = self.pool.run(|c| {
+            self.touch_script
+                .key(self.lock_key(&handle.digest))
+                .key(self.data_key(&handle.digest))
+                .arg(&handle.token)
+                .arg(ttl)
+                .arg(if release { "1" } else { "0" })
+                .invoke(c)
+        })?;
+        if ok != 1 {
+            return Err(StoreError::LockLost);
+        }
+        handle.released |= release;
         handle.last_access = now;
         Ok(true)
     }

@@ -694,13 +694,20 @@ class BeakerSessionInterface(SessionInterface):
                 self._delete_cookie(app, session, response)
                 return
             payload = _unchanged(session, user) or _pickle_user_data(user)
+            # Save or touch, and release the lock in the same native call. If that fails the
+            # handle keeps its lock, and save_session's `finally` releases it.
             if payload != session._loaded_payload:
-                handle.save(payload, now, session.created)
+                handle.save(payload, now, session.created, True)
                 session._loaded_payload = payload
                 wrote = True
             else:
                 interval = self._backend.touch_interval
-                wrote = interval is not None and handle.touch(now, interval)
+                if interval is None:
+                    handle.release()
+                    wrote = False
+                else:
+                    wrote = handle.touch(now, interval, True)
+            session._handle = None
             if wrote and self._refreshes(app, session):
                 self._set_cookie(app, session, response, now)
             return

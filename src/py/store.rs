@@ -357,24 +357,42 @@ impl PyHandle {
         Ok(PyBytes::new(py, session.payload()?))
     }
 
-    /// Saves a new version of the session, keeping the lock. `created` fills in the
-    /// creation time when the core could not read it (legacy sessions).
-    #[pyo3(signature = (payload, now, created=None))]
-    fn save(&self, py: Python<'_>, payload: &[u8], now: f64, created: Option<f64>) -> PyResult<()> {
+    /// Saves a new version of the session. `created` fills in the creation time when the
+    /// core could not read it (legacy sessions). With `release`, the lock is given up in the
+    /// same call (one native call and, for Redis, one round trip less per request).
+    #[pyo3(signature = (payload, now, created=None, release=false))]
+    fn save(
+        &self,
+        py: Python<'_>,
+        payload: &[u8],
+        now: f64,
+        created: Option<f64>,
+        release: bool,
+    ) -> PyResult<()> {
         py.detach(|| {
             let mut guard = self.inner.lock();
             let session = guard.as_mut().ok_or(StoreError::Released)?;
-            session.save(payload, now, created)
+            session.save(payload, now, created, release)?;
+            if release {
+                *guard = None;
+            }
+            Ok::<(), StoreError>(())
         })?;
         Ok(())
     }
 
-    /// Refreshes the last-access time (metadata only) if `interval` seconds have passed.
-    fn touch(&self, py: Python<'_>, now: f64, interval: f64) -> PyResult<bool> {
+    /// Refreshes the last-access time (metadata only) if `interval` seconds have passed;
+    /// with `release`, gives up the lock afterwards either way.
+    #[pyo3(signature = (now, interval, release=false))]
+    fn touch(&self, py: Python<'_>, now: f64, interval: f64, release: bool) -> PyResult<bool> {
         Ok(py.detach(|| {
             let mut guard = self.inner.lock();
             let session = guard.as_mut().ok_or(StoreError::Released)?;
-            session.touch(now, interval)
+            let touched = session.touch(now, interval, release)?;
+            if release {
+                *guard = None;
+            }
+            Ok::<bool, StoreError>(touched)
         })?)
     }
 
