@@ -351,6 +351,42 @@ def test_threads_lose_no_update(backend: Backend, backend_app: Flask) -> None:
     assert first.get("/get/n").text == str(1 + 200)
 
 
+def test_non_locking_mode_merges_keys(backend: Backend) -> None:
+    """SESSION_LOCKING=False on every backend: 8 threads each write their own key while the
+    requests overlap; all keys survive (merged at save time), nested mutation included."""
+    app = backend.app(SESSION_LOCKING=False)
+    barrier = threading.Barrier(8, timeout=10)
+
+    @app.route("/own/<key>")
+    def own(key: str) -> str:
+        flask_session.get("start")  # load before the others save
+        barrier.wait()
+        flask_session[key] = key
+        flask_session["log"].append(key)  # the same key for all: last writer wins
+        return "ok"
+
+    first = app.test_client()
+    with first.session_transaction() as sess:
+        sess["start"] = 1
+        sess["log"] = []
+    sid = cookie_of(first)
+    assert sid is not None
+    statuses: list[int] = []
+
+    def work(i: int) -> None:
+        statuses.append(client_with(app, sid).get(f"/own/k{i}").status_code)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 8
+    data = first.get("/dump").get_json()
+    assert {f"k{i}" for i in range(8)} <= set(data)
+    assert len(data["log"]) >= 1
+
+
 def test_lock_timeout_gives_503(backend: Backend) -> None:
     """A request waiting longer than SESSION_LOCK_TIMEOUT gets 503 + Retry-After: 1,
     and the session works again once the holder lets go."""

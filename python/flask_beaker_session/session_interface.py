@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 #: Keys the original package shows in every session; kept visible, stored in the header.
 TIME_KEYS = ("_creation_time", "_accessed_time")
+_TIME_KEY_SET = frozenset(TIME_KEYS)
 #: Keys Beaker >= 1.11 added to stored sessions; dropped when a legacy session is read.
 _BEAKER_INTERNAL = ("_domain", "_path")
 #: Key under which the request environ lists the sessions opened for it (for teardown).
@@ -295,11 +296,22 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def _adopt(self, handle: _core.Handle, now: float) -> bool:
         """Fills the dict from an opened record; False if it could not be used."""
         raw = handle.payload
-        decoded = decode_record(handle, self._backend.config, now, raw, self._backend.once)
-        if decoded is None:
-            return False
-        data, created, last = decoded
-        if handle.legacy:
+        legacy = handle.legacy
+        data: Any = None
+        if not legacy:
+            # The common case, kept short: it runs on every request that uses a session.
+            try:
+                data = pickle.loads(raw)
+            except Exception:
+                data = None
+        if type(data) is dict and not (data.keys() & _TIME_KEY_SET):
+            created, last = handle.created, handle.last_access
+        else:
+            decoded = decode_record(handle, self._backend.config, now, raw, self._backend.once)
+            if decoded is None:
+                return False
+            data, created, last = decoded
+        if legacy:
             self._backend.once.log(
                 LEGACY,
                 logging.INFO,
@@ -322,9 +334,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
             handle.release()
         self._last_accessed = last
         # Legacy sessions are rewritten in our format by the first save.
-        self._loaded_payload = None if handle.legacy else raw
+        self._loaded_payload = None if legacy else raw
         self._revert_payload = raw
-        if handle.legacy:
+        if legacy:
             try:
                 self._revert_payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
             except Exception:  # the first save reports it, naming the key
@@ -697,7 +709,7 @@ class BeakerSessionInterface(SessionInterface):
             # Save or touch, and release the lock in the same native call. If that fails the
             # handle keeps its lock, and save_session's `finally` releases it.
             if payload != session._loaded_payload:
-                handle.save(payload, now, session.created, True)
+                handle.save(payload, now, dict.get(session, "_creation_time"), True)
                 session._loaded_payload = payload
                 wrote = True
             else:
