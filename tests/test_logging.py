@@ -17,6 +17,7 @@ import pytest
 from conftest import COOKIE, FIXTURES, TESTS_DIR, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
+from flask_beaker_session import session as fbs
 
 LOGGER = "flask_beaker_session"
 MakeApp = Callable[..., Flask]
@@ -249,3 +250,27 @@ def test_data_dir_writable_by_others_warned_once(tmp_path: Path) -> None:
     assert len(lines) == 1, lines
     assert str(shared) in lines[0] and "writable by other users" in lines[0]
     assert run_apps(tmp_path, [(str(private), {})]) == []
+
+
+def test_unwritable_data_dir_is_reported_at_init(
+    tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A data dir this process cannot write to is reported at init_app. Root can write
+    anywhere permissions say no, so the test mounts a read-only tmpfs (skipped where
+    mounting is not allowed)."""
+    data_dir = tmp_path / "readonly"
+    data_dir.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(data_dir)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr!r}")
+    try:
+        app = Flask(__name__)
+        app.config.update(SESSION_DATA_DIR=str(data_dir), SECRET_KEY="k")
+        fbs.init_app(app)
+        assert any("is not writable by this process" in r.getMessage() for r in logs.records)
+    finally:
+        subprocess.run(["umount", str(data_dir)], check=False)

@@ -51,6 +51,15 @@ def _check_data_dir(cfg: _config.SessionConfig) -> None:
         mode = cfg.data_dir.stat().st_mode
     except FileNotFoundError:
         return
+    if not os.access(cfg.data_dir, os.W_OK | os.X_OK):
+        # Not fatal at start-up (permissions may be fixed before the first save), but
+        # every save would fail: say so now rather than at the first request.
+        PROCESS.log(
+            f"unwritable-data-dir:{cfg.data_dir}",
+            logging.WARNING,
+            "SESSION_DATA_DIR %s is not writable by this process: saving sessions will fail",
+            cfg.data_dir,
+        )
     if mode & stat.S_IWOTH:
         PROCESS.log(
             f"insecure-data-dir:{cfg.data_dir}",
