@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{StoreError, StoreResult};
 use crate::legacy;
-use crate::lock::{flock_until, LockedFile, ThreadLock};
+use crate::lock::{fd_cache, flock_until, LockedFile, ThreadLock};
 use crate::record::{self, Choice, Keys, HEADER_LEN};
 use crate::shard;
 use crate::sid::SessionId;
@@ -90,6 +90,8 @@ pub struct Handle {
     path: PathBuf,
     legacy_path: Option<PathBuf>,
     file: LockedFile,
+    /// Whether the file may be kept open for a later request (false once deleted).
+    reusable: bool,
     origin: Origin,
     /// The stored payload as loaded (pickle bytes).
     pub payload: Vec<u8>,
@@ -260,7 +262,11 @@ impl FileStore {
         deadline: Instant,
         thread_lock: &mut Option<ThreadLock>,
     ) -> StoreResult<Step<Opened>> {
-        let file = match open_rw(path) {
+        let opened = match fd_cache::take(path) {
+            Some(f) => Ok(f),
+            None => open_rw(path),
+        };
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return self.try_open_legacy(id, path, now, deadline, thread_lock);
@@ -305,6 +311,7 @@ impl FileStore {
             path: path.to_path_buf(),
             legacy_path: None,
             file,
+            reusable: true,
             origin: Origin::Record {
                 slot: loaded.slot,
                 seq: loaded.seq,
@@ -375,6 +382,7 @@ impl FileStore {
             path: path.to_path_buf(),
             legacy_path: Some(legacy_path),
             file,
+            reusable: true,
             origin: Origin::Legacy {
                 wrapped: decoded.wrapped,
             },
@@ -596,12 +604,25 @@ impl Handle {
     }
 
     /// Removes the session's record (and legacy file), then releases the lock.
-    pub fn delete(self) -> StoreResult<()> {
+    pub fn delete(mut self) -> StoreResult<()> {
+        self.reusable = false;
         let target = self.legacy_path.as_deref().unwrap_or(&self.path);
         match fs::remove_file(target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", target, e)),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Unlock first (the waiters then go), keep the descriptor for the next request on
+        // this session; a legacy file (still ours only until migrated) is not kept.
+        if self.reusable && matches!(self.origin, Origin::Record { .. }) {
+            if let Some(file) = self.file.take_unlocked() {
+                fd_cache::put(self.path.clone(), file);
+            }
         }
     }
 }

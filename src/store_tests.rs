@@ -1030,7 +1030,7 @@ fn a_waiter_follows_a_foreign_delete_or_replace() {
     let foreign = File::open(&path).unwrap();
     assert!(fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
     thread::scope(|sc| {
-        let waiter = sc.spawn(|| found(s.open(&id, t)).payload);
+        let waiter = sc.spawn(|| found(s.open(&id, t)).payload.clone());
         thread::sleep(SETTLE);
         fs::rename(other.record_path(&id), &path).unwrap();
         drop(foreign);
