@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_pickle::{DeOptions, HashableValue, Value};
 
+use crate::pickle_depth;
+
 /// A legacy session ready for Python.
 #[derive(Debug, PartialEq)]
 pub struct LegacySession {
@@ -42,6 +44,14 @@ fn de_options() -> DeOptions {
         .replace_recursive_structures()
 }
 
+/// `serde-pickle` builds and drops values recursively: refuse what is nested too deeply for
+/// that (a planted file could otherwise overflow the stack and abort the worker) before
+/// decoding anything.
+fn value_from_slice(bytes: &[u8]) -> Result<Value, NotLegacy> {
+    pickle_depth::depth(bytes, pickle_depth::MAX_DEPTH).map_err(|_| NotLegacy)?;
+    serde_pickle::value_from_slice(bytes, de_options()).map_err(|_| NotLegacy)
+}
+
 fn time_of(dict: &BTreeMap<HashableValue, Value>, key: &str) -> Option<f64> {
     match dict.get(&HashableValue::String(key.to_owned()))? {
         Value::F64(v) => Some(*v),
@@ -56,7 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
     if bytes.len() < 2 || bytes[0] != 0x80 {
         return Err(NotLegacy);
     }
-    let outer = serde_pickle::value_from_slice(bytes, de_options()).map_err(|_| NotLegacy)?;
+    let outer = value_from_slice(bytes)?;
     let Value::Dict(outer) = outer else {
         return Err(NotLegacy);
     };
@@ -65,6 +75,9 @@ pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
             let inner = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|_| NotLegacy)?;
+            // The inner pickle goes to Python as it is, so it must pass the depth check
+            // too; within it, a value serde-pickle cannot decode only loses the times.
+            pickle_depth::depth(&inner, pickle_depth::MAX_DEPTH).map_err(|_| NotLegacy)?;
             let (accessed, created) = match serde_pickle::value_from_slice(&inner, de_options()) {
                 Ok(Value::Dict(d)) => {
                     (time_of(&d, "_accessed_time"), time_of(&d, "_creation_time"))
@@ -170,5 +183,53 @@ mod tests {
         assert_eq!(decode(&real[..real.len() / 2]), Err(NotLegacy));
         // pickle of a list, not a dict
         assert_eq!(decode(b"\x80\x04]\x94."), Err(NotLegacy));
+    }
+
+    #[test]
+    fn deeply_nested_files_are_refused_without_overflowing_the_stack() {
+        // Regression: 200,000 nested lists (~400 KB) used to overflow serde-pickle's
+        // recursion and abort the process. This runs on the 2 MiB test thread stack.
+        let mut deep =
+            b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 200_000));
+        deep.extend(std::iter::repeat_n(b'a', 199_999));
+        deep.extend_from_slice(b"ss.");
+        assert_eq!(decode(&deep), Err(NotLegacy));
+        // The same inside a Beaker ≥ 1.11 base64 inner pickle.
+        let mut inner = b"\x80\x02}q\x00X\x01\x00\x00\x00x".to_vec();
+        inner.extend(std::iter::repeat_n(b']', 200_000));
+        inner.extend(std::iter::repeat_n(b'a', 199_999));
+        inner.extend_from_slice(b"s.");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&inner);
+        let mut outer = b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01X".to_vec();
+        outer.extend((b64.len() as u32).to_le_bytes());
+        outer.extend(b64.as_bytes());
+        outer.extend_from_slice(b"s.");
+        assert_eq!(decode(&outer), Err(NotLegacy));
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_still_decodes() {
+        // {'session': {'x': [...]}}: two dicts, then lists up to the limit, decoded on a
+        // thread with a 1 MiB stack (a small worker-thread stack; this is a debug build).
+        let levels = (pickle_depth::MAX_DEPTH - 2) as usize;
+        let mut ok =
+            b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x".to_vec();
+        ok.extend(std::iter::repeat_n(b']', levels));
+        ok.extend(std::iter::repeat_n(b'a', levels - 1));
+        ok.extend_from_slice(b"ss.");
+        let decoded = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || decode(&ok).map(|s| s.wrapped))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(decoded, Ok(true));
+        let mut over =
+            b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x".to_vec();
+        over.extend(std::iter::repeat_n(b']', levels + 1));
+        over.extend(std::iter::repeat_n(b'a', levels));
+        over.extend_from_slice(b"ss.");
+        assert_eq!(decode(&over), Err(NotLegacy));
     }
 }

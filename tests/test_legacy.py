@@ -207,3 +207,55 @@ def test_revert_on_legacy_session_keeps_data(make_probe: MakeProbe, data_dir: Pa
         assert client.get("/revert").status_code == 200
         data, _ = probe.probe(sid)
         assert data == expected_data(label, "plain"), label
+
+
+def _nested_legacy_pickle(levels: int) -> bytes:
+    """Beaker ≤ 1.10's layout, ``{'session': {'x': [[[…]]]}}`` nested ``levels`` lists deep,
+    spelled as protocol-2 opcodes (``pickle.dumps`` itself refuses to go that deep)."""
+    head = b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x"
+    return head + b"]" * levels + b"a" * (levels - 1) + b"ss."
+
+
+_PROBE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import COOKIE, build_app
+client = build_app(sys.argv[2]).test_client()
+client.set_cookie(COOKIE, sys.argv[3])
+response = client.get("/dump")
+print(response.status_code, response.get_data(as_text=True).strip())
+"""
+
+
+@pytest.mark.parametrize("levels", [50, 200_000])
+def test_deeply_nested_planted_legacy_file(
+    levels: int, make_probe: MakeProbe, data_dir: Path
+) -> None:
+    """Regression: a legacy file nested 200,000 levels deep, planted under a real session's
+    id, aborted the worker with a stack overflow in serde-pickle while being decoded. It now
+    reads as no session (200, a fresh session); a merely deep one (50 levels) still loads.
+    Runs in a child process, so a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    make_probe()  # installs the fixture trees
+    label, name = LABELS[0], "plain"
+    sid = entry(label, name)["id"]
+    path = legacy_file(data_dir, label, name)
+    path.write_bytes(_nested_legacy_pickle(levels))
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE_SCRIPT, str(Path(__file__).parent), str(data_dir), sid],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, body = done.stdout.split(" ", 1)
+    assert status == "200"
+    if levels == 50:
+        nested = json.loads(body)["x"]
+        for _ in range(levels - 1):
+            (nested,) = nested
+        assert nested == []
+    else:
+        assert json.loads(body) == {}

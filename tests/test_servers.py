@@ -367,30 +367,40 @@ def test_nonlocking_keys_of_concurrent_requests_survive(tmp_path: Path, config: 
     its own counter, appends to its own list in place and increments the shared ``n``.
     Every own key ends exact (changes of different keys are merged, nested mutation is
     saved); ``n`` never exceeds the number of increments (the same key: last writer
-    wins, so some increments may be lost — counted, not required to be 0)."""
-    with gunicorn(tmp_path, *NL_CONFIGS[config], locking=False) as server:
-        shared = _new_session(server)
-        jobs: list[tuple[Server, str | None, list[str]]] = []
-        for c in range(NL_CLIENTS):
-            paths: list[str] = []
-            for i in range(NL_ROUNDS):
-                paths += [f"/bump/k{c}", f"/append/l{c}/{i}", "/inc"]
-            jobs.append((server, shared, paths))
-        tally = _load(jobs)
-        final = _dump(server, shared)
+    wins, so some increments may be lost — counted, not required to be 0).
+
+    A gthread worker may accept every connection of a short run by itself (its threads keep
+    up with 6 clients), so the run is repeated on a fresh session, each time with every
+    assertion, until the load has reached two worker processes (at most 4 runs)."""
     requests = NL_CLIENTS * NL_ROUNDS * 3
-    same_key_lost = 1 + NL_CLIENTS * NL_ROUNDS - final["n"]
-    print(
-        f"\n[nonlocking {config}] requests={requests} own-key losses=0 expected, "
-        f"shared-key last-writer-wins losses={same_key_lost} workers={len(tally.pids)}"
-    )
-    assert tally.errors == []
-    assert tally.statuses == Counter({200: requests})
-    for c in range(NL_CLIENTS):
-        assert final[f"k{c}"] == NL_ROUNDS, final
-        assert final[f"l{c}"] == [str(i) for i in range(NL_ROUNDS)], final
-    assert 1 <= final["n"] <= 1 + NL_CLIENTS * NL_ROUNDS
-    assert len(tally.pids) >= 2
+    pids: set[int] = set()
+    with gunicorn(tmp_path, *NL_CONFIGS[config], locking=False) as server:
+        for attempt in range(4):
+            shared = _new_session(server)
+            jobs: list[tuple[Server, str | None, list[str]]] = []
+            for c in range(NL_CLIENTS):
+                paths: list[str] = []
+                for i in range(NL_ROUNDS):
+                    paths += [f"/bump/k{c}", f"/append/l{c}/{i}", "/inc"]
+                jobs.append((server, shared, paths))
+            tally = _load(jobs)
+            final = _dump(server, shared)
+            same_key_lost = 1 + NL_CLIENTS * NL_ROUNDS - final["n"]
+            print(
+                f"\n[nonlocking {config} run {attempt + 1}] requests={requests} own-key "
+                f"losses=0 expected, shared-key last-writer-wins losses={same_key_lost} "
+                f"workers={len(tally.pids)}"
+            )
+            assert tally.errors == []
+            assert tally.statuses == Counter({200: requests})
+            for c in range(NL_CLIENTS):
+                assert final[f"k{c}"] == NL_ROUNDS, final
+                assert final[f"l{c}"] == [str(i) for i in range(NL_ROUNDS)], final
+            assert 1 <= final["n"] <= 1 + NL_CLIENTS * NL_ROUNDS
+            pids = tally.pids
+            if len(pids) >= 2:
+                break
+    assert len(pids) >= 2, "no run reached a second worker process"
 
 
 # -- lock behaviour --------------------------------------------------------------------
