@@ -21,7 +21,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::{Client, Connection, RedisError, Script};
+use redis::{Client, ClientTlsConfig, Connection, RedisError, Script, TlsCertificates};
 
 use crate::error::{StoreError, StoreResult};
 use crate::lock::ThreadLock;
@@ -54,6 +54,52 @@ pub struct RedisConfig {
     pub io_timeout: Duration,
     /// How long a session lock lives if its holder never releases it (a crashed worker).
     pub lock_ttl: Duration,
+    /// TLS material for `rediss://` beyond the defaults (trust the public CAs, no client
+    /// certificate).
+    pub tls: RedisTls,
+}
+
+/// PEM bytes for a `rediss://` connection: a private CA, and a client certificate for
+/// servers that verify their clients (`tls-auth-clients yes`, Redis's default).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates to trust instead of the public ones.
+    pub ca_certs: Option<Vec<u8>>,
+    /// Client certificate chain and private key, both or neither.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Says which parts are set, never their bytes (the key is a secret).
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_certs", &self.ca_certs.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn is_default(&self) -> bool {
+        self.ca_certs.is_none() && self.client.is_none()
+    }
+}
+
+/// The Redis client for a URL and its TLS material (no connection is made).
+fn client_for(url: &str, tls: &RedisTls) -> StoreResult<Client> {
+    if tls.is_default() {
+        return Client::open(url)
+            .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")));
+    }
+    let certificates = TlsCertificates {
+        client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: tls.ca_certs.clone(),
+    };
+    Client::build_with_tls(url, certificates)
+        .map_err(|e| StoreError::Config(format!("invalid Redis TLS settings: {e}")))
 }
 
 struct Pool {
@@ -249,8 +295,7 @@ impl RedisStore {
             // rustls needs a process-wide crypto provider for rediss:// URLs.
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        let client = Client::open(rcfg.url.as_str())
-            .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")))?;
+        let client = client_for(&rcfg.url, &rcfg.tls)?;
         Ok(RedisStore {
             pool: Pool {
                 client,

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -598,26 +597,126 @@ def test_rediss_to_plain_server_gives_503(redis_server: RedisServer) -> None:
     assert_clean_503(response, str(redis_server.port))
 
 
-def test_rediss_refuses_untrusted_certificate(tmp_path: Path) -> None:
-    """rediss:// to a TLS Redis whose certificate is self-signed: the certificate is
-    verified and refused (a clean 503), never silently accepted."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    tls_port = free_port()
-    extra = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert)]
-    extra += ["--tls-key-file", str(key), "--tls-auth-clients", "no"]
-    with running_server(tmp_path / "redis", extra=extra):
-        app = redis_app(f"rediss://127.0.0.1:{tls_port}/0", "t:")
-        assert_clean_503(app.test_client().get("/set/a/1"), str(tls_port))
+# -- TLS (rediss://) -------------------------------------------------------------------
+
+
+class TlsSetup:
+    """A private CA (trustme), a server certificate for 127.0.0.1 and a client
+    certificate signed by it, another CA that signed nothing here, and two TLS servers:
+    one that verifies client certificates only when given, one that requires them."""
+
+    def __init__(self, workdir: Path) -> None:
+        import trustme
+
+        self.dir = workdir
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+        trustme.CA().cert_pem.write_to_path(str(workdir / "other-ca.pem"))
+        server = ca.issue_cert("127.0.0.1")
+        server.private_key_pem.write_to_path(str(workdir / "server.key"))
+        server.cert_chain_pems[0].write_to_path(str(workdir / "server.pem"))
+        client = ca.issue_cert("client.example")
+        client.private_key_pem.write_to_path(str(workdir / "client.key"))
+        client.cert_chain_pems[0].write_to_path(str(workdir / "client.pem"))
+        self.ports: dict[str, int] = {}
+
+    def server_args(self, auth_clients: str) -> list[str]:
+        port = free_port()
+        self.ports[auth_clients] = port
+        return [
+            *("--tls-port", str(port), "--tls-auth-clients", auth_clients),
+            *("--tls-cert-file", str(self.dir / "server.pem")),
+            *("--tls-key-file", str(self.dir / "server.key")),
+            *("--tls-ca-cert-file", str(self.dir / "ca.pem")),
+        ]
+
+    def url(self, auth_clients: str) -> str:
+        return f"rediss://127.0.0.1:{self.ports[auth_clients]}/0"
+
+    def files(self, *names: str) -> dict[str, str]:
+        keys = {
+            "ca": "SESSION_REDIS_TLS_CA_CERTS",
+            "other-ca": "SESSION_REDIS_TLS_CA_CERTS",
+            "client": "SESSION_REDIS_TLS_CERTFILE",
+            "client-key": "SESSION_REDIS_TLS_KEYFILE",
+        }
+        paths = {
+            "ca": "ca.pem",
+            "other-ca": "other-ca.pem",
+            "client": "client.pem",
+            "client-key": "client.key",
+        }
+        return {keys[n]: str(self.dir / paths[n]) for n in names}
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSetup]:
+    setup = TlsSetup(tmp_path_factory.mktemp("tls"))
+    optional = running_server(setup.dir / "optional", extra=setup.server_args("optional"))
+    required = running_server(setup.dir / "required", extra=setup.server_args("yes"))
+    with optional, required:
+        yield setup
+
+
+def test_rediss_with_a_private_ca(tls: TlsSetup, prefix: str) -> None:
+    """rediss:// to a server whose certificate a private CA signed, trusted through
+    SESSION_REDIS_TLS_CA_CERTS: sessions are written, read and deleted over TLS."""
+    app = redis_app(tls.url("optional"), prefix, **tls.files("ca"))
+    client = app.test_client()
+    assert client.get("/set/a/1").status_code == 200
+    assert client.get("/get/a").text == "1"
+    assert client.get("/inc").text == "1"
+    assert client.get("/inc").text == "2"
+    assert client.get("/delete").status_code == 200
+    assert client.get("/get/a").text == "None"
+
+
+def test_rediss_client_certificate(tls: TlsSetup, prefix: str) -> None:
+    """A server that requires client certificates (Redis's default): the certificate and
+    key given by SESSION_REDIS_TLS_CERTFILE/KEYFILE are presented and accepted; without
+    them the server refuses the handshake and the request gets a clean 503."""
+    url = tls.url("yes")
+    with_cert = redis_app(url, prefix, **tls.files("ca", "client", "client-key"))
+    client = with_cert.test_client()
+    assert client.get("/set/a/1").status_code == 200
+    assert client.get("/get/a").text == "1"
+    without = redis_app(url, prefix, **tls.files("ca"))
+    assert_clean_503(without.test_client().get("/set/a/2"), str(tls.ports["yes"]))
+    assert client.get("/get/a").text == "1"
+
+
+@pytest.mark.parametrize("trust", ["public CAs", "another CA"])
+def test_rediss_refuses_an_untrusted_certificate(tls: TlsSetup, prefix: str, trust: str) -> None:
+    """The server's certificate is verified: trusting only the public CAs (the default)
+    or another private CA, the connection is refused (a clean 503), never silently
+    accepted."""
+    files = tls.files("other-ca") if trust == "another CA" else {}
+    app = redis_app(tls.url("optional"), prefix, **files)
+    assert_clean_503(app.test_client().get("/set/a/1"), str(tls.ports["optional"]))
+
+
+@pytest.mark.parametrize(
+    "files, url, key",
+    [
+        ({"SESSION_REDIS_TLS_CA_CERTS": "missing.pem"}, "rediss", "SESSION_REDIS_TLS_CA_CERTS"),
+        ({"SESSION_REDIS_TLS_CA_CERTS": "client.key"}, "rediss", "SESSION_REDIS_TLS_CA_CERTS"),
+        ({"SESSION_REDIS_TLS_CA_CERTS": 42}, "rediss", "SESSION_REDIS_TLS_CA_CERTS"),
+        ({"SESSION_REDIS_TLS_KEYFILE": "client.pem"}, "rediss", "SESSION_REDIS_TLS_KEYFILE"),
+        ({"SESSION_REDIS_TLS_CERTFILE": "client.pem"}, "rediss", "SESSION_REDIS_TLS_KEYFILE"),
+        ({"SESSION_REDIS_TLS_KEYFILE": "client.key"}, "rediss", "SESSION_REDIS_TLS_CERTFILE"),
+        ({"SESSION_REDIS_TLS_CA_CERTS": "ca.pem"}, "redis", "SESSION_REDIS_TLS_CA_CERTS"),
+    ],
+)
+def test_bad_tls_settings_rejected_at_init(
+    tls: TlsSetup, files: dict[str, Any], url: str, key: str
+) -> None:
+    """A missing file, a file of the wrong kind, a certificate without its key (or the
+    reverse), TLS files with a plain redis:// URL: ConfigurationError naming the key."""
+    app = Flask(__name__)
+    config = {k: str(tls.dir / v) if isinstance(v, str) else v for k, v in files.items()}
+    app.config.update(SESSION_TYPE="redis", SESSION_REDIS_URL=f"{url}://127.0.0.1:6379/0", **config)
+    with pytest.raises(ConfigurationError, match=key):
+        fbs.init_app(app)
 
 
 def test_redis_killed_and_restarted(own_server: RedisServer, prefix: str) -> None:

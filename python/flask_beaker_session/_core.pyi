@@ -66,8 +66,12 @@ class Store:
         connect_timeout: float,
         io_timeout: float,
         lock_ttl: float,
+        tls_ca_certs: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
     ) -> Store:
-        """A Redis store (connects lazily)."""
+        """A Redis store (connects lazily). ``tls_*``: PEM bytes for ``rediss://`` (a CA to
+        trust instead of the public ones; a client certificate and key, both or neither)."""
     @property
     def kind(self) -> str:
         """``'file'``, ``'memory'`` or ``'redis'``."""

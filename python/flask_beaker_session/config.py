@@ -12,7 +12,7 @@ import datetime
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -64,6 +64,13 @@ SESSION_REDIS_TIMEOUT = 2.0
 #: Seconds a Redis session lock survives a worker that died holding it. A request that
 #: holds its session longer than this loses the lock (its save is refused).
 SESSION_REDIS_LOCK_TTL = 60.0
+#: For ``rediss://``: a PEM file of the CA certificates to trust instead of the public
+#: ones (a private CA, a self-signed server); ``None`` trusts the public CAs.
+SESSION_REDIS_TLS_CA_CERTS = None
+#: For ``rediss://`` servers that verify their clients (``tls-auth-clients yes``, Redis's
+#: default): the client certificate chain and its private key, PEM files, both or neither.
+SESSION_REDIS_TLS_CERTFILE = None
+SESSION_REDIS_TLS_KEYFILE = None
 
 #: The cookie name, kept from the original so users stay logged in. Flask's default
 #: ``SESSION_COOKIE_NAME`` (``'session'``) does not rename it.
@@ -100,6 +107,11 @@ class SessionConfig:
     redis_connect_timeout: float = SESSION_REDIS_CONNECT_TIMEOUT
     redis_timeout: float = SESSION_REDIS_TIMEOUT
     redis_lock_ttl: float = SESSION_REDIS_LOCK_TTL
+    #: PEM bytes read at ``init_app`` (so a missing file fails there, not on a request);
+    #: kept out of ``repr`` because the key is a secret.
+    redis_tls_ca_certs: bytes | None = field(default=None, repr=False)
+    redis_tls_cert: bytes | None = field(default=None, repr=False)
+    redis_tls_key: bytes | None = field(default=None, repr=False)
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -202,6 +214,53 @@ def _redis_url(value: Any) -> str:
     return value
 
 
+def _pem(config: Mapping[str, Any], key: str, kind: str, marker: bytes) -> bytes | None:
+    """The bytes of the PEM file named by ``key`` (None if unset), checked to hold
+    ``marker`` (a ``-----BEGIN …`` line) so that a wrong file is caught at ``init_app``."""
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or str(os.fspath(value)) == "":
+        raise _fail(key, value, f"the path of a PEM file holding {kind}, or None")
+    path = Path(os.fspath(value)).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{key}={str(value)!r} is invalid: cannot read {path}: {exc.strerror}"
+        ) from None
+    if marker not in data:
+        raise ConfigurationError(f"{key}={str(value)!r} is invalid: {path} holds no PEM {kind}")
+    return data
+
+
+def _redis_tls(
+    config: Mapping[str, Any], url: str
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(CA certificates, client certificate, client key) for ``rediss://``, validated."""
+    ca_key, cert_key, key_key = (
+        "SESSION_REDIS_TLS_CA_CERTS",
+        "SESSION_REDIS_TLS_CERTFILE",
+        "SESSION_REDIS_TLS_KEYFILE",
+    )
+    ca = _pem(config, ca_key, "CA certificates", b"-----BEGIN CERTIFICATE")
+    cert = _pem(config, cert_key, "certificate", b"-----BEGIN CERTIFICATE")
+    key = _pem(config, key_key, "private key", b"PRIVATE KEY-----")
+    if (cert is None) != (key is None):
+        missing, given = (key_key, cert_key) if key is None else (cert_key, key_key)
+        raise ConfigurationError(
+            f"{missing} is missing: {given} is set, and a client certificate needs both "
+            "the certificate and its key"
+        )
+    for name, data in ((ca_key, ca), (cert_key, cert), (key_key, key)):
+        if data is not None and not url.startswith("rediss://"):
+            raise ConfigurationError(
+                f"{name} is set but SESSION_REDIS_URL={_redacted(url)!r} does not use TLS: "
+                "use a rediss:// URL"
+            )
+    return ca, cert, key
+
+
 def load(config: Mapping[str, Any]) -> SessionConfig:
     """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings."""
     type_ = config.get("SESSION_TYPE", SESSION_TYPE)
@@ -210,6 +269,8 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
     if type_ not in _TYPES:
         raise _fail("SESSION_TYPE", type_, " or ".join(repr(t) for t in _TYPES))
     lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT)
+    redis_url = _redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL))
+    tls_ca_certs, tls_cert, tls_key = _redis_tls(config, redis_url)
     return SessionConfig(
         type=type_,
         expires=_expires(config.get("SESSION_EXPIRES", SESSION_EXPIRES)),
@@ -233,7 +294,7 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             accepted="a positive number of seconds or None",
         ),
         locking=_bool("SESSION_LOCKING", config.get("SESSION_LOCKING", SESSION_LOCKING)),
-        redis_url=_redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL)),
+        redis_url=redis_url,
         redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
         redis_connect_timeout=_positive(
             config, "SESSION_REDIS_CONNECT_TIMEOUT", SESSION_REDIS_CONNECT_TIMEOUT
@@ -246,4 +307,7 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             allow_none=True,
             accepted="a positive number of seconds or None",
         ),
+        redis_tls_ca_certs=tls_ca_certs,
+        redis_tls_cert=tls_cert,
+        redis_tls_key=tls_key,
     )

@@ -76,9 +76,17 @@ def make_store(config: SessionConfig) -> _core.Store:
                 config.redis_connect_timeout,
                 config.redis_timeout,
                 config.redis_lock_ttl,
+                config.redis_tls_ca_certs,
+                config.redis_tls_cert,
+                config.redis_tls_key,
             )
         except ConfigurationError as exc:
-            raise ConfigurationError(f"SESSION_REDIS_URL is invalid: {exc}") from None
+            # The core refuses a malformed URL, or TLS material it cannot parse (the files
+            # were already checked to hold PEM blocks of the right kind).
+            keys = "SESSION_REDIS_URL"
+            if config.redis_tls_ca_certs or config.redis_tls_cert:
+                keys += " or SESSION_REDIS_TLS_*"
+            raise ConfigurationError(f"{keys} is invalid: {exc}") from None
     return _core.Store(
         str(config.data_dir),
         list(config.secret_keys),

@@ -16,7 +16,7 @@ use crate::backend::{Backend, Kind, Session};
 use crate::error::StoreError;
 use crate::memory::MemoryStore;
 use crate::record::Keys;
-use crate::redis_store::{RedisConfig, RedisStore};
+use crate::redis_store::{RedisConfig, RedisStore, RedisTls};
 use crate::sid::SessionId;
 use crate::store::{FileStore, Opened, StoreConfig};
 use crate::sweep::{self, Mode, Report};
@@ -125,7 +125,7 @@ impl PyStore {
     /// A Redis store. Connects lazily; raises `ConfigurationError` for a malformed URL.
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (url, prefix, keys, idle_timeout, absolute_timeout, lock_timeout, connect_timeout, io_timeout, lock_ttl))]
+    #[pyo3(signature = (url, prefix, keys, idle_timeout, absolute_timeout, lock_timeout, connect_timeout, io_timeout, lock_ttl, tls_ca_certs=None, tls_cert=None, tls_key=None))]
     fn redis(
         url: String,
         prefix: String,
@@ -136,6 +136,9 @@ impl PyStore {
         connect_timeout: f64,
         io_timeout: f64,
         lock_ttl: f64,
+        tls_ca_certs: Option<Vec<u8>>,
+        tls_cert: Option<Vec<u8>>,
+        tls_key: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let cfg = config(
             PathBuf::new(),
@@ -151,6 +154,20 @@ impl PyStore {
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             io_timeout: seconds("io_timeout", io_timeout)?,
             lock_ttl: seconds("lock_ttl", lock_ttl)?,
+            tls: RedisTls {
+                ca_certs: tls_ca_certs,
+                client: match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(StoreError::Config(
+                            "a client certificate needs its key, and a key its certificate"
+                                .to_owned(),
+                        )
+                        .into())
+                    }
+                },
+            },
         };
         Ok(PyStore {
             inner: Arc::new(Backend::Redis(Box::new(RedisStore::new(cfg, rcfg)?))),
