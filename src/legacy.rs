@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_pickle::{DeOptions, HashableValue, Value};
 
-use crate::pickle_depth;
+use crate::pickle_scan;
 
 /// A legacy session ready for Python.
 #[derive(Debug, PartialEq)]
@@ -44,12 +44,31 @@ fn de_options() -> DeOptions {
         .replace_recursive_structures()
 }
 
-/// `serde-pickle` builds and drops values recursively: refuse what is nested too deeply for
-/// that (a planted file could otherwise overflow the stack and abort the worker) before
-/// decoding anything.
-fn value_from_slice(bytes: &[u8]) -> Result<Value, NotLegacy> {
-    pickle_depth::depth(bytes, pickle_depth::MAX_DEPTH).map_err(|_| NotLegacy)?;
-    serde_pickle::value_from_slice(bytes, de_options()).map_err(|_| NotLegacy)
+/// What `serde-pickle` made of a pickle.
+enum Decoded {
+    Value(Value),
+    /// Not a pickle it can read.
+    Refused,
+    /// It panicked. Found by fuzzing, then reproduced with plain Python values: a set that
+    /// holds NaN next to other floats makes the standard library's sort panic on
+    /// serde-pickle's non-total order. The pickle may well be a valid session, so callers
+    /// leave the decision to Python (which reads it fine) rather than drop the session.
+    Panicked,
+}
+
+/// `serde_pickle::value_from_slice`, hardened for untrusted bytes: values nested too deeply
+/// for its recursive build and drop (a planted file could overflow the stack and abort the
+/// worker) or that it would copy into gigabytes are refused before anything is decoded
+/// (`pickle_scan`), and a panic inside it is contained.
+fn decode_value(bytes: &[u8]) -> Result<Decoded, NotLegacy> {
+    pickle_scan::scan(bytes).map_err(|_| NotLegacy)?;
+    Ok(
+        match std::panic::catch_unwind(|| serde_pickle::value_from_slice(bytes, de_options())) {
+            Ok(Ok(value)) => Decoded::Value(value),
+            Ok(Err(_)) => Decoded::Refused,
+            Err(_) => Decoded::Panicked,
+        },
+    )
 }
 
 fn time_of(dict: &BTreeMap<HashableValue, Value>, key: &str) -> Option<f64> {
@@ -66,9 +85,18 @@ pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
     if bytes.len() < 2 || bytes[0] != 0x80 {
         return Err(NotLegacy);
     }
-    let outer = value_from_slice(bytes)?;
-    let Value::Dict(outer) = outer else {
-        return Err(NotLegacy);
+    let outer = match decode_value(bytes)? {
+        Decoded::Value(Value::Dict(outer)) => outer,
+        Decoded::Value(_) | Decoded::Refused => return Err(NotLegacy),
+        // Python takes `['session']` and checks it is a dict; it reads the times too.
+        Decoded::Panicked => {
+            return Ok(LegacySession {
+                payload: bytes.to_vec(),
+                wrapped: true,
+                accessed: None,
+                created: None,
+            })
+        }
     };
     match outer.get(&HashableValue::String("session".to_owned())) {
         Some(Value::String(b64)) => {
@@ -76,14 +104,14 @@ pub fn decode(bytes: &[u8]) -> Result<LegacySession, NotLegacy> {
                 .decode(b64.trim())
                 .map_err(|_| NotLegacy)?;
             // The inner pickle goes to Python as it is, so it must pass the depth check
-            // too; within it, a value serde-pickle cannot decode only loses the times.
-            pickle_depth::depth(&inner, pickle_depth::MAX_DEPTH).map_err(|_| NotLegacy)?;
-            let (accessed, created) = match serde_pickle::value_from_slice(&inner, de_options()) {
-                Ok(Value::Dict(d)) => {
+            // too; beyond that, a value serde-pickle cannot decode (or panics on) only
+            // loses the times here: Python reads the payload, and the times, itself.
+            let (accessed, created) = match decode_value(&inner)? {
+                Decoded::Value(Value::Dict(d)) => {
                     (time_of(&d, "_accessed_time"), time_of(&d, "_creation_time"))
                 }
-                Ok(_) => return Err(NotLegacy),
-                Err(_) => (None, None),
+                Decoded::Value(_) => return Err(NotLegacy),
+                Decoded::Refused | Decoded::Panicked => (None, None),
             };
             Ok(LegacySession {
                 payload: inner,
@@ -212,7 +240,7 @@ mod tests {
     fn nesting_up_to_the_limit_still_decodes() {
         // {'session': {'x': [...]}}: two dicts, then lists up to the limit, decoded on a
         // thread with a 1 MiB stack (a small worker-thread stack; this is a debug build).
-        let levels = (pickle_depth::MAX_DEPTH - 2) as usize;
+        let levels = (pickle_scan::MAX_DEPTH - 2) as usize;
         let mut ok =
             b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x".to_vec();
         ok.extend(std::iter::repeat_n(b']', levels));
@@ -231,5 +259,37 @@ mod tests {
         over.extend(std::iter::repeat_n(b'a', levels));
         over.extend_from_slice(b"ss.");
         assert_eq!(decode(&over), Err(NotLegacy));
+    }
+
+    #[test]
+    fn sets_holding_nan_reach_python_instead_of_panicking() {
+        // Regression, found by cargo-fuzz (`legacy-nan-in-a-set.pickle`, its input) and
+        // reproduced with real Python values: a session holding a set of floats with NaN
+        // among them, as written by Beaker 1.10 and 1.14. serde-pickle's value ordering is
+        // not total, so sorting that set panicked inside the decoder.
+        let read = |name: &str| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+            std::fs::read(root.join(name)).unwrap()
+        };
+        let old = read("beaker110-nan-in-a-set.pickle");
+        // The input really makes serde-pickle panic, else this test would prove nothing.
+        let direct =
+            std::panic::catch_unwind(|| serde_pickle::value_from_slice(&old, de_options()));
+        assert!(direct.is_err());
+        // ≤ 1.10: the whole file goes to Python, which checks the shape and reads the times.
+        let session = decode(&old).unwrap();
+        assert!(session.wrapped);
+        assert_eq!(session.payload, old);
+        assert_eq!((session.accessed, session.created), (None, None));
+        // ≥ 1.11: the inner pickle goes to Python; only the times are left to it.
+        let session = decode(&read("beaker114-nan-in-a-set.pickle")).unwrap();
+        assert!(!session.wrapped);
+        assert_eq!(session.payload.first(), Some(&0x80));
+        assert_eq!((session.accessed, session.created), (None, None));
+        // The fuzzer's own input: refused or handed over, never a panic.
+        let found = read("legacy-nan-in-a-set.pickle");
+        if let Ok(session) = decode(&found) {
+            assert_eq!(session.payload, found);
+        }
     }
 }

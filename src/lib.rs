@@ -8,7 +8,7 @@ pub mod error;
 pub mod legacy;
 pub mod lock;
 pub mod memory;
-pub mod pickle_depth;
+pub mod pickle_scan;
 #[cfg(test)]
 mod proptests;
 mod py;

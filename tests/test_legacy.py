@@ -217,7 +217,9 @@ def _nested_legacy_pickle(levels: int) -> bytes:
 
 
 _PROBE_SCRIPT = """
-import sys
+import resource, sys
+# 2 GiB of address space: a decoder that tries to build gigabytes fails this child.
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 sys.path.insert(0, sys.argv[1])
 from conftest import COOKIE, build_app
 client = build_app(sys.argv[2]).test_client()
@@ -227,14 +229,21 @@ print(response.status_code, response.get_data(as_text=True).strip())
 """
 
 
-@pytest.mark.parametrize("levels", [50, 200_000])
-def test_deeply_nested_planted_legacy_file(
-    levels: int, make_probe: MakeProbe, data_dir: Path
-) -> None:
-    """Regression: a legacy file nested 200,000 levels deep, planted under a real session's
-    id, aborted the worker with a stack overflow in serde-pickle while being decoded. It now
-    reads as no session (200, a fresh session); a merely deep one (50 levels) still loads.
-    Runs in a child process, so a crash fails this test instead of killing pytest."""
+def _copy_bomb_legacy_pickle() -> bytes:
+    """``{'session': {'x': x}}`` where ``x = []`` then 40 times DUP + APPEND: Python would
+    share one list, but a decoder that copies on DUP doubles it each time (2^40 values)."""
+    head = b"\x80\x02}q\x00X\x07\x00\x00\x00sessionq\x01}q\x02X\x01\x00\x00\x00x"
+    return head + b"]" + b"2a" * 40 + b"ss."
+
+
+@pytest.mark.parametrize("planted", ["nested-50", "nested-200000", "copy-bomb"])
+def test_hostile_planted_legacy_file(planted: str, make_probe: MakeProbe, data_dir: Path) -> None:
+    """Regressions: legacy files planted under a real session's id that took the worker
+    down inside the Rust decoder. Nested 200,000 levels deep, it overflowed the stack
+    (abort); a copy bomb found by cargo-fuzz made serde-pickle allocate gigabytes. Both
+    now read as no session (200, a fresh session); a merely deep file (50 levels) still
+    loads. Runs in a child process with 2 GiB of address space, so a crash or a runaway
+    allocation fails this test instead of pytest."""
     import subprocess
     import sys
 
@@ -242,7 +251,10 @@ def test_deeply_nested_planted_legacy_file(
     label, name = LABELS[0], "plain"
     sid = entry(label, name)["id"]
     path = legacy_file(data_dir, label, name)
-    path.write_bytes(_nested_legacy_pickle(levels))
+    if planted == "copy-bomb":
+        path.write_bytes(_copy_bomb_legacy_pickle())
+    else:
+        path.write_bytes(_nested_legacy_pickle(int(planted.split("-")[1])))
     done = subprocess.run(
         [sys.executable, "-c", _PROBE_SCRIPT, str(Path(__file__).parent), str(data_dir), sid],
         capture_output=True,
@@ -252,10 +264,41 @@ def test_deeply_nested_planted_legacy_file(
     assert done.returncode == 0, done.stderr[-2000:]
     status, body = done.stdout.split(" ", 1)
     assert status == "200"
-    if levels == 50:
+    if planted == "nested-50":
         nested = json.loads(body)["x"]
-        for _ in range(levels - 1):
+        for _ in range(49):
             (nested,) = nested
         assert nested == []
     else:
         assert json.loads(body) == {}
+
+
+@pytest.mark.parametrize("beaker", ["110", "114"])
+def test_legacy_set_holding_nan_is_migrated(
+    beaker: str, make_probe: MakeProbe, data_dir: Path
+) -> None:
+    """Regression (found by cargo-fuzz): a legacy session holding a set of floats with NaN
+    among them made the Rust decoder panic (serde-pickle sorts sets with a non-total
+    order), which surfaced as an uncatchable PanicException. The session now loads with
+    the set intact and is migrated by its first write."""
+    probe = make_probe(SESSION_TIMEOUT=None)
+    label, name = LABELS[0], "plain"
+    sid = entry(label, name)["id"]
+    path = legacy_file(data_dir, label, name)
+    path.write_bytes((FIXTURES / "fuzz" / f"beaker{beaker}-nan-in-a-set.pickle").read_bytes())
+
+    def floats_seen() -> tuple[int, list[float]]:
+        data, meta = probe.probe(sid)
+        assert meta["__is_new"] is False
+        values = data["floats"]
+        assert isinstance(values, set)
+        nans = sum(1 for v in values if v != v)
+        return nans, sorted(v for v in values if v == v)
+
+    before = floats_seen()
+    assert before[0] == 11 and len(before[1]) == 11
+    client = probe.app.test_client()
+    client.set_cookie(COOKIE, sid)
+    assert client.get("/set/extra/1").status_code == 200
+    assert not path.exists()
+    assert floats_seen() == before
