@@ -278,12 +278,21 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    fn line_index(&mut self) -> Result<u64, Refused> {
-        let line = self.line()?;
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or(Refused::Malformed)
+    /// The memo index a PUT/GET-family opcode names: a decimal line (protocol 0), one or
+    /// four bytes; MEMOIZE takes the next free index.
+    fn memo_index(&mut self, op: u8) -> Result<u64, Refused> {
+        match op {
+            b'p' | b'g' => {
+                let line = self.line()?;
+                std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or(Refused::Malformed)
+            }
+            b'q' | b'h' => self.uint(1),
+            b'r' | b'j' => self.uint(4),
+            _ => Ok(self.memo.len() as u64),
+        }
     }
 
     /// REDUCE: the callable and the argument tuple are resolved (copied if they are memo
@@ -490,33 +499,14 @@ impl<'a> Scan<'a> {
                     let class = self.pop()?;
                     self.stand_in(&[class, args, kwargs]);
                 }
-                b'p' => {
-                    let index = self.line_index()?;
+                // PUT, BINPUT, LONG_BINPUT, MEMOIZE
+                b'p' | b'q' | b'r' | 0x94 => {
+                    let index = self.memo_index(op)?;
                     self.memo_put(index)?;
                 }
-                b'q' => {
-                    let index = self.uint(1)?;
-                    self.memo_put(index)?;
-                }
-                b'r' => {
-                    let index = self.uint(4)?;
-                    self.memo_put(index)?;
-                }
-                0x94 => {
-                    // MEMOIZE: the next free memo index
-                    let index = self.memo.len() as u64;
-                    self.memo_put(index)?;
-                }
-                b'g' => {
-                    let index = self.line_index()?;
-                    self.memo_get(index)?;
-                }
-                b'h' => {
-                    let index = self.uint(1)?;
-                    self.memo_get(index)?;
-                }
-                b'j' => {
-                    let index = self.uint(4)?;
+                // GET, BINGET, LONG_BINGET
+                b'g' | b'h' | b'j' => {
+                    let index = self.memo_index(op)?;
                     self.memo_get(index)?;
                 }
                 _ => return Err(Refused::Malformed),
@@ -723,14 +713,8 @@ mod tests {
     #[test]
     fn python_pickles_cost_about_their_length() {
         // A session of 3,000 small dicts, as Python writes it (protocol 2): no copies.
-        let mut p = b"\x80\x02]q\x00(".to_vec();
-        for i in 0..3000u32 {
-            p.extend_from_slice(b"}q\x01(X\x01\x00\x00\x00iK\x05X\x01\x00\x00\x00l]K\x07au");
-            p.push(b'J');
-            p.extend(i.to_le_bytes());
-            p.push(b'0');
-        }
-        p.extend_from_slice(b"e.");
+        let one = b"}q\x01(X\x01\x00\x00\x00iK\x05X\x01\x00\x00\x00l]K\x07au";
+        let p = [&b"\x80\x02]q\x00("[..], &one.repeat(3000), b"e."].concat();
         let shape = scan(&p).unwrap();
         assert_eq!(shape.depth, 3);
         assert!(
@@ -744,11 +728,7 @@ mod tests {
     fn dup_copies_are_counted() {
         // x = []; then 40 times: DUP (a copy of x), APPEND it into x. serde-pickle doubles x
         // each time (2^40 values from 82 bytes); Python shares, so it never wrote this.
-        let mut p = b"]".to_vec();
-        for _ in 0..40 {
-            p.extend_from_slice(b"2a");
-        }
-        p.push(b'.');
+        let p = [&b"]"[..], &b"2a".repeat(40), b"."].concat();
         let started = std::time::Instant::now();
         assert_eq!(scan(&p), Err(Refused::TooBig));
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
@@ -758,15 +738,14 @@ mod tests {
     fn references_to_a_big_memoised_value_are_counted() {
         // A list of 50,000 ints in the memo, then a list of 100,000 references to it:
         // serde-pickle builds every reference as a copy (5 billion values from ~500 KB).
-        let mut p = b"\x80\x02](".to_vec();
-        for _ in 0..50_000 {
-            p.extend_from_slice(b"K\x01");
-        }
-        p.extend_from_slice(b"eq\x00](");
-        for _ in 0..100_000 {
-            p.extend_from_slice(b"h\x00");
-        }
-        p.extend_from_slice(b"e.");
+        let p = [
+            &b"\x80\x02]("[..],
+            &b"K\x01".repeat(50_000),
+            b"eq\x00](",
+            &b"h\x00".repeat(100_000),
+            b"e.",
+        ]
+        .concat();
         assert_eq!(scan(&p), Err(Refused::TooBig));
         // A few references to it are fine (Python writes those for shared objects).
         let few = [&p[..p.len() - 200_000 - 2], b"h\x00h\x00h\x00e."].concat();
