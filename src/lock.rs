@@ -130,20 +130,20 @@ impl LockedFile {
         LockedFile(Some(file))
     }
 
+    /// The open file. An error only after `take_unlocked` emptied the wrapper, which its
+    /// owner does as it is dropped; the error keeps that mistake from being a panic.
+    pub fn file(&self) -> io::Result<&File> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| io::Error::other("record file already handed back"))
+    }
+
     /// Unlocks the file and hands it over (for reuse by a later request); the wrapper is
-    /// empty afterwards and must not be used again.
+    /// empty afterwards (see `file`).
     pub fn take_unlocked(&mut self) -> Option<File> {
         let file = self.0.take()?;
         FileExt::unlock(&file).ok()?;
         Some(file)
-    }
-}
-
-impl std::ops::Deref for LockedFile {
-    type Target = File;
-    fn deref(&self) -> &File {
-        // Only `take_unlocked`, called as its owner is dropped, empties the option.
-        self.0.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
 

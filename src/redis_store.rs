@@ -109,39 +109,6 @@ struct Pool {
     io_timeout: Duration,
 }
 
-struct Conn<'a> {
-    pool: &'a Pool,
-    con: Option<Connection>,
-    broken: bool,
-}
-
-impl std::ops::Deref for Conn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.con.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl std::ops::DerefMut for Conn<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
-        self.con.as_mut().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for Conn<'_> {
-    fn drop(&mut self) {
-        if self.broken {
-            return;
-        }
-        if let Some(con) = self.con.take() {
-            let mut idle = self.pool.idle.lock();
-            if idle.0 == FORK_GENERATION.load(Ordering::SeqCst) && idle.1.len() < POOL_MAX {
-                idle.1.push(con);
-            }
-        }
-    }
-}
-
 fn unavailable(e: &RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
@@ -161,7 +128,7 @@ impl Pool {
     }
 
     /// A pooled connection if there is one (second value: true), else a new one.
-    fn get(&self) -> StoreResult<(Conn<'_>, bool)> {
+    fn get(&self) -> StoreResult<(Connection, bool)> {
         let generation = FORK_GENERATION.load(Ordering::SeqCst);
         let reused = {
             let mut idle = self.idle.lock();
@@ -172,19 +139,19 @@ impl Pool {
             }
             idle.1.pop()
         };
-        let was_pooled = reused.is_some();
-        let con = match reused {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        Ok((
-            Conn {
-                pool: self,
-                con: Some(con),
-                broken: false,
-            },
-            was_pooled,
-        ))
+        match reused {
+            Some(con) => Ok((con, true)),
+            None => Ok((self.connect()?, false)),
+        }
+    }
+
+    /// Returns a connection whose last command succeeded to the idle pool (unless a fork
+    /// happened meanwhile, or the pool is full).
+    fn give_back(&self, con: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.0 == FORK_GENERATION.load(Ordering::SeqCst) && idle.1.len() < POOL_MAX {
+            idle.1.push(con);
+        }
     }
 
     /// Runs `f` on a pooled connection; a failed command discards the connection (it may be
@@ -195,26 +162,23 @@ impl Pool {
     /// connections are as old) and `f` runs once more on a new connection. Timeouts are
     /// never retried, so a request stays bounded by the configured timeouts.
     fn run<T>(&self, f: impl Fn(&mut Connection) -> redis::RedisResult<T>) -> StoreResult<T> {
-        let (mut conn, pooled) = self.get()?;
-        let err = match f(&mut conn) {
-            Ok(v) => return Ok(v),
+        let (mut con, pooled) = self.get()?;
+        let err = match f(&mut con) {
+            Ok(v) => {
+                self.give_back(con);
+                return Ok(v);
+            }
             Err(e) => e,
         };
-        conn.broken = true;
-        drop(conn);
+        drop(con);
         if !(pooled && err.is_connection_dropped() && !err.is_timeout()) {
             return Err(unavailable(&err));
         }
         self.idle.lock().1.clear();
-        let mut conn = Conn {
-            pool: self,
-            con: Some(self.connect()?),
-            broken: false,
-        };
-        f(&mut conn).map_err(|e| {
-            conn.broken = true;
-            unavailable(&e)
-        })
+        let mut con = self.connect()?;
+        let v = f(&mut con).map_err(|e| unavailable(&e))?;
+        self.give_back(con);
+        Ok(v)
     }
 }
 

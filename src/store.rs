@@ -280,8 +280,9 @@ impl FileStore {
             }
             Err(e) => return Err(StoreError::io("open", path, e)),
         };
-        let file = LockedFile::new(file);
-        self.lock_file(&file, deadline)?;
+        let locked = LockedFile::new(file);
+        let file = locked.file().map_err(|e| StoreError::io("open", path, e))?;
+        self.lock_file(file, deadline)?;
         let meta = file
             .metadata()
             .map_err(|e| StoreError::io("stat", path, e))?;
@@ -289,7 +290,7 @@ impl FileStore {
             // Deleted or replaced while we waited for the lock: look again.
             return Ok(Step::Retry);
         }
-        let loaded = match read_record(&file, &meta, &self.cfg.keys, id) {
+        let loaded = match read_record(file, &meta, &self.cfg.keys, id) {
             Ok(l) => l,
             Err(ReadError::Io(e)) => return Err(StoreError::io("read", path, e)),
             Err(ReadError::Newer) => return Ok(Step::Done(Opened::Newer)),
@@ -310,7 +311,7 @@ impl FileStore {
             id: *id,
             path: path.to_path_buf(),
             legacy_path: None,
-            file,
+            file: locked,
             reusable: true,
             origin: Origin::Record {
                 slot: loaded.slot,
@@ -348,8 +349,11 @@ impl FileStore {
             }
             Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
         };
-        let file = LockedFile::new(file);
-        self.lock_file(&file, deadline)?;
+        let locked = LockedFile::new(file);
+        let file = locked
+            .file()
+            .map_err(|e| StoreError::io("open", &legacy_path, e))?;
+        self.lock_file(file, deadline)?;
         let meta = file
             .metadata()
             .map_err(|e| StoreError::io("stat", &legacy_path, e))?;
@@ -381,7 +385,7 @@ impl FileStore {
             id: *id,
             path: path.to_path_buf(),
             legacy_path: Some(legacy_path),
-            file,
+            file: locked,
             reusable: true,
             origin: Origin::Legacy {
                 wrapped: decoded.wrapped,
@@ -523,16 +527,16 @@ impl Handle {
     /// writes leaves a slot whose tag does not verify, so the other slot wins: still safe.
     fn write_slot(&self, header: &[u8], payload: &[u8], offset: u64) -> StoreResult<()> {
         let io = |e| StoreError::io("write", &self.path, e);
+        let file = self.file.file().map_err(io)?;
         if payload.len() <= SMALL_WRITE {
             let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
             buf.extend_from_slice(header);
             buf.extend_from_slice(payload);
-            return self.file.write_all_at(&buf, offset).map_err(io);
+            return file.write_all_at(&buf, offset).map_err(io);
         }
-        self.file
-            .write_all_at(payload, offset + HEADER_LEN as u64)
+        file.write_all_at(payload, offset + HEADER_LEN as u64)
             .map_err(io)?;
-        self.file.write_all_at(header, offset).map_err(io)
+        file.write_all_at(header, offset).map_err(io)
     }
 
     /// Writes a complete new record to a temporary file, locks it, and renames it over the
@@ -556,10 +560,13 @@ impl Handle {
         let tmp = self.path.with_file_name(name);
         let slot = record::encode_slot(&store.cfg.keys, &self.id, seq, created, now, payload);
         let slot_size = record::slot_size_for(payload.len());
-        let file = LockedFile::new(create_file(&tmp)?);
+        let locked = LockedFile::new(create_file(&tmp)?);
         let result = (|| {
+            let file = locked
+                .file()
+                .map_err(|e| StoreError::io("create", &tmp, e))?;
             // Uncontended: nobody else can know the temporary name.
-            if !fs4::fs_std::FileExt::try_lock_exclusive(&*file)
+            if !fs4::fs_std::FileExt::try_lock_exclusive(file)
                 .map_err(|e| StoreError::io("lock", &tmp, e))?
             {
                 return Err(StoreError::io(
@@ -568,14 +575,14 @@ impl Handle {
                     io::Error::from(ErrorKind::WouldBlock),
                 ));
             }
-            fill_new(&file, &tmp, &slot, slot_size)?;
+            fill_new(file, &tmp, &slot, slot_size)?;
             fs::rename(&tmp, &self.path).map_err(|e| StoreError::io("rename", &self.path, e))
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let old = std::mem::replace(&mut self.file, file);
+        let old = std::mem::replace(&mut self.file, locked);
         self.origin = Origin::Record {
             slot: 0,
             seq,
@@ -596,9 +603,11 @@ impl Handle {
                 return Ok(false);
             }
         }
+        let touch = |e| StoreError::io("touch", &self.path, e);
         self.file
-            .set_modified(to_system_time(now))
-            .map_err(|e| StoreError::io("touch", &self.path, e))?;
+            .file()
+            .and_then(|f| f.set_modified(to_system_time(now)))
+            .map_err(touch)?;
         self.last_access = Some(now);
         Ok(true)
     }

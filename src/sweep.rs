@@ -193,11 +193,15 @@ impl Walker<'_> {
             report.live += 1;
             return;
         }
-        let Ok(file) = open_rw(path).map(LockedFile::new) else {
+        let Ok(locked) = open_rw(path).map(LockedFile::new) else {
             report.errors += 1;
             return;
         };
-        if self.mode == Mode::Sweep && !try_flock(&file).unwrap_or(false) {
+        let Ok(file) = locked.file() else {
+            report.errors += 1;
+            return;
+        };
+        if self.mode == Mode::Sweep && !try_flock(file).unwrap_or(false) {
             // In use by a request right now: live by definition.
             report.live += 1;
             return;
@@ -213,7 +217,7 @@ impl Walker<'_> {
         }
         let len = meta.len();
         let age = self.now - mtime(&meta);
-        match read_times(&file, len) {
+        match read_times(file, len) {
             Times::Known { created, saved_at } => {
                 let last_access = saved_at.max(mtime(&meta));
                 if expired(self.cfg, self.now, Some(created), Some(last_access)) {
