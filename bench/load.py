@@ -45,6 +45,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    """Terminates a server, then kills it if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def get(port: int, path: str, cookie_name: str, cookie: str | None) -> Reply:
     """One GET over a fresh connection; returns status, body and any new cookie."""
     header = f"Cookie: {cookie_name}={cookie}\r\n" if cookie else ""
@@ -93,12 +103,7 @@ def gunicorn(python: Path, impl: Impl, workers: int) -> Iterator[int]:
         wait_ready(port, impl, server)
         yield port
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -24,16 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from impls import REDIS_URL_ENV
+from load import HOST, free_port, stop
 
-HOST = "127.0.0.1"
 #: The server binary (``apt-get install redis-server``).
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def available() -> bool:
@@ -67,12 +61,7 @@ def server() -> Iterator[dict[str, Any]]:
             os.environ.pop(REDIS_URL_ENV, None)
         else:
             os.environ[REDIS_URL_ENV] = previous
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 

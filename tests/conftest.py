@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -20,10 +21,16 @@ FIXTURES = TESTS_DIR / "fixtures"
 sys.path.insert(0, str(TESTS_DIR))
 
 COOKIE = "beaker.session.id"
+LEGACY = FIXTURES / "legacy"
+#: What ``tests/fixtures/legacy`` holds: per Beaker version, each session's id, path and data.
+MANIFEST: dict[str, Any] = json.loads((LEGACY / "manifest.json").read_text())
+
+#: The ``make_app`` fixture's type: ``make_app(**config) -> Flask``.
+MakeApp = Callable[..., Flask]
 
 
-def build_app(data_dir: Path | str, **config: Any) -> Flask:
-    """A Flask app with the extension and a few routes used across the tests.
+def plain_app(data_dir: Path | str, **config: Any) -> Flask:
+    """A Flask app with a few routes used across the tests, before the extension is set up.
 
     Routes: ``/set/<key>/<value>``, ``/get/<key>``, ``/inc`` (counter ``n``), ``/dump``
     (JSON of the user keys), ``/none`` (never touches the session), ``/delete``,
@@ -32,7 +39,6 @@ def build_app(data_dir: Path | str, **config: Any) -> Flask:
     app = Flask(__name__)
     app.config.update(SESSION_DATA_DIR=str(data_dir), SECRET_KEY="test-secret")
     app.config.update(config)
-    fbs.init_app(app)
 
     @app.route("/set/<key>/<value>")
     def set_value(key: str, value: str) -> str:
@@ -78,13 +84,20 @@ def build_app(data_dir: Path | str, **config: Any) -> Flask:
     return app
 
 
+def build_app(data_dir: Path | str, **config: Any) -> Flask:
+    """``plain_app`` with the extension set up (``init_app``)."""
+    app = plain_app(data_dir, **config)
+    fbs.init_app(app)
+    return app
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "sessions"
 
 
 @pytest.fixture
-def make_app(data_dir: Path) -> Callable[..., Flask]:
+def make_app(data_dir: Path) -> MakeApp:
     def factory(**config: Any) -> Flask:
         config.setdefault("SESSION_DATA_DIR", str(data_dir))
         return build_app(**{"data_dir": config.pop("SESSION_DATA_DIR")}, **config)
@@ -93,7 +106,7 @@ def make_app(data_dir: Path) -> Callable[..., Flask]:
 
 
 @pytest.fixture
-def app(make_app: Callable[..., Flask]) -> Flask:
+def app(make_app: MakeApp) -> Flask:
     return make_app()
 
 

@@ -261,9 +261,16 @@ def child_env() -> dict[str, str]:
 
 def _app(config: dict[str, Any]) -> Any:
     from conftest import build_app
-    from flask import session as flask_session
 
     app = build_app(config.pop("SESSION_DATA_DIR", "/nonexistent-unused"), **config)
+
+    return add_contention_routes(app)
+
+
+def add_contention_routes(app: Any) -> Any:
+    """``/hold`` (takes the lock and never returns), ``/slowinc`` (a widened
+    read-modify-write of ``n``) and ``/pid``: the routes of the contention tests."""
+    from flask import session as flask_session
 
     @app.route("/hold")
     def hold() -> str:

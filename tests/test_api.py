@@ -12,7 +12,7 @@ from typing import Any
 
 import flask_beaker_session
 import pytest
-from conftest import COOKIE, cookie_of, record_files
+from conftest import COOKIE, cookie_of, plain_app, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SecureCookieSessionInterface
@@ -20,23 +20,6 @@ from flask_beaker_session import config as fbs_config
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
 from flask_beaker_session.session_interface import BeakerSessionInterface
-
-
-def plain_app(data_dir: Path, **config: Any) -> Flask:
-    """A Flask app with ``/set`` and ``/get`` routes and no session extension yet."""
-    app = Flask(__name__)
-    app.config.update(SESSION_DATA_DIR=str(data_dir), SECRET_KEY="k", **config)
-
-    @app.route("/set/<key>/<value>")
-    def set_value(key: str, value: str) -> str:
-        flask_session[key] = value
-        return "ok"
-
-    @app.route("/get/<key>")
-    def get_value(key: str) -> str:
-        return str(flask_session.get(key))
-
-    return app
 
 
 def assert_sessions_work(app: Flask, data_dir: Path) -> None:

@@ -17,7 +17,7 @@ from conftest import COOKIE, build_app, cookie_of
 from flask import Flask, jsonify
 from flask import session as flask_session
 from flask_beaker_session import _core
-from redis_server import RedisServer, data_key, running_server
+from redis_server import RedisServer, add_contention_routes, data_key, running_server
 
 BACKENDS = ["file", "redis", "memory"]
 SID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -96,14 +96,9 @@ def record_path(data_dir: Path, sid: str) -> Path:
 
 
 def add_routes(app: Flask) -> Flask:
-    """``/slowinc``, ``/cart/init``, ``/cart/add/<x>``, ``/cart``, ``/bad``, ``/hold``."""
-
-    @app.route("/slowinc")
-    def slowinc() -> str:
-        n = flask_session.get("n", 0)
-        time.sleep(0.002)  # widen the read→write window: lost updates would show
-        flask_session["n"] = n + 1
-        return str(n + 1)
+    """``/cart/init``, ``/cart/add/<x>``, ``/cart``, ``/bad``, and the contention routes
+    ``/slowinc``, ``/hold``, ``/pid``."""
+    add_contention_routes(app)
 
     @app.route("/cart/init")
     def cart_init() -> str:

@@ -9,12 +9,11 @@ import pickle
 import pty
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,10 @@ import pytest
 from click.testing import Result
 from conftest import (
     COOKIE,
-    FIXTURES,
+    LEGACY,
+    MANIFEST,
     TESTS_DIR,
+    MakeApp,
     build_app,
     cookie_of,
     record_files,
@@ -34,10 +35,8 @@ from flask import session as flask_session
 from flask_beaker_session import _core
 from flask_beaker_session.session_interface import BeakerSessionInterface
 from legacy_objects import LegacyThing
+from redis_server import free_port, running_server
 
-MakeApp = Callable[..., Flask]
-LEGACY = FIXTURES / "legacy"
-MANIFEST: dict[str, Any] = json.loads((LEGACY / "manifest.json").read_text())
 COMMANDS = ["sweep", "stats", "clear", "migrate"]
 
 
@@ -413,46 +412,12 @@ def test_cli_on_memory_app(make_app: MakeApp) -> None:
     assert json.loads(cli(app, "stats", "--json").output)["records"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
     """A private redis-server on a free port (skipped if the binary is missing, except
     under CI)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail("redis-server is not installed (CI must install it)")
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 10
-        while not _ping(port):
-            assert proc.poll() is None and time.time() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_server(tmp_path / "redis") as server:
+        yield server.port
 
 
 def test_cli_on_redis_app(make_app: MakeApp, redis_port: int) -> None:
@@ -477,7 +442,7 @@ def test_cli_reports_unreachable_redis(make_app: MakeApp, command: list[str]) ->
     """An unreachable Redis gives a one-line error and exit status 1, not a traceback."""
     app = make_app(
         SESSION_TYPE="redis",
-        SESSION_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0",
+        SESSION_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
         SESSION_REDIS_CONNECT_TIMEOUT=0.5,
     )
     result = cli(app, *command)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, build_app, cookie_of, record_files
+from conftest import COOKIE, MakeApp, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
-
-MakeApp = Callable[..., Flask]
 
 
 def set_cookie_header(response: Any) -> str | None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
-from conftest import COOKIE, cookie_of
+from conftest import COOKIE, MakeApp, cookie_of
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SessionInterface
 
-MakeApp = Callable[..., Flask]
 HEX32 = re.compile(r"[0-9a-f]{32}")
 PERSISTENT_SECONDS = 400 * 24 * 3600
 

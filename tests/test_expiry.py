@@ -17,15 +17,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
     COOKIE,
-    FIXTURES,
+    LEGACY,
     TESTS_DIR,
+    MakeApp,
     build_app,
     cookie_of,
     record_files,
@@ -37,8 +38,6 @@ from flask_beaker_session import _core
 from flask_beaker_session.errors import ConfigurationError
 from flask_beaker_session.session_interface import BeakerSessionInterface
 
-MakeApp = Callable[..., Flask]
-LEGACY = FIXTURES / "legacy"
 SWEEPER_THREAD = "flask-beaker-session-sweeper"
 
 

@@ -9,13 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, FIXTURES, all_files, build_app, record_files, record_path
+from conftest import (
+    COOKIE,
+    FIXTURES,
+    LEGACY,
+    MANIFEST,
+    all_files,
+    build_app,
+    record_files,
+    record_path,
+)
 from flask import Flask
 from flask import session as flask_session
 from legacy_objects import LegacyThing
 
-LEGACY = FIXTURES / "legacy"
-MANIFEST: dict[str, Any] = json.loads((LEGACY / "manifest.json").read_text())
 LABELS = sorted(MANIFEST["labels"])
 LIVE = [
     (label, name)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flask
 import pytest
-from conftest import COOKIE, all_files, cookie_of, record_files, record_path
+from conftest import COOKIE, MakeApp, all_files, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
-
-MakeApp = Callable[..., Flask]
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import COOKIE, FIXTURES, TESTS_DIR, build_app, cookie_of, record_files
+from conftest import COOKIE, FIXTURES, TESTS_DIR, MakeApp, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import session as fbs
 
 LOGGER = "flask_beaker_session"
-MakeApp = Callable[..., Flask]
 
 
 def _explode() -> None:

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, cookie_of, record_files, record_path
+from conftest import COOKIE, MakeApp, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SessionMixin
 from session_values import Cart
 
-MakeApp = Callable[..., Flask]
 Fn = Callable[[Any], Any]
 HEX32 = re.compile(r"[0-9a-f]{32}")
 TIME_KEYS = ("_creation_time", "_accessed_time")
