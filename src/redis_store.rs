@@ -86,17 +86,19 @@ impl RedisTls {
 }
 
 /// The Redis client for a URL and its TLS material (no connection is made).
-fn client_for(url: &str, tls: &RedisTls) -> StoreResult<Client> {
+/// The TLS material is consumed: the client keeps what it needs, and the store does not
+/// hold a second copy of the private key.
+fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
     if tls.is_default() {
         return Client::open(url)
             .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")));
     }
     let certificates = TlsCertificates {
-        client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-            client_cert: cert.clone(),
-            client_key: key.clone(),
+        client_tls: tls.client.map(|(client_cert, client_key)| ClientTlsConfig {
+            client_cert,
+            client_key,
         }),
-        root_cert: tls.ca_certs.clone(),
+        root_cert: tls.ca_certs,
     };
     Client::build_with_tls(url, certificates)
         .map_err(|e| StoreError::Config(format!("invalid Redis TLS settings: {e}")))
@@ -253,13 +255,13 @@ fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Result<record::SlotHeade
 
 impl RedisStore {
     /// Builds a store; connects lazily (nothing is opened before a pre-fork server forks).
-    pub fn new(cfg: StoreConfig, rcfg: RedisConfig) -> StoreResult<Self> {
+    pub fn new(cfg: StoreConfig, mut rcfg: RedisConfig) -> StoreResult<Self> {
         static PROVIDER: Once = Once::new();
         PROVIDER.call_once(|| {
             // rustls needs a process-wide crypto provider for rediss:// URLs.
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        let client = client_for(&rcfg.url, &rcfg.tls)?;
+        let client = client_for(&rcfg.url, std::mem::take(&mut rcfg.tls))?;
         Ok(RedisStore {
             pool: Pool {
                 client,

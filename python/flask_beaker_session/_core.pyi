@@ -67,11 +67,10 @@ class Store:
         io_timeout: float,
         lock_ttl: float,
         tls_ca_certs: bytes | None = None,
-        tls_cert: bytes | None = None,
-        tls_key: bytes | None = None,
+        tls_client: tuple[bytes, bytes] | None = None,
     ) -> Store:
         """A Redis store (connects lazily). ``tls_*``: PEM bytes for ``rediss://`` (a CA to
-        trust instead of the public ones; a client certificate and key, both or neither)."""
+        trust instead of the public ones; a client certificate and its key)."""
     @property
     def kind(self) -> str:
         """``'file'``, ``'memory'`` or ``'redis'``."""

@@ -110,8 +110,8 @@ class SessionConfig:
     #: PEM bytes read at ``init_app`` (so a missing file fails there, not on a request);
     #: kept out of ``repr`` because the key is a secret.
     redis_tls_ca_certs: bytes | None = field(default=None, repr=False)
-    redis_tls_cert: bytes | None = field(default=None, repr=False)
-    redis_tls_key: bytes | None = field(default=None, repr=False)
+    #: (certificate chain, private key), both or neither.
+    redis_tls_client: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -236,8 +236,8 @@ def _pem(config: Mapping[str, Any], key: str, kind: str, marker: bytes) -> bytes
 
 def _redis_tls(
     config: Mapping[str, Any], url: str
-) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """(CA certificates, client certificate, client key) for ``rediss://``, validated."""
+) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
+    """(CA certificates, (client certificate, key)) for ``rediss://``, validated."""
     ca_key, cert_key, key_key = (
         "SESSION_REDIS_TLS_CA_CERTS",
         "SESSION_REDIS_TLS_CERTFILE",
@@ -258,7 +258,7 @@ def _redis_tls(
                 f"{name} is set but SESSION_REDIS_URL={_redacted(url)!r} does not use TLS: "
                 "use a rediss:// URL"
             )
-    return ca, cert, key
+    return ca, (cert, key) if cert is not None and key is not None else None
 
 
 def load(config: Mapping[str, Any]) -> SessionConfig:
@@ -270,7 +270,7 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
         raise _fail("SESSION_TYPE", type_, " or ".join(repr(t) for t in _TYPES))
     lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT)
     redis_url = _redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL))
-    tls_ca_certs, tls_cert, tls_key = _redis_tls(config, redis_url)
+    tls_ca_certs, tls_client = _redis_tls(config, redis_url)
     return SessionConfig(
         type=type_,
         expires=_expires(config.get("SESSION_EXPIRES", SESSION_EXPIRES)),
@@ -308,6 +308,5 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             accepted="a positive number of seconds or None",
         ),
         redis_tls_ca_certs=tls_ca_certs,
-        redis_tls_cert=tls_cert,
-        redis_tls_key=tls_key,
+        redis_tls_client=tls_client,
     )

@@ -77,14 +77,13 @@ def make_store(config: SessionConfig) -> _core.Store:
                 config.redis_timeout,
                 config.redis_lock_ttl,
                 config.redis_tls_ca_certs,
-                config.redis_tls_cert,
-                config.redis_tls_key,
+                config.redis_tls_client,
             )
         except ConfigurationError as exc:
             # The core refuses a malformed URL, or TLS material it cannot parse (the files
             # were already checked to hold PEM blocks of the right kind).
             keys = "SESSION_REDIS_URL"
-            if config.redis_tls_ca_certs or config.redis_tls_cert:
+            if config.redis_tls_ca_certs or config.redis_tls_client:
                 keys += " or SESSION_REDIS_TLS_*"
             raise ConfigurationError(f"{keys} is invalid: {exc}") from None
     return _core.Store(

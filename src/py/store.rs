@@ -125,7 +125,7 @@ impl PyStore {
     /// A Redis store. Connects lazily; raises `ConfigurationError` for a malformed URL.
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (url, prefix, keys, idle_timeout, absolute_timeout, lock_timeout, connect_timeout, io_timeout, lock_ttl, tls_ca_certs=None, tls_cert=None, tls_key=None))]
+    #[pyo3(signature = (url, prefix, keys, idle_timeout, absolute_timeout, lock_timeout, connect_timeout, io_timeout, lock_ttl, tls_ca_certs=None, tls_client=None))]
     fn redis(
         url: String,
         prefix: String,
@@ -137,8 +137,7 @@ impl PyStore {
         io_timeout: f64,
         lock_ttl: f64,
         tls_ca_certs: Option<Vec<u8>>,
-        tls_cert: Option<Vec<u8>>,
-        tls_key: Option<Vec<u8>>,
+        tls_client: Option<(Vec<u8>, Vec<u8>)>,
     ) -> PyResult<Self> {
         let cfg = config(
             PathBuf::new(),
@@ -156,17 +155,7 @@ impl PyStore {
             lock_ttl: seconds("lock_ttl", lock_ttl)?,
             tls: RedisTls {
                 ca_certs: tls_ca_certs,
-                client: match (tls_cert, tls_key) {
-                    (Some(cert), Some(key)) => Some((cert, key)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(StoreError::Config(
-                            "a client certificate needs its key, and a key its certificate"
-                                .to_owned(),
-                        )
-                        .into())
-                    }
-                },
+                client: tls_client,
             },
         };
         Ok(PyStore {
