@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: help venv demo test test-rust test-py test-oldest typecheck lint fmt clean
+.PHONY: help venv demo test test-rust test-py test-oldest typecheck lint fmt clean bench bench-full
 
 help:
 	@echo "make demo   - install and run the demo app on http://127.0.0.1:$(PORT)/"
@@ -14,6 +14,9 @@ help:
 	@echo "make typecheck   - mypy --strict on the package and a usage file, stubtest on _core"
 	@echo "make test-oldest - the Python suite on the oldest Flask/Werkzeug we support"
 	@echo "make fmt    - format Rust and Python sources"
+	@echo "make bench  - quick benchmark against the original, Flask-Session and Flask's cookie (< 5 min)"
+	@echo "make bench-full   - the full benchmark (bench/README.md; ~25 min)"
+	@echo "   BASELINE=<git ref> adds this package at that commit to either run (before/after)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +65,16 @@ fmt: venv
 	$(BIN)/pip install --quiet 'ruff>=0.5'
 	cargo fmt
 	$(BIN)/ruff format python tests examples
+
+# bench/run.py builds its own venvs (bench/.venvs/); it needs only python3, Rust and gcc,
+# plus redis-server and strace for the optional phases.
+BENCH_ARGS = $(if $(BASELINE),--baseline $(BASELINE))
+
+bench:
+	$(PYTHON) bench/run.py --quick $(BENCH_ARGS)
+
+bench-full:
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLD_VENV) target

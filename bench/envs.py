@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,13 @@ from impls import COMMON_REQUIREMENTS, IMPLS, Impl
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENVS = BENCH / ".venvs"
-DEV_VENV = Path("/work/venv")
+#: The development venv that ``make test`` creates: Flask and Werkzeug are pinned to its
+#: versions when it exists (else the newest releases are installed).
+DEV_VENV = REPO / ".venv"
+#: Where ``--baseline REF`` exports the sources of REF (``git archive``).
+BASELINES = BENCH / ".baselines"
+#: Environment variable through which ``run.py --baseline REF`` names the commit.
+BASELINE_ENV = "BENCH_BASELINE_REF"
 SOURCE_PATHS = ("src", "python", "Cargo.toml", "Cargo.lock", "pyproject.toml")
 SKIPPED_SUFFIXES = (".so", ".pyc", ".pyd")
 
@@ -70,11 +77,44 @@ def _dev_venv_version(dist: str) -> str | None:
     return None
 
 
+def baseline_commit() -> str:
+    """The full commit id of ``--baseline REF`` (``BENCH_BASELINE_REF``)."""
+    ref = os.environ.get(BASELINE_ENV)
+    if not ref:
+        raise SystemExit(f"the baseline implementation needs {BASELINE_ENV} (run.py --baseline)")
+    out = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"--baseline {ref}: not a commit of this repository")
+    return out.stdout.strip()
+
+
+def baseline_tree() -> Path:
+    """The sources of the baseline commit, exported once under ``bench/.baselines/``."""
+    commit = baseline_commit()
+    root = BASELINES / commit
+    if not (root / "pyproject.toml").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root
+
+
 def requirements(impl: Impl) -> list[str]:
-    """What ``pip install`` gets for ``impl`` (ours adds the working tree)."""
+    """What ``pip install`` gets for ``impl`` (ours adds the working tree, the baseline
+    the exported tree of its commit)."""
     reqs = [*pinned_flask(), *COMMON_REQUIREMENTS, *impl.requirements]
     if impl.name == "ours":
         reqs.append(str(REPO))
+    elif impl.name == "baseline":
+        reqs.append(str(baseline_tree()))
     return reqs
 
 
@@ -85,6 +125,8 @@ def stamp_for(impl: Impl) -> dict[str, object]:
     }
     if impl.name == "ours":
         stamp["sources"] = source_digest()
+    elif impl.name == "baseline":
+        stamp["commit"] = baseline_commit()
     return stamp
 
 

@@ -50,7 +50,8 @@ class Impl:
     server_side: bool = True
     #: Largest payload it can hold (the cookie session is limited to ~4 KB).
     max_payload: int = 1 << 30
-    #: ``file`` (main comparison) or ``redis`` (the Redis comparison).
+    #: ``file`` (main comparison), ``redis`` (the Redis comparison) or ``baseline`` (this
+    #: package at an earlier commit, only with ``run.py --baseline REF``).
     group: str = "file"
     #: The virtualenv it runs in (another implementation's name; default: its own).
     venv: str = ""
@@ -178,6 +179,14 @@ IMPLS: dict[str, Impl] = {
             requirements=(),  # installed from the working tree, see envs.py
             cookie_name="beaker.session.id",
             setup=setup_ours,
+        ),
+        Impl(
+            name="baseline",
+            label="flask-beaker-session at the --baseline commit",
+            requirements=(),  # installed from `git archive <ref>`, see envs.py
+            cookie_name="beaker.session.id",
+            setup=setup_ours,
+            group="baseline",
         ),
         Impl(
             name="original",

@@ -1,6 +1,7 @@
 """Benchmark: this package vs. the original (Beaker), Flask-Session, Flask's cookie.
 
     python bench/run.py [--quick] [--redis] [--impls ours,original,...] [--no-readme]
+                        [--baseline REF]
 
 Builds (and caches) one virtualenv per implementation, runs the same Flask app in each,
 interleaves the implementations round by round, prints a markdown table and writes the
@@ -388,6 +389,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-readme", action="store_true", help="never rewrite bench/README.md"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure this package at git commit REF (before/after tables in one "
+        "run); implies --no-readme",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help="comma-separated phases to skip: "
@@ -408,6 +415,10 @@ def main(argv: list[str]) -> int:
     unknown = set(names) - set(impl_names("file"))
     if unknown:
         raise SystemExit(f"unknown implementation(s): {', '.join(sorted(unknown))}")
+    if args.baseline:
+        os.environ[envs.BASELINE_ENV] = args.baseline
+        names.insert(1 if "ours" in names else 0, "baseline")
+        args.no_readme = True
     if args.redis:
         skip |= set(FILE_PHASES)
         names = []
@@ -432,6 +443,7 @@ def main(argv: list[str]) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "git": git_state(),
+        "baseline": envs.baseline_commit() if args.baseline else None,
         "source_digest": envs.source_digest(),
         "versions": {
             n: frozen.setdefault(p, envs.freeze(p)) for n, p in pythons.items()
