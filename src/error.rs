@@ -1,8 +1,10 @@
-//! The one error type of the core. Variants are grouped by what the caller can do about
-//! them: an I/O failure names the operation and the path (never a session id, which is a
-//! bearer secret), a lock timeout says how long we waited. Invalid ids, unknown ids, corrupt
-//! and expired records are *not* errors: they are ordinary outcomes of `FileStore::open`
-//! ("no session"), because hostile input must never turn into an exception.
+//! The one error type of the core, so that every backend fails the same way and the Python
+//! layer maps failures to exceptions in one place (`py/errors.rs`). Variants are grouped by
+//! what the caller can do about them: an I/O failure names the operation and the real path
+//! involved (never a session id, which is a bearer secret), a lock timeout says how long we
+//! waited. Invalid ids, unknown ids, corrupt and expired records are *not* errors: they are
+//! ordinary outcomes of `Store::open` ("no session"), because hostile input must never turn
+//! into an exception.
 
 use std::io;
 use std::path::PathBuf;
@@ -38,6 +40,12 @@ pub enum StoreError {
     /// The payload is larger than the record format can describe (4 GiB).
     #[error("session payload of {0} bytes is too large")]
     TooLarge(usize),
+    /// `create` found a session under the id already (a fresh id collided, or was reused).
+    #[error("a session with this id already exists")]
+    IdCollision,
+    /// The operating system's random source failed (no path is involved).
+    #[error("could not read random bytes from the operating system: {0}")]
+    Random(String),
     /// A remote store (Redis) could not be reached or did not answer in time.
     #[error("the session store is unavailable ({0})")]
     Unavailable(String),

@@ -2,7 +2,7 @@
 //! save (SPEC §7). Two layers, because each is cheap where the other is not:
 //!
 //! * **In-process** (`ThreadLock`): a table of `parking_lot` mutex + condvar pairs keyed by
-//!   the record path. Threads of one worker queue here and wake exactly when the holder
+//!   a `LockKey`: the store's scope (see `LockScope`) and the session id. Threads of one worker queue here and wake exactly when the holder
 //!   releases, with a deadline, without touching the kernel's file locks.
 //! * **Across processes** (`flock_until`): an exclusive `flock` (through `fs4`) on the record
 //!   file itself, polled with exponential back-off up to the deadline. The kernel drops it when
@@ -16,11 +16,44 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
 use parking_lot::{Condvar, Mutex};
+
+use crate::sid::SessionId;
+
+/// What a store's sessions are locked within: two stores with equal scopes in one process
+/// exclude each other, stores with different scopes never interact in-process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LockScope {
+    /// A file store's data directory as configured (two stores on one directory exclude
+    /// each other in-process; across processes `flock` does it).
+    Dir(Arc<Path>),
+    /// One store instance (memory: its sessions exist nowhere else).
+    Instance(u64),
+    /// A shared server and key space (Redis: URL and key prefix).
+    Server(Arc<str>),
+}
+
+impl LockScope {
+    /// A scope no other store shares.
+    pub fn unique() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        LockScope::Instance(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The in-process lock of one session of one store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    /// The store's scope.
+    pub scope: LockScope,
+    /// The session.
+    pub id: SessionId,
+}
 
 #[derive(Default)]
 struct Entry {
@@ -30,24 +63,24 @@ struct Entry {
 
 /// Entries with the number of threads that hold or wait for them; an entry is dropped when
 /// that count reaches zero, so the table only holds sessions in use.
-type Table = HashMap<PathBuf, (Arc<Entry>, usize)>;
+type Table = HashMap<LockKey, (Arc<Entry>, usize)>;
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The in-process half of a session lock; released on drop.
 pub struct ThreadLock {
-    key: PathBuf,
+    key: LockKey,
     entry: Arc<Entry>,
 }
 
 impl ThreadLock {
     /// Waits until no other thread of this process holds `key`, or until `deadline`.
     /// Returns `None` on timeout.
-    pub fn acquire(key: &Path, deadline: Instant) -> Option<ThreadLock> {
+    pub fn acquire(key: LockKey, deadline: Instant) -> Option<ThreadLock> {
         let entry = {
             let mut table = TABLE.lock();
             let slot = table
-                .entry(key.to_path_buf())
+                .entry(key.clone())
                 .or_insert_with(|| (Arc::new(Entry::default()), 0));
             slot.1 += 1;
             Arc::clone(&slot.0)
@@ -56,20 +89,17 @@ impl ThreadLock {
         while *held {
             if entry.freed.wait_until(&mut held, deadline).timed_out() && *held {
                 drop(held);
-                forget(key);
+                forget(&key);
                 return None;
             }
         }
         *held = true;
         drop(held);
-        Some(ThreadLock {
-            key: key.to_path_buf(),
-            entry,
-        })
+        Some(ThreadLock { key, entry })
     }
 }
 
-fn forget(key: &Path) {
+fn forget(key: &LockKey) {
     let mut table = TABLE.lock();
     if let Some(slot) = table.get_mut(key) {
         slot.1 -= 1;
@@ -92,12 +122,7 @@ impl Drop for ThreadLock {
 pub fn reset_after_fork() {
     let mut table = TABLE.lock();
     *table = HashMap::new();
-    fd_cache::GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Number of sessions with an in-process lock entry (for tests).
-pub fn table_len() -> usize {
-    TABLE.lock().len()
+    fd_cache::GENERATION.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Takes an exclusive `flock` on `file`, polling until `deadline`. Returns `Ok(false)` on
@@ -164,7 +189,6 @@ impl Drop for LockedFile {
 /// their `flock`, with the parent's.
 pub mod fd_cache {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// Files kept at most (per process).
     const MAX: usize = 128;
@@ -210,11 +234,19 @@ pub fn try_flock(file: &File) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
+
+    fn key(n: u8) -> LockKey {
+        let hex = format!("{n:02x}").repeat(16);
+        LockKey {
+            scope: LockScope::Dir(Arc::from(Path::new("/nonexistent"))),
+            id: SessionId::parse(&hex).unwrap(),
+        }
+    }
 
     #[test]
     fn threads_are_serialised_per_key() {
-        let key = PathBuf::from("/nonexistent/serialise");
+        let key = key(1);
         let inside = Arc::new(AtomicUsize::new(0));
         let max = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..8)
@@ -223,7 +255,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..50 {
                         let deadline = Instant::now() + Duration::from_secs(10);
-                        let _guard = ThreadLock::acquire(&key, deadline).unwrap();
+                        let _guard = ThreadLock::acquire(key.clone(), deadline).unwrap();
                         let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(now, Ordering::SeqCst);
                         std::thread::yield_now();
@@ -240,21 +272,28 @@ mod tests {
 
     #[test]
     fn waits_are_bounded_and_entries_cleaned() {
-        let key = PathBuf::from("/nonexistent/bounded");
-        let held = ThreadLock::acquire(&key, Instant::now() + Duration::from_secs(1)).unwrap();
+        let key = key(2);
+        let held =
+            ThreadLock::acquire(key.clone(), Instant::now() + Duration::from_secs(1)).unwrap();
         let start = Instant::now();
         let k2 = key.clone();
         let t = std::thread::spawn(move || {
-            ThreadLock::acquire(&k2, Instant::now() + Duration::from_millis(100)).is_none()
+            ThreadLock::acquire(k2, Instant::now() + Duration::from_millis(100)).is_none()
         });
         assert!(t.join().unwrap());
         assert!(start.elapsed() >= Duration::from_millis(100));
         drop(held);
         assert!(TABLE.lock().get(&key).is_none());
         // A different key is independent.
-        let a = ThreadLock::acquire(&key, Instant::now()).unwrap();
-        let b = ThreadLock::acquire(Path::new("/nonexistent/other"), Instant::now()).unwrap();
-        drop((a, b));
+        let a = ThreadLock::acquire(key.clone(), Instant::now()).unwrap();
+        let b = ThreadLock::acquire(self::key(3), Instant::now()).unwrap();
+        // The same id in another scope too.
+        let other_scope = LockKey {
+            scope: LockScope::unique(),
+            ..key.clone()
+        };
+        let c = ThreadLock::acquire(other_scope, Instant::now()).unwrap();
+        drop((a, b, c));
     }
 
     #[test]

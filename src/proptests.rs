@@ -10,10 +10,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+use crate::expiry::Expiry;
 use crate::legacy;
 use crate::record::{self, Choice, HeaderError, Keys, HEADER_LEN};
 use crate::sid::SessionId;
-use crate::store::{FileStore, Opened, StoreConfig};
+use crate::store::file::{FileConfig, FileStore};
+use crate::store::{Opened, StoreConfig};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise (kept modest so that the whole
 /// `cargo test` stays well under 30 s on two cores).
@@ -298,18 +300,21 @@ proptest! {
         extend in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..64)),
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::new(StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            keys: Keys::new(&[b"secret".to_vec()]),
-            idle_timeout: None,
-            absolute_timeout: None,
-            lock_timeout: Duration::from_secs(5),
-            read_legacy: false,
-        });
+        let store = FileStore::new(
+            StoreConfig {
+                keys: Keys::new(&[b"secret".to_vec()]),
+                expiry: Expiry::default(),
+                lock_timeout: Duration::from_secs(5),
+            },
+            FileConfig {
+                data_dir: dir.path().to_path_buf(),
+                read_legacy: false,
+            },
+        );
         let id = sid();
-        store.create(&id, b"version one", 1.0, 1.0).expect("create");
-        match store.open(&id, 2.0).expect("open") {
-            Opened::Found(mut h) => h.save(&store, b"version two", 2.0).expect("save"),
+        store.create_file(&id, b"version one", 1.0, 1.0).expect("create");
+        match store.open_file(&id, 2.0).expect("open") {
+            Opened::Found(mut h) => h.write(b"version two", 2.0).expect("save"),
             _ => prop_assert!(false, "fresh record not found"),
         }
         let path = store.record_path(&id);
@@ -320,7 +325,7 @@ proptest! {
             bytes.extend_from_slice(tail);
         }
         std::fs::write(&path, &bytes).expect("write");
-        match store.open(&id, 3.0).expect("open after damage") {
+        match store.open_file(&id, 3.0).expect("open after damage") {
             Opened::Found(h) => {
                 prop_assert!(
                     h.payload == b"version two" || h.payload == b"version one",

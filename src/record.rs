@@ -65,11 +65,6 @@ impl Keys {
         }
     }
 
-    /// Whether records are authenticated with a secret.
-    pub fn keyed(&self) -> bool {
-        self.keyed
-    }
-
     fn primary(&self) -> &[u8; 32] {
         &self.keys[0]
     }

@@ -1,5 +1,7 @@
-//! Session ids: 16 bytes from the OS CSPRNG, shown as exactly 32 lowercase hexadecimal
-//! characters (the format of the original's `uuid4().hex`, so existing cookies stay valid).
+//! Session ids: random UUIDs (version 4: 122 bits from the OS CSPRNG), shown as exactly 32
+//! lowercase hexadecimal characters, the format of the original's `uuid4().hex`. Parsing
+//! accepts any 32 lowercase hex characters, so ids issued by earlier versions (128 random
+//! bits) and by the original package stay valid.
 //! Parsing is strict: anything else — other lengths, upper case, separators, NUL, non-ASCII —
 //! is rejected before any I/O, so a client value can never become a path or alias another id.
 
@@ -15,17 +17,17 @@ pub const SID_LEN: usize = 32;
 pub struct SessionId([u8; 16]);
 
 impl SessionId {
-    /// Draws a fresh id from the operating system's CSPRNG (128 bits of entropy).
+    /// A fresh random UUID (version 4) from the operating system's CSPRNG. The bytes are
+    /// drawn with `getrandom` directly rather than `Uuid::new_v4`, which panics when the
+    /// random source fails; here that is an error the caller can report.
     pub fn generate() -> StoreResult<Self> {
         let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| {
-            StoreError::io(
-                "read random bytes from",
-                "the OS random source",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        Ok(SessionId(bytes))
+        getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
+        Ok(SessionId(
+            uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .into_bytes(),
+        ))
     }
 
     /// Parses the cookie form. Only `[0-9a-f]{32}` is accepted; upper case is rejected so that
@@ -85,10 +87,20 @@ mod tests {
                 .bytes()
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
             assert_eq!(SessionId::parse(&text), Some(id));
-            ones += id.as_bytes().iter().map(|b| b.count_ones()).sum::<u32>();
+            // Version 4, RFC 4122 variant: what Python's `uuid.UUID(text)` reports.
+            assert_eq!(&text[12..13], "4");
+            assert!(matches!(&text[16..17], "8" | "9" | "a" | "b"));
+            let parsed = uuid::Uuid::parse_str(&text).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(parsed.simple().to_string(), text);
+            // The 122 random bits are balanced (the 6 fixed ones are left out).
+            let mut random = *id.as_bytes();
+            random[6] &= 0x0f;
+            random[8] &= 0x3f;
+            ones += random.iter().map(|b| b.count_ones()).sum::<u32>();
             assert!(seen.insert(text));
         }
-        let fraction = f64::from(ones) / 128_000.0;
+        let fraction = f64::from(ones) / 122_000.0;
         assert!((0.47..0.53).contains(&fraction), "bit balance {fraction}");
     }
 

@@ -1,7 +1,8 @@
 """Helpers for the Redis tests: a real ``redis-server`` the tests start, stop, kill and
-restart themselves, a minimal RESP client (redis-py is not a dependency), and the small
-programs run in child processes (an HTTP server of the test app, a worker that dies
-holding a session lock).
+restart themselves (``conftest.redis_server`` is the one shared by the run), a minimal
+RESP client (redis-py is not a dependency), the Redis key layout, and the small programs
+run in child processes (an HTTP server of the test app, a worker that dies holding a
+session lock).
 
 ``redis-server`` is looked up on ``PATH``: when it is missing the Redis tests are skipped
 on a developer machine, but fail under CI (``CI`` set), where ``.ci/run`` installs it.
@@ -24,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-TESTS_DIR = Path(__file__).parent
-COOKIE = "beaker.session.id"
+from helpers import RACE_WINDOW, TESTS_DIR, build_app, client_with
 
 
 def in_ci() -> bool:
@@ -59,6 +58,11 @@ def data_key(prefix: str, sid: str) -> str:
 def lock_key(prefix: str, sid: str) -> str:
     """The Redis key of a session's lock."""
     return f"{prefix}l:{hashlib.sha256(sid.encode()).hexdigest()}"
+
+
+def touch_key(prefix: str, sid: str) -> str:
+    """The Redis key of a touched session's last access time (deleted by the next save)."""
+    return f"{prefix}a:{hashlib.sha256(sid.encode()).hexdigest()}"
 
 
 class RespError(Exception):
@@ -253,15 +257,13 @@ def running_server(workdir: Path, **kwargs: Any) -> Iterator[RedisServer]:
 
 
 def child_env() -> dict[str, str]:
-    """Environment of a child Python that imports ``conftest`` and this module."""
+    """Environment of a child Python that imports ``helpers`` and this module."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
     return env
 
 
 def _app(config: dict[str, Any]) -> Any:
-    from conftest import build_app
-
     app = build_app(config.pop("SESSION_DATA_DIR", "/nonexistent-unused"), **config)
 
     return add_contention_routes(app)
@@ -283,7 +285,7 @@ def add_contention_routes(app: Any) -> Any:
     @app.route("/slowinc")
     def slowinc() -> str:
         n = flask_session.get("n", 0)
-        time.sleep(0.002)  # widen the read→write window: lost updates would show
+        time.sleep(RACE_WINDOW)  # widen the read→write window: lost updates would show
         flask_session["n"] = n + 1
         return str(n + 1)
 
@@ -307,16 +309,12 @@ def serve(config_json: str) -> None:
 def hold_lock(config_json: str, sid: str) -> None:
     """Opens session ``sid`` through a request and blocks holding its lock."""
     app = _app(json.loads(config_json))
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    client.get("/hold")
+    client_with(app, sid).get("/hold")
 
 
 def increment_worker(config_json: str, sid: str, count: str, out: str) -> None:
     """``count`` slow increments of counter ``n`` of session ``sid``; writes the statuses."""
-    app = _app(json.loads(config_json))
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(_app(json.loads(config_json)), sid)
     statuses = [client.get("/slowinc").status_code for _ in range(int(count))]
     Path(out).write_text(json.dumps(statuses))
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import flask_beaker_session
 import pytest
-from conftest import COOKIE, cookie_of, plain_app, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SecureCookieSessionInterface
@@ -20,6 +19,7 @@ from flask_beaker_session import config as fbs_config
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
 from flask_beaker_session.session_interface import BeakerSessionInterface
+from helpers import COOKIE, cookie_of, plain_app, record_files
 
 
 def assert_sessions_work(app: Flask, data_dir: Path) -> None:

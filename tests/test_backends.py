@@ -1,38 +1,33 @@
 """The common behaviour of the three backends (SPEC §5, §7, §8, §10): every test runs
-against 'file', 'redis' (a real ``redis-server`` started by the fixture) and 'memory'."""
+against 'file', 'redis' (the run's ``redis-server``, one key prefix per test) and 'memory'.
+Time passes on the apps' fake clock (the ``clock`` fixture), never by sleeping."""
 
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, build_app, cookie_of
 from flask import Flask, jsonify
 from flask import session as flask_session
 from flask_beaker_session import _core
-from redis_server import RedisServer, add_contention_routes, data_key, running_server
+from helpers import (
+    COOKIE,
+    SID_RE,
+    FakeClock,
+    build_app,
+    client_with,
+    cookie_of,
+    interface_of,
+    is_stored,
+    record_path,
+    store_of,
+)
+from redis_server import RedisServer, add_contention_routes, data_key
 
 BACKENDS = ["file", "redis", "memory"]
-SID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One ``redis-server`` on a free port of 127.0.0.1 for the whole run."""
-    with running_server(tmp_path_factory.mktemp("redis-backends")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
 
 
 @dataclass
@@ -46,7 +41,7 @@ class Backend:
     config: dict[str, Any] = field(default_factory=dict)
 
     def app(self, **config: Any) -> Flask:
-        """The conftest app on this backend, plus a few routes of this module."""
+        """``build_app`` on this backend, plus a few routes of this module."""
         return add_routes(build_app(self.data_dir, **{**self.config, **config}))
 
     def raw(self, app: Flask, sid: str) -> bytes | None:
@@ -60,7 +55,7 @@ class Backend:
                 value: bytes | None = c("GET", data_key(self.prefix, sid))
                 return value
         # memory: nothing outside the process; the stored payload is what there is.
-        handle, _ = app.session_interface.store.open(sid, time.time())  # type: ignore[attr-defined]
+        _, handle = store_of(app).open(sid, interface_of(app).clock())
         if handle is None:
             return None
         try:
@@ -70,10 +65,7 @@ class Backend:
 
     def stored(self, app: Flask, sid: str) -> bool:
         """Whether a live session ``sid`` is stored (as the store itself sees it)."""
-        handle, status = app.session_interface.store.open(sid, time.time())  # type: ignore[attr-defined]
-        if handle is not None:
-            handle.release()
-        return status == _core.OPEN_FOUND
+        return is_stored(app, sid)
 
     def overwrite(self, sid: str, value: bytes) -> None:
         """Replaces the stored record of ``sid`` (file and Redis only)."""
@@ -85,14 +77,6 @@ class Backend:
                 c("SET", data_key(self.prefix, sid), value, "KEEPTTL")
         else:
             raise AssertionError("the memory backend has no external record")
-
-
-def record_path(data_dir: Path, sid: str) -> Path:
-    """The record file of ``sid``: named by the id's SHA-256, in some shard directory."""
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    root = data_dir / "fbs1"
-    found = sorted(root.rglob(digest)) if root.exists() else []
-    return found[0] if found else root / digest
 
 
 def add_routes(app: Flask) -> Flask:
@@ -151,12 +135,6 @@ def backend_app(backend: Backend) -> Flask:
     return backend.app()
 
 
-def client_with(app: Flask, sid: str) -> Any:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client
-
-
 def test_counter_increments(backend_app: Flask) -> None:
     """Successive requests of one client see and update the same session."""
     client = backend_app.test_client()
@@ -179,7 +157,7 @@ def test_new_session_gets_cookie(backend: Backend, backend_app: Flask) -> None:
     assert "Path=/" in header
     assert "SameSite=Lax" in header
     sid = cookie_of(client)
-    assert sid is not None and SID_RE.match(sid)
+    assert sid is not None and SID_RE.fullmatch(sid)
     assert backend.stored(backend_app, sid)
     assert "Cookie" in response.headers["Vary"]
 
@@ -239,7 +217,7 @@ def test_invalidate_kills_old_id(backend: Backend, backend_app: Flask) -> None:
     old = cookie_of(client)
     assert old is not None
     new = client.get("/invalidate").text
-    assert SID_RE.match(new) and new != old
+    assert SID_RE.fullmatch(new) and new != old
     assert not backend.stored(backend_app, old)
     assert client_with(backend_app, old).get("/get/a").text == "None"
 
@@ -258,30 +236,30 @@ def test_regenerate_id_moves_data(backend: Backend, backend_app: Flask) -> None:
     assert client_with(backend_app, old).get("/get/a").text == "None"
 
 
-def test_idle_timeout_expires(backend: Backend) -> None:
+def test_idle_timeout_expires(backend: Backend, clock: FakeClock) -> None:
     """A session idle for longer than SESSION_TIMEOUT is gone; its id is not reused."""
-    app = backend.app(SESSION_TIMEOUT=1)
+    app = clock.install(backend.app(SESSION_TIMEOUT=60))
     client = app.test_client()
     client.get("/set/a/1")
     old = cookie_of(client)
     assert old is not None
-    time.sleep(1.3)
+    clock.advance(61)
     assert client.get("/get/a").text == "None"
     assert not backend.stored(app, old)
     client.get("/set/b/2")
     assert cookie_of(client) not in (None, old)
 
 
-def test_absolute_timeout_expires_active_session(backend: Backend) -> None:
+def test_absolute_timeout_expires_active_session(backend: Backend, clock: FakeClock) -> None:
     """SESSION_ABSOLUTE_TIMEOUT ends a session however active it is."""
-    app = backend.app(SESSION_TIMEOUT=100, SESSION_ABSOLUTE_TIMEOUT=2)
+    app = clock.install(backend.app(SESSION_TIMEOUT=6000, SESSION_ABSOLUTE_TIMEOUT=120))
     client = app.test_client()
     client.get("/set/a/1")
     old = cookie_of(client)
-    time.sleep(1.0)
+    clock.advance(60)
     assert client.get("/inc").text == "1"
     assert client.get("/get/a").text == "1"
-    time.sleep(1.2)
+    clock.advance(72)
     assert client.get("/get/a").text == "None"
     assert old is not None and not backend.stored(app, old)
 
@@ -390,9 +368,8 @@ def test_lock_timeout_gives_503(backend: Backend) -> None:
     client.get("/set/a/1")
     sid = cookie_of(client)
     assert sid is not None
-    store: Any = app.session_interface.store  # type: ignore[attr-defined]
-    handle, status = store.open(sid, time.time())
-    assert status == _core.OPEN_FOUND
+    status, handle = store_of(app).open(sid, interface_of(app).clock())
+    assert status == _core.OpenStatus.Found and handle is not None
     try:
         response = client.get("/get/a")
         assert response.status_code == 503

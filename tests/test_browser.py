@@ -10,7 +10,6 @@ under CI (``CI`` set), where a missing browser is a failure.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 from _examples import load_example
-from conftest import COOKIE, record_files
 from flask import Flask
+from helpers import COOKIE, SID_RE, client_with, record_files
 from werkzeug.serving import BaseWSGIServer, make_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -171,7 +170,7 @@ def test_login_navigate_logout_in_chromium(
     cookie = session_cookie(driver)
     assert cookie is not None
     sid = cookie["value"]
-    assert re.fullmatch(r"[0-9a-f]{32}", sid)
+    assert SID_RE.fullmatch(sid)
     assert cookie["httpOnly"] is True
     assert cookie["sameSite"] == "Lax"
     assert cookie["path"] == "/"
@@ -201,8 +200,7 @@ def test_login_navigate_logout_in_chromium(
     driver.get(f"{base}/private")
     assert driver.current_url.startswith(f"{base}/login")
 
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     replayed = client.get("/private")
     assert replayed.status_code == 302
     assert "/login" in replayed.headers["Location"]

@@ -1,5 +1,5 @@
 """``flask beaker-session ...`` (SPEC §11), driven through Flask's ``CliRunner`` against
-real data dirs (and a real ``redis-server`` when one is installed)."""
+real data dirs (and the run's ``redis-server`` when one is installed)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,29 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import (
-    COOKIE,
+from flask import Flask
+from flask import session as flask_session
+from helpers import (
     LEGACY,
     MANIFEST,
     TESTS_DIR,
     MakeApp,
     build_app,
+    client_with,
     cookie_of,
+    plant,
     record_files,
     record_path,
+    set_age,
+    store_of,
 )
-from flask import Flask
-from flask import session as flask_session
-from flask_beaker_session import _core
-from flask_beaker_session.session_interface import BeakerSessionInterface
 from legacy_objects import LegacyThing
-from redis_server import free_port, running_server
+from redis_server import RedisServer, free_port
 
 COMMANDS = ["sweep", "stats", "clear", "migrate"]
 
@@ -47,26 +47,9 @@ def cli(app: Flask, *args: str, input: str | None = None) -> Result:
     return app.test_cli_runner().invoke(args=["beaker-session", *args], input=input)
 
 
-def store_of(app: Flask) -> _core.Store:
-    interface = app.session_interface
-    assert isinstance(interface, BeakerSessionInterface)
-    return interface.store
-
-
-def set_age(path: Path, seconds: float) -> None:
-    t = time.time() - seconds
-    os.utime(path, (t, t))
-
-
 def plant_expired(app: Flask, data_dir: Path, count: int) -> list[str]:
     """Records last used an hour ago (header and mtime)."""
-    store, now, sids = store_of(app), time.time(), []
-    for _ in range(count):
-        sid = store.new_id()
-        store.create(sid, pickle.dumps({"k": "old"}), now - 3600, now - 3600)
-        set_age(record_path(data_dir, sid), 3600)
-        sids.append(sid)
-    return sids
+    return plant(store_of(app), data_dir, count, age=3600, data={"k": "old"})
 
 
 def install_legacy(data_dir: Path) -> dict[str, Path]:
@@ -106,9 +89,7 @@ def add_probe(app: Flask) -> dict[str, Any]:
 
 
 def probe(app: Flask, seen: dict[str, Any], sid: str) -> dict[str, Any]:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    assert client.get("/probe").status_code == 200
+    assert client_with(app, sid).get("/probe").status_code == 200
     return dict(seen)
 
 
@@ -224,9 +205,7 @@ def test_sweep_prints_counts(populated: tuple[Flask, dict[str, Any]], data_dir: 
     )
     again = cli(app, "sweep")
     assert "removed 0 files" in again.output and "kept 3 live sessions" in again.output
-    client = app.test_client()
-    client.set_cookie(COOKIE, parts["live"][0])
-    assert client.get("/get/k").text == "a"
+    assert client_with(app, parts["live"][0]).get("/get/k").text == "a"
 
 
 # -- clear -------------------------------------------------------------------------------
@@ -249,9 +228,7 @@ def test_clear_asks_for_confirmation(
     assert record_files(data_dir) == []
     assert list((data_dir / "container_file").rglob("*.cache")) == []
     assert not parts["young_tmp"].exists()
-    client = app.test_client()
-    client.set_cookie(COOKIE, parts["live"][0])
-    assert client.get("/get/k").text == "None"
+    assert client_with(app, parts["live"][0]).get("/get/k").text == "None"
 
 
 def test_clear_yes_skips_the_question(make_app: MakeApp, data_dir: Path) -> None:
@@ -330,7 +307,7 @@ def test_migrate_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Path) -> N
     module = tmp_path / "cli_app.py"
     module.write_text(
         f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\n"
-        f"from conftest import build_app\napp = build_app({str(data_dir)!r})\n"
+        f"from helpers import build_app\napp = build_app({str(data_dir)!r})\n"
     )
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
@@ -412,17 +389,11 @@ def test_cli_on_memory_app(make_app: MakeApp) -> None:
     assert json.loads(cli(app, "stats", "--json").output)["records"] == 0
 
 
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    """A private redis-server on a free port (skipped if the binary is missing, except
-    under CI)."""
-    with running_server(tmp_path / "redis") as server:
-        yield server.port
-
-
-def test_cli_on_redis_app(make_app: MakeApp, redis_port: int) -> None:
-    """stats, sweep and clear work against Redis."""
-    app = make_app(SESSION_TYPE="redis", SESSION_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+def test_cli_on_redis_app(make_app: MakeApp, redis_server: RedisServer, prefix: str) -> None:
+    """stats, sweep and clear work against Redis (this test's keys, under its prefix)."""
+    app = make_app(
+        SESSION_TYPE="redis", SESSION_REDIS_URL=redis_server.url, SESSION_REDIS_PREFIX=prefix
+    )
     clients = [app.test_client() for _ in range(2)]
     for i, client in enumerate(clients):
         client.get(f"/set/k/{i}")

@@ -6,27 +6,29 @@ never see half-written values, and the lock is always released (exceptions) or b
 from __future__ import annotations
 
 import multiprocessing
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers_conc import (
+from flask import Flask, jsonify
+from flask import session as flask_session
+from helpers import (
+    COOKIE,
+    SID_RE,
     add_versioned_routes,
+    build_app,
     check_versioned,
     client_with,
+    cookie_of,
     counter_app,
     create_sessions_worker,
     increment_worker,
+    record_files,
     versioned_value,
 )
-from conftest import COOKIE, build_app, cookie_of, record_files
-from flask import Flask, jsonify
-from flask import session as flask_session
 
-HEX32 = re.compile(r"[0-9a-f]{32}")
 SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -34,7 +36,7 @@ def _new_counter_session(app: Flask) -> str:
     client = app.test_client()
     assert client.get("/init").status_code == 200
     sid = cookie_of(client)
-    assert sid is not None and HEX32.fullmatch(sid)
+    assert sid is not None and SID_RE.fullmatch(sid)
     return sid
 
 
@@ -130,7 +132,7 @@ def _assert_sessions_hold_own_data(
     assert len(created) == expected
     assert all(status == 200 for _, _, status in created)
     ids = [sid for sid, _, _ in created]
-    assert all(sid is not None and HEX32.fullmatch(sid) for sid in ids)
+    assert all(sid is not None and SID_RE.fullmatch(sid) for sid in ids)
     assert len(set(ids)) == expected, "duplicate session ids"
     assert len(record_files(data_dir)) == expected
     reader = build_app(data_dir)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, MakeApp, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
+from helpers import COOKIE, MakeApp, build_app, cookie_of, record_files
 
 
 def set_cookie_header(response: Any) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,17 +9,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
-from conftest import COOKIE, MakeApp, cookie_of
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SessionInterface
+from helpers import COOKIE, SID_RE, FakeClock, MakeApp, cookie_of, session_cookies
 
-HEX32 = re.compile(r"[0-9a-f]{32}")
 PERSISTENT_SECONDS = 400 * 24 * 3600
-
-
-def session_cookies(response: Any) -> list[str]:
-    return [str(h) for h in response.headers.getlist("Set-Cookie") if h.startswith(f"{COOKIE}=")]
 
 
 def the_cookie(response: Any) -> dict[str, Any]:
@@ -73,7 +67,7 @@ def test_name_and_value(app: Flask) -> None:
     """Cookie ``beaker.session.id`` with 32 lowercase hex characters."""
     client = app.test_client()
     cookie = the_cookie(client.get("/set/a/1"))
-    assert HEX32.fullmatch(cookie["value"])
+    assert SID_RE.fullmatch(cookie["value"])
     assert cookie_of(client) == cookie["value"]
 
 
@@ -201,11 +195,11 @@ def test_persistent_cookie_refreshed_on_write_not_on_plain_read(
     assert "expires" in again
 
 
-def test_persistent_cookie_refreshed_when_touched(make_app: MakeApp) -> None:
+def test_persistent_cookie_refreshed_when_touched(make_app: MakeApp, clock: FakeClock) -> None:
     """A read that refreshes the idle timeout also re-sends the persistent cookie."""
-    client = make_app(SESSION_EXPIRES=False, SESSION_TIMEOUT=2).test_client()
+    client = clock.install(make_app(SESSION_EXPIRES=False, SESSION_TIMEOUT=100)).test_client()
     first = the_cookie(client.get("/set/a/1"))
-    time.sleep(0.35)  # more than timeout/10: this read touches the record
+    clock.advance(11)  # more than timeout/10: this read touches the record
     response = client.get("/get/a")
     assert response.text == "1"
     again = the_cookie(response)

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers_conc import (
+from flask import Flask
+from helpers import (
     add_versioned_routes,
+    build_app,
     bump_loop_worker,
     client_with,
+    cookie_of,
     holding_worker,
+    record_path,
 )
-from conftest import build_app, cookie_of, record_path
-from flask import Flask
 
 # 'fork' makes each restart of the writer cheap (no re-import); the parent has no other
 # threads at that point.

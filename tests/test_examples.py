@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from _examples import load_example
-from conftest import COOKIE, cookie_of, record_files
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import client_with, cookie_of, record_files
 
 
 @pytest.fixture
@@ -35,8 +35,7 @@ def set_cookie_headers(response: object) -> list[str]:
 
 def replay(app: Flask, sid: str) -> FlaskClient:
     """A fresh client holding only the cookie value ``sid`` (e.g. a stolen copy)."""
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     return client
 
 

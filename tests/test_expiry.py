@@ -3,7 +3,8 @@ sweep policy.
 
 Records are made to look old without sleeping: either they are created through the core
 with old ``created``/``now`` times and their mtime is set back with ``os.utime``, or the
-sweep is run with a ``now`` in the future. Everything runs on real files with real apps.
+sweep is run with a ``now`` in the future, or the app runs on a fake clock. Everything runs
+on real files with real apps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -22,60 +22,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    COOKIE,
-    LEGACY,
-    TESTS_DIR,
-    MakeApp,
-    build_app,
-    cookie_of,
-    record_files,
-    record_path,
-)
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import _core
 from flask_beaker_session.errors import ConfigurationError
-from flask_beaker_session.session_interface import BeakerSessionInterface
+from helpers import (
+    LEGACY,
+    TESTS_DIR,
+    FakeClock,
+    MakeApp,
+    build_app,
+    client_with,
+    cookie_of,
+    interface_of,
+    plant,
+    record_files,
+    record_path,
+    set_age,
+    store_of,
+)
 
 SWEEPER_THREAD = "flask-beaker-session-sweeper"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def store_of(app: Flask) -> _core.Store:
-    interface = app.session_interface
-    assert isinstance(interface, BeakerSessionInterface)
-    return interface.store
-
-
-def set_age(path: Path, seconds: float) -> None:
-    """Sets the file's atime and mtime ``seconds`` in the past."""
-    t = time.time() - seconds
-    os.utime(path, (t, t))
-
-
-def plant(
-    store: _core.Store,
-    data_dir: Path,
-    count: int,
-    *,
-    age: float,
-    created_age: float | None = None,
-    data: dict[str, Any] | None = None,
-) -> list[str]:
-    """Creates ``count`` records last used ``age`` s ago (header and mtime alike)."""
-    now = time.time()
-    created = now - (age if created_age is None else created_age)
-    payload = pickle.dumps(data if data is not None else {"k": "v"})
-    sids = []
-    for _ in range(count):
-        sid = store.new_id()
-        store.create(sid, payload, created, now - age)
-        set_age(record_path(data_dir, sid), age)
-        sids.append(sid)
-    return sids
 
 
 def new_session(app: Flask, key: str = "k", value: str = "v") -> str:
@@ -87,13 +57,11 @@ def new_session(app: Flask, key: str = "k", value: str = "v") -> str:
 
 
 def get_with(app: Flask, sid: str, key: str = "k") -> str:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client.get(f"/get/{key}").text
+    return client_with(app, sid).get(f"/get/{key}").text
 
 
-def sweep(app: Flask, now: float | None = None) -> dict[str, Any]:
-    return store_of(app).walk(time.time() if now is None else now, "sweep")
+def sweep(app: Flask, now: float | None = None) -> _core.Report:
+    return store_of(app).walk(time.time() if now is None else now, _core.WalkMode.Sweep)
 
 
 def sweeper_threads() -> set[threading.Thread]:
@@ -106,8 +74,7 @@ def stop_sweepers() -> Iterator[list[Flask]]:
     apps: list[Flask] = []
     yield apps
     for app in apps:
-        interface = app.session_interface
-        assert isinstance(interface, BeakerSessionInterface)
+        interface = interface_of(app)
         if interface.sweeper is not None:
             interface.sweeper.stop()
 
@@ -122,12 +89,12 @@ def test_sweep_removes_expired_and_keeps_live(make_app: MakeApp, data_dir: Path)
     expired = plant(store_of(app), data_dir, 7, age=3600)
 
     report = sweep(app)
-    assert report["records"] == 12
-    assert report["expired"] == 7
-    assert report["live"] == 5
-    assert report["removed"] == 7
-    assert report["corrupt"] == report["temp"] == report["errors"] == 0
-    assert report["bytes_freed"] > 0
+    assert report.records == 12
+    assert report.expired == 7
+    assert report.live == 5
+    assert report.removed == 7
+    assert report.corrupt == report.temp == report.errors == 0
+    assert report.bytes_freed > 0
     assert sorted(record_files(data_dir)) == sorted(record_path(data_dir, s) for s in live)
     for i, sid in enumerate(live):
         assert get_with(app, sid) == str(i)
@@ -135,7 +102,7 @@ def test_sweep_removes_expired_and_keeps_live(make_app: MakeApp, data_dir: Path)
         assert get_with(app, sid) == "None"
 
     again = sweep(app)
-    assert (again["records"], again["expired"], again["removed"]) == (5, 0, 0)
+    assert (again.records, again.expired, again.removed) == (5, 0, 0)
 
 
 def test_sweep_uses_header_not_only_mtime(make_app: MakeApp, data_dir: Path) -> None:
@@ -149,7 +116,7 @@ def test_sweep_uses_header_not_only_mtime(make_app: MakeApp, data_dir: Path) -> 
     set_age(record_path(data_dir, touched), 5)
 
     report = sweep(app)
-    assert (report["live"], report["expired"], report["removed"]) == (2, 0, 0)
+    assert (report.live, report.expired, report.removed) == (2, 0, 0)
     assert get_with(app, recent_header) == "v"
     assert get_with(app, touched) == "v"
 
@@ -161,11 +128,11 @@ def test_stats_counts_without_removing(make_app: MakeApp, data_dir: Path) -> Non
     plant(store_of(app), data_dir, 3, age=3600)
     before = record_files(data_dir)
 
-    report = store_of(app).walk(time.time(), "stats")
-    assert (report["records"], report["live"], report["expired"]) == (4, 1, 3)
-    assert report["removed"] == 0
-    assert report["bytes"] == sum(p.stat().st_size for p in before)
-    assert sum(report["sizes"]) == 4
+    report = store_of(app).walk(time.time(), _core.WalkMode.Stats)
+    assert (report.records, report.live, report.expired) == (4, 1, 3)
+    assert report.removed == 0
+    assert report.bytes == sum(p.stat().st_size for p in before)
+    assert sum(report.sizes) == 4
     assert record_files(data_dir) == before
 
 
@@ -183,11 +150,11 @@ def test_orphan_temp_files_removed_after_grace(make_app: MakeApp, data_dir: Path
         set_age(path, age)
 
     report = sweep(app)
-    assert report["temp"] == 1
-    assert report["removed"] == 1
+    assert report.temp == 1
+    assert report.removed == 1
     assert not old_tmp.exists()
     assert young_tmp.exists() and almost_tmp.exists()
-    assert report["records"] == 1 and report["live"] == 1
+    assert report.records == 1 and report.live == 1
     assert get_with(app, sid) == "v"
 
 
@@ -202,8 +169,8 @@ def test_corrupt_records_removed_after_grace(make_app: MakeApp, data_dir: Path) 
         set_age(path, age)
 
     report = sweep(app)
-    assert report["corrupt"] == 2
-    assert report["removed"] == 2
+    assert report.corrupt == 2
+    assert report.removed == 2
     assert not old.exists() and not odd.exists()
     assert recent.exists()
     assert get_with(app, sid) == "v"
@@ -222,9 +189,7 @@ def _held_by_view(app: Flask, sid: str) -> tuple[threading.Thread, threading.Eve
         return "ok"
 
     def run() -> None:
-        client = app.test_client()
-        client.set_cookie(COOKIE, sid)
-        assert client.get("/hold").status_code == 200
+        assert client_with(app, sid).get("/hold").status_code == 200
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -244,13 +209,13 @@ def test_locked_session_never_removed(make_app: MakeApp, data_dir: Path, holder:
     if holder == "view":
         thread, release = _held_by_view(app, sid)
     else:
-        handle, status = store.open(sid, time.time())
-        assert status == _core.OPEN_FOUND and handle is not None
+        status, handle = store.open(sid, time.time())
+        assert status == _core.OpenStatus.Found and handle is not None
     set_age(path, 5000)
 
     report = sweep(app, later)
     assert path.exists()
-    assert (report["live"], report["expired"], report["removed"]) == (1, 0, 0)
+    assert (report.live, report.expired, report.removed) == (1, 0, 0)
 
     if holder == "view":
         release.set()
@@ -260,7 +225,7 @@ def test_locked_session_never_removed(make_app: MakeApp, data_dir: Path, holder:
     else:
         handle.release()
     report = sweep(app, later)
-    assert (report["expired"], report["removed"]) == (1, 1)
+    assert (report.expired, report.removed) == (1, 1)
     assert not path.exists()
 
 
@@ -283,11 +248,11 @@ def test_legacy_files_swept_by_mtime(make_app: MakeApp, data_dir: Path, timeout:
 
     app = make_app(SESSION_TIMEOUT=timeout)
     report = sweep(app)
-    assert report["legacy"] == 6
-    assert report["legacy_locks"] == 2
+    assert report.legacy == 6
+    assert report.legacy_locks == 2
     expired = {sid for sid in files if sid.endswith("03")} if timeout else set()
-    assert report["legacy_expired"] == len(expired)
-    assert report["removed"] == len(expired) + 1
+    assert report.legacy_expired == len(expired)
+    assert report.removed == len(expired) + 1
     for sid, path in files.items():
         assert path.exists() == (sid not in expired), sid
     assert not old_lock.exists() and young_lock.exists()
@@ -298,26 +263,28 @@ def test_legacy_files_swept_by_mtime(make_app: MakeApp, data_dir: Path, timeout:
 # -- absolute lifetime -------------------------------------------------------------------
 
 
-def test_absolute_lifetime_ends_active_session(make_app: MakeApp, tmp_path: Path) -> None:
-    """A session used every 0.3 s dies after SESSION_ABSOLUTE_TIMEOUT (new id, data and
+def test_absolute_lifetime_ends_active_session(
+    make_app: MakeApp, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A session used every 30 s dies after SESSION_ABSOLUTE_TIMEOUT (new id, data and
     record gone) while the same activity under SESSION_TIMEOUT alone keeps it."""
-    limited = make_app(SESSION_TIMEOUT=10, SESSION_ABSOLUTE_TIMEOUT=1.5)
-    control = build_app(tmp_path / "control", SESSION_TIMEOUT=10)
+    limited = clock.install(make_app(SESSION_TIMEOUT=600, SESSION_ABSOLUTE_TIMEOUT=140))
+    control = clock.install(build_app(tmp_path / "control", SESSION_TIMEOUT=600))
     client, other = limited.test_client(), control.test_client()
-    started = time.time()
+    started = clock()
     client.get("/set/k/v")
     other.get("/set/k/v")
     sid = str(cookie_of(client))
     path = record_path(Path(limited.config["SESSION_DATA_DIR"]), sid)
     died_at = None
-    while time.time() - started < 2.4:
+    while clock() - started < 240:
         value = client.get("/get/k").text
         assert other.get("/get/k").text == "v"
         if value != "v" and died_at is None:
-            died_at = time.time()
-        time.sleep(0.3)
+            died_at = clock()
+        clock.advance(30)
     assert died_at is not None, "the absolute lifetime did not end the session"
-    assert died_at - started > 1.5
+    assert died_at - started > 140
     assert not path.exists()
     client.get("/set/k/w")
     assert cookie_of(client) != sid
@@ -331,12 +298,12 @@ def test_sweep_applies_absolute_lifetime(make_app: MakeApp, data_dir: Path) -> N
     store = store_of(idle_only)
     old = plant(store, data_dir, 2, age=1, created_age=100)
     young = plant(store, data_dir, 3, age=1, created_age=10)
-    report = idle_only.session_interface.store.walk(time.time(), "stats")  # type: ignore[attr-defined]
-    assert report["expired"] == 0
+    report = store.walk(time.time(), _core.WalkMode.Stats)
+    assert report.expired == 0
 
     absolute = make_app(SESSION_TIMEOUT=1800, SESSION_ABSOLUTE_TIMEOUT=50)
     report = sweep(absolute)
-    assert (report["expired"], report["live"], report["removed"]) == (2, 3, 2)
+    assert (report.expired, report.live, report.removed) == (2, 3, 2)
     assert sorted(record_files(data_dir)) == sorted(record_path(data_dir, s) for s in young)
     assert all(get_with(absolute, s) == "None" for s in old)
 
@@ -352,8 +319,7 @@ def test_lifetime_and_interval_config(data_dir: Path, key: str) -> None:
     attr = "absolute_timeout" if key == "SESSION_ABSOLUTE_TIMEOUT" else "sweep_interval"
     for value, expected in [*GOOD, (None, None)]:
         app = build_app(data_dir, **{key: value})
-        interface = app.session_interface
-        assert isinstance(interface, BeakerSessionInterface)
+        interface = interface_of(app)
         assert getattr(interface.config, attr) == expected
         assert (interface.sweeper is not None) == (
             key == "SESSION_SWEEP_INTERVAL" and value is not None
@@ -384,7 +350,7 @@ def test_sweep_racing_live_requests(
     sids = [cookie_of(c) for c in clients]
     done = threading.Event()
     errors: list[BaseException] = []
-    reports: list[dict[str, Any]] = []
+    reports: list[_core.Report] = []
 
     def worker(mine: list[Any]) -> None:
         try:
@@ -415,7 +381,7 @@ def test_sweep_racing_live_requests(
     assert not errors, errors[0]
     assert len(reports) >= 2
     reports.append(sweep(app))
-    assert sum(r["expired"] for r in reports) == len(expired)
+    assert sum(r.expired for r in reports) == len(expired)
     assert [cookie_of(c) for c in clients] == sids
     for client in clients:
         assert client.get("/get/n").text == str(rounds + 1)
@@ -443,8 +409,8 @@ def test_automatic_sweep_runs_in_background(
     while len(record_files(data_dir)) > 1 and time.time() < deadline:
         time.sleep(0.05)
     assert record_files(data_dir) == [record_path(data_dir, live[0])]
-    interface = app.session_interface
-    assert isinstance(interface, BeakerSessionInterface) and interface.sweeper is not None
+    interface = interface_of(app)
+    assert interface.sweeper is not None
     assert interface.sweeper.last_report is not None
     assert (data_dir / "sweep.stamp").is_file()
     assert get_with(app, live[0]) == "v"
@@ -453,7 +419,7 @@ def test_automatic_sweep_runs_in_background(
 _COORDINATED = """
 import logging, os, sys, time
 sys.path.insert(0, {tests!r})
-from conftest import build_app
+from helpers import build_app
 
 log = {log!r}
 
@@ -512,7 +478,7 @@ def test_automatic_sweep_at_most_once_per_interval_across_processes(
 _FORKED = """
 import json, os, pickle, sys, threading, time
 sys.path.insert(0, {tests!r})
-from conftest import COOKIE, build_app
+from helpers import build_app, client_with
 
 data_dir = {data_dir!r}
 app = build_app(data_dir, SESSION_TIMEOUT=60, SESSION_SWEEP_INTERVAL=0.5)
@@ -540,9 +506,7 @@ if pid == 0:
     while count() > 1 and time.time() < deadline:
         time.sleep(0.05)
     out = {{"files_left": count()}}
-    client = app.test_client()
-    client.set_cookie(COOKIE, live)
-    out["live_value"] = client.get("/get/k").text
+    out["live_value"] = client_with(app, live).get("/get/k").text
     fresh = app.test_client()
     out["set_status"] = fresh.get("/set/a/1").status_code
     out["new_value"] = fresh.get("/get/a").text
@@ -578,12 +542,13 @@ def test_automatic_sweep_is_fork_safe(data_dir: Path, tmp_path: Path) -> None:
 
 _FORK_DURING_SWEEP = """
 import json, os, pickle, signal, sys, threading, time
-from flask_beaker_session import _core
+sys.path.insert(0, {tests!r})
 from flask_beaker_session.errors import LockTimeoutError
+from helpers import file_store
 
 data_dir = {data_dir!r}
 # An absolute lifetime makes the sweeper open and lock every record.
-store = _core.Store(data_dir, [b"k"], 60.0, 3600.0, 5.0, False)
+store = file_store(data_dir, idle=60.0, absolute=3600.0, lock=5.0)
 now = time.time()
 ids = []
 for _ in range(3000):
@@ -609,11 +574,11 @@ stop.set()
 thread.join()
 out = {{"sweeps": len(sweeps)}}
 out["parent_can_sweep"] = store.sweep_if_due(time.time() + 10, 1e-6) is not None
-quick = _core.Store(data_dir, [b"k"], 60.0, 3600.0, 0.01, False)
+quick = file_store(data_dir, idle=60.0, absolute=3600.0, lock=0.01)
 stuck = 0
 for sid in ids:
     try:
-        handle, status = quick.open(sid, time.time())
+        status, handle = quick.open(sid, time.time())
         handle.release()
     except LockTimeoutError:
         stuck += 1
@@ -629,7 +594,7 @@ def test_fork_during_sweep_leaves_no_lock_behind(data_dir: Path, tmp_path: Path)
     multiprocessing) must not leave the sweep stamp or any session locked by the files
     the child inherited: the parent keeps sweeping and every session stays usable."""
     script = tmp_path / "fork_during_sweep.py"
-    script.write_text(_FORK_DURING_SWEEP.format(data_dir=str(data_dir)))
+    script.write_text(_FORK_DURING_SWEEP.format(tests=str(TESTS_DIR), data_dir=str(data_dir)))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

@@ -28,11 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, all_files, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
-from flask_beaker_session import session_interface
+from flask_beaker_session import _core
 from flask_beaker_session.errors import ConfigurationError
+from helpers import (
+    FakeClock,
+    all_files,
+    build_app,
+    client_with,
+    cookie_of,
+    record_files,
+    store_of,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux-specific faults")
 
@@ -47,12 +55,6 @@ def fault_app(data_dir: Path | str, **config: Any) -> Flask:
         return "ok"
 
     return app
-
-
-def client_for(app: Flask, sid: str) -> Any:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -115,9 +117,9 @@ def _fsize_child(data_dir: str, sid: str, limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     app = fault_app(data_dir)
     out = {
-        "in_place": client_for(app, sid).get("/big/b/100000").status_code,
-        "grow": client_for(app, sid).get("/big/c/400000").status_code,
-        "read": client_for(app, sid).get("/dump").status_code,
+        "in_place": client_with(app, sid).get("/big/b/100000").status_code,
+        "grow": client_with(app, sid).get("/big/c/400000").status_code,
+        "read": client_with(app, sid).get("/dump").status_code,
     }
     fresh = app.test_client()
     out["new"] = fresh.get("/big/d/400000").status_code
@@ -153,9 +155,9 @@ def test_file_too_big_fails_loudly_and_keeps_previous_version(tmp_path: Path) ->
     assert record_files(data_dir) == [record]
     assert temp_files(data_dir) == []
     assert record.read_bytes()[:512] == before[:512]  # the current slot is untouched
-    assert client_for(app, sid).get("/dump").get_json() == {"big": "a" * 100000}
-    assert client_for(app, sid).get("/big/e/100000").status_code == 200
-    assert client_for(app, sid).get("/dump").get_json() == {"big": "e" * 100000}
+    assert client_with(app, sid).get("/dump").get_json() == {"big": "a" * 100000}
+    assert client_with(app, sid).get("/big/e/100000").status_code == 200
+    assert client_with(app, sid).get("/dump").get_json() == {"big": "e" * 100000}
 
 
 # -- disk full (ENOSPC on a small tmpfs) -----------------------------------------------
@@ -194,7 +196,7 @@ def test_disk_full_fails_loudly_and_keeps_previous_version(
 
     (tmpfs / "filler").unlink()
     assert client.get("/big/c/10000").status_code == 200
-    assert client_for(app, sid).get("/dump").get_json() == {"big": "c" * 10000}
+    assert client_with(app, sid).get("/dump").get_json() == {"big": "c" * 10000}
 
 
 # -- data dir deleted, read-only, or a file --------------------------------------------
@@ -248,9 +250,9 @@ def test_data_dir_made_read_only(tmpfs: Path, caplog: pytest.LogCaptureFixture) 
     assert all(e.errno == errno.EROFS and str(data_dir) in str(e.filename) for e in errors)
     subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
     assert record.read_bytes() == before
-    assert client_for(app, sid).get("/dump").get_json() == {"a": "1"}
-    assert client_for(app, sid).get("/set/a/3").status_code == 200
-    assert client_for(app, sid).get("/dump").get_json() == {"a": "3"}
+    assert client_with(app, sid).get("/dump").get_json() == {"a": "1"}
+    assert client_with(app, sid).get("/set/a/3").status_code == 200
+    assert client_with(app, sid).get("/dump").get_json() == {"a": "3"}
 
 
 def test_data_dir_that_is_a_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -287,48 +289,34 @@ def test_data_dir_that_is_a_file(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 # -- clock stepping backwards ----------------------------------------------------------
 
 
-class _SteppedClock:
-    """Stands in for the ``time`` module inside ``session_interface``: real time shifted
-    by ``offset`` seconds (the product's only clock there is ``time.time()``)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-
 @pytest.mark.parametrize("locking", [True, False])
-def test_clock_stepping_backwards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, locking: bool
-) -> None:
+def test_clock_stepping_backwards(tmp_path: Path, clock: FakeClock, locking: bool) -> None:
     """The clock steps back two hours (far beyond the 60 s idle and 600 s absolute
     timeouts) and later forward again: the session is never expired or lost, reads and
     writes keep working at each step, and a sweep with the stepped-back clock removes
     nothing."""
-    clock = _SteppedClock()
-    monkeypatch.setattr(session_interface, "time", clock)
     data_dir = tmp_path / "sessions"
     app = build_app(
         data_dir, SESSION_TIMEOUT=60, SESSION_ABSOLUTE_TIMEOUT=600, SESSION_LOCKING=locking
     )
+    clock.install(app)
     client = app.test_client()
     assert client.get("/set/a/1").status_code == 200
     sid = cookie_of(client)
     assert sid is not None
 
-    clock.offset = -7200.0
+    clock.advance(-7200)
     assert client.get("/dump").get_json() == {"a": "1"}
     assert client.get("/set/b/2").status_code == 200
     assert client.get("/dump").get_json() == {"a": "1", "b": "2"}
-    report = app.session_interface.store.walk(clock.time(), "sweep")  # type: ignore[attr-defined]
-    assert report["expired"] == 0
+    report = store_of(app).walk(clock(), _core.WalkMode.Sweep)
+    assert report.expired == 0
     assert len(record_files(data_dir)) == 1
 
-    clock.offset = 0.0
+    clock.advance(7200)
     assert client.get("/set/c/3").status_code == 200
     assert cookie_of(client) == sid
-    assert client_for(app, sid).get("/dump").get_json() == {"a": "1", "b": "2", "c": "3"}
+    assert client_with(app, sid).get("/dump").get_json() == {"a": "1", "b": "2", "c": "3"}
 
 
 # -- records from a newer format version -----------------------------------------------
@@ -358,7 +346,7 @@ def test_newer_format_version_gives_fresh_session_and_keeps_record(
     record.write_bytes(bytes(raw))
 
     with caplog.at_level(logging.WARNING, logger="flask_beaker_session"):
-        resp = client_for(app, sid).get("/dump")
+        resp = client_with(app, sid).get("/dump")
     assert resp.status_code == 200
     assert resp.get_json() == {}
     # At most the stale cookie is expired; no new session id is handed out.
@@ -366,12 +354,12 @@ def test_newer_format_version_gives_fresh_session_and_keeps_record(
     assert any("newer version" in r.getMessage() for r in caplog.records)
     assert record.read_bytes() == bytes(raw)
 
-    writer = client_for(app, sid)
+    writer = client_with(app, sid)
     assert writer.get("/set/b/1").status_code == 200
     assert cookie_of(writer) not in (None, sid)
     assert writer.get("/dump").get_json() == {"b": "1"}
     assert record.read_bytes() == bytes(raw)
-    app.session_interface.store.walk(time.time() + 10 * 86400, "sweep")  # type: ignore[attr-defined]
+    store_of(app).walk(time.time() + 10 * 86400, _core.WalkMode.Sweep)
     assert record.exists()
     assert record.read_bytes() == bytes(raw)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import COOKIE, FIXTURES, build_app, cookie_of, record_files
 from flask import Flask, request
 from flask import session as flask_session
+from helpers import COOKIE, FIXTURES, build_app, client_with, cookie_of, record_files
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -335,8 +335,7 @@ def test_regression_legacy_nested_shared_references_migrate(tmp_path: Path) -> N
         a = flask_session["a"]
         return {"a": a, "shared": a[0] is a[1] and a[0][0] is a[0][1]}
 
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     resp = client.get("/shape")
     assert resp.status_code == 200
     assert resp.get_json() == {"a": [[[1, 2], [1, 2]], [[1, 2], [1, 2]]], "shared": True}

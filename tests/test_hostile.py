@@ -18,13 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers_conc import client_with
-from conftest import COOKIE, all_files, build_app, cookie_of, record_files, record_path
 from flask import Flask, jsonify
 from flask import session as flask_session
-from flask_beaker_session import _core
+from helpers import (
+    COOKIE,
+    SID_RE,
+    all_files,
+    build_app,
+    client_with,
+    cookie_of,
+    file_store,
+    record_files,
+    record_path,
+    session_cookies,
+)
 
-HEX32 = re.compile(r"[0-9a-f]{32}")
 HEADER_LEN = 64
 
 
@@ -70,10 +78,6 @@ def raw_get(app: Flask, path: str, cookie_header: str | None) -> Any:
     return client.get(path, environ_overrides=overrides)
 
 
-def session_set_cookies(resp: Any) -> list[str]:
-    return [h for h in resp.headers.getlist("Set-Cookie") if h.startswith(COOKIE + "=")]
-
-
 def cookie_value(header: str) -> str:
     return header[len(COOKIE) + 1 :].split(";", 1)[0]
 
@@ -87,7 +91,7 @@ def new_session(app: Flask, key: str = "secret", value: str = "victim-data") -> 
     client = app.test_client()
     assert client.get(f"/set/{key}/{value}").status_code == 200
     sid = cookie_of(client)
-    assert sid is not None and HEX32.fullmatch(sid)
+    assert sid is not None and SID_RE.fullmatch(sid)
     return sid
 
 
@@ -219,10 +223,10 @@ def _check_fresh_write(arena: dict[str, Any], header: str, issued: set[str]) -> 
     resp = raw_get(app, "/probe", header)
     assert resp.status_code == 200, header[:80]
     assert resp.get_json() == {"seen": {}}, header[:80]
-    cookies = session_set_cookies(resp)
+    cookies = session_cookies(resp)
     assert len(cookies) == 1, (header[:80], cookies)
     new_id = cookie_value(cookies[0])
-    assert HEX32.fullmatch(new_id), cookies[0][:200]
+    assert SID_RE.fullmatch(new_id), cookies[0][:200]
     assert new_id != arena["victim"]
     assert new_id not in issued, "a hostile value got an id that was already issued"
     for hostile in re.findall(rf"{re.escape(COOKIE)}=([^;]*)", header):
@@ -279,7 +283,7 @@ def test_hostile_cookies_on_read_only_view_create_nothing(
             resp = raw_get(app, path, header)
             assert resp.status_code == 200, header[:80]
             assert resp.get_data(as_text=True).strip() in ("None", "{}"), header[:80]
-            for h in session_set_cookies(resp):
+            for h in session_cookies(resp):
                 assert is_deletion(h), h[:200]
         assert snapshot(root) == before, header[:80]
     assert not arena["marker"].exists()
@@ -294,7 +298,7 @@ def test_other_cookies_never_select_a_session(arena: dict[str, Any]) -> None:
     resp = raw_get(arena["app"], "/probe", header)
     assert resp.status_code == 200
     assert resp.get_json() == {"seen": {}}
-    assert cookie_value(session_set_cookies(resp)[0]) != victim
+    assert cookie_value(session_cookies(resp)[0]) != victim
 
 
 def test_unknown_ids_create_no_data_dir(tmp_path: Path) -> None:
@@ -306,7 +310,7 @@ def test_unknown_ids_create_no_data_dir(tmp_path: Path) -> None:
         view = "/id" if i % 2 else "/get/x"
         resp = raw_get(app, view, f"{COOKIE}={secrets.token_hex(16)}")
         assert resp.status_code == 200
-        assert all(is_deletion(h) for h in session_set_cookies(resp))
+        assert all(is_deletion(h) for h in session_cookies(resp))
     assert not data_dir.exists()
     assert snapshot(tmp_path) == {}
 
@@ -392,13 +396,13 @@ def test_damaged_record_gives_fresh_session(tmp_path: Path, kind: str) -> None:
     assert resp.status_code == 200
     if kind in ORIGINAL_OK and resp.get_json() == {"seen": {"secret": "victim-data"}}:
         # Exactly the original, still under its id; and it stays usable.
-        assert session_set_cookies(resp) == []
+        assert session_cookies(resp) == []
         expected = {"secret": "victim-data", "mark": "probe"}
         assert client_with(app, sid).get("/dump").get_json() == expected
         return
     assert resp.get_json() == {"seen": {}}
-    new_id = cookie_value(session_set_cookies(resp)[0])
-    assert HEX32.fullmatch(new_id) and new_id != sid
+    new_id = cookie_value(session_cookies(resp)[0])
+    assert SID_RE.fullmatch(new_id) and new_id != sid
     assert not path.exists() and not path.is_symlink()
     assert client_with(app, new_id).get("/dump").get_json() == {"mark": "probe"}
     # The old id stays dead; other records untouched.
@@ -455,7 +459,7 @@ def test_record_with_wrong_key_rejected(tmp_path: Path, writer_key: str | None) 
     resp = client_with(reader, sid).get("/probe")
     assert resp.status_code == 200
     assert resp.get_json() == {"seen": {}}
-    assert cookie_value(session_set_cookies(resp)[0]) != sid
+    assert cookie_value(session_cookies(resp)[0]) != sid
     assert not path.exists()
 
 
@@ -464,7 +468,7 @@ def test_planted_pickle_bomb_record_never_executes(tmp_path: Path) -> None:
     an attacker who can write the data dir can make), is rejected before unpickling."""
     data_dir = tmp_path / "sessions"
     marker = tmp_path / "PWNED"
-    planter = _core.Store(str(data_dir), [], None, None, 1.0, False)
+    planter = file_store(data_dir, keys=[], lock=1.0)
     # Sanity: the planting method makes records an unkeyed app accepts.
     benign = planter.new_id()
     now = time.time()
@@ -601,7 +605,7 @@ def test_two_apps_with_different_dirs_are_isolated(tmp_path: Path) -> None:
     assert not dir_b.exists()
     resp = client_with(app_b, sid_a).get("/set/who/b")
     assert resp.status_code == 200
-    sid_b = cookie_value(session_set_cookies(resp)[0])
+    sid_b = cookie_value(session_cookies(resp)[0])
     assert sid_b != sid_a
     assert client_with(app_a, sid_a).get("/dump").get_json() == {"who": "a"}
     assert client_with(app_b, sid_b).get("/dump").get_json() == {"who": "b"}

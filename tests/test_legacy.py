@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    COOKIE,
+from flask import Flask
+from flask import session as flask_session
+from helpers import (
     FIXTURES,
     LEGACY,
     MANIFEST,
     all_files,
     build_app,
+    client_with,
     record_files,
     record_path,
 )
-from flask import Flask
-from flask import session as flask_session
 from legacy_objects import LegacyThing
 
 LABELS = sorted(MANIFEST["labels"])
@@ -70,8 +70,7 @@ class Probe:
 
     def probe(self, sid: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(user data, meta) seen by a request carrying ``sid``."""
-        client = self.app.test_client()
-        client.set_cookie(COOKIE, sid)
+        client = client_with(self.app, sid)
         assert client.get("/probe").status_code == 200
         seen = dict(self.seen)
         meta = {k: seen.pop(k) for k in list(seen) if k.startswith("_")}
@@ -189,8 +188,7 @@ def test_legacy_session_written_then_saved(make_probe: MakeProbe, data_dir: Path
     probe = make_probe()
     label, name = LABELS[0], "plain"
     sid = entry(label, name)["id"]
-    client = probe.app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(probe.app, sid)
     assert client.get("/set/extra/1").status_code == 200
     assert not legacy_file(data_dir, label, name).exists()
     data, _ = probe.probe(sid)
@@ -209,8 +207,7 @@ def test_revert_on_legacy_session_keeps_data(make_probe: MakeProbe, data_dir: Pa
 
     for label in LABELS:
         sid = entry(label, "plain")["id"]
-        client = probe.app.test_client()
-        client.set_cookie(COOKIE, sid)
+        client = client_with(probe.app, sid)
         assert client.get("/revert").status_code == 200
         data, _ = probe.probe(sid)
         assert data == expected_data(label, "plain"), label
@@ -228,9 +225,8 @@ import resource, sys
 # 2 GiB of address space: a decoder that tries to build gigabytes fails this child.
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 sys.path.insert(0, sys.argv[1])
-from conftest import COOKIE, build_app
-client = build_app(sys.argv[2]).test_client()
-client.set_cookie(COOKIE, sys.argv[3])
+from helpers import build_app, client_with
+client = client_with(build_app(sys.argv[2]), sys.argv[3])
 response = client.get("/dump")
 print(response.status_code, response.get_data(as_text=True).strip())
 """
@@ -304,8 +300,7 @@ def test_legacy_set_holding_nan_is_migrated(
 
     before = floats_seen()
     assert before[0] == 11 and len(before[1]) == 11
-    client = probe.app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(probe.app, sid)
     assert client.get("/set/extra/1").status_code == 200
     assert not path.exists()
     assert floats_seen() == before

@@ -1,26 +1,33 @@
-"""Request lifecycle: laziness, when records are written, expiry, testing (§5, §9)."""
+"""Request lifecycle: laziness, when records are written, expiry, testing (§5, §9).
+
+Time passes on the apps' fake clock (the ``clock`` fixture), never by sleeping."""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import flask
 import pytest
-from conftest import COOKIE, MakeApp, all_files, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
+from helpers import (
+    COOKIE,
+    FakeClock,
+    MakeApp,
+    all_files,
+    client_with,
+    cookie_of,
+    record_files,
+    record_path,
+    session_cookies,
+)
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
     """The record's bytes and its mtime in nanoseconds."""
     return path.read_bytes(), os.stat(path).st_mtime_ns
-
-
-def session_cookies(response: Any) -> list[str]:
-    return [str(h) for h in response.headers.getlist("Set-Cookie") if h.startswith(f"{COOKIE}=")]
 
 
 def add_routes(app: Flask) -> None:
@@ -64,15 +71,17 @@ def test_untouched_session_costs_nothing(app: Flask, data_dir: Path) -> None:
     assert not data_dir.exists()
 
 
-def test_untouched_session_with_cookie_costs_nothing(app: Flask, data_dir: Path) -> None:
+def test_untouched_session_with_cookie_costs_nothing(
+    app: Flask, data_dir: Path, clock: FakeClock
+) -> None:
     """With a valid cookie, ``/none`` changes neither bytes nor mtime of the record."""
-    client = app.test_client()
+    client = clock.install(app).test_client()
     client.get("/set/a/1")
     sid = cookie_of(client)
     assert sid is not None
     path = record_path(data_dir, sid)
     before = snapshot(path)
-    time.sleep(0.02)
+    clock.advance(1)
     for _ in range(3):
         response = client.get("/none")
         assert session_cookies(response) == []
@@ -84,8 +93,7 @@ def test_untouched_session_with_cookie_costs_nothing(app: Flask, data_dir: Path)
 @pytest.mark.parametrize("value", ["0" * 32, "not-an-id", "../../etc/passwd", "A" * 32])
 def test_unknown_cookie_creates_nothing(value: str, app: Flask, data_dir: Path) -> None:
     """Lookups of unknown or malformed ids create nothing on disk and send no cookie."""
-    client = app.test_client()
-    client.set_cookie(COOKIE, value)
+    client = client_with(app, value)
     assert client.get("/none").text == "none"
     response = client.get("/dump")
     assert response.get_json() == {}
@@ -117,13 +125,15 @@ def test_session_never_given_data_is_not_stored(make_app: MakeApp, data_dir: Pat
 # -- read-only requests and the idle timeout -------------------------------------------
 
 
-def test_read_only_request_does_not_rewrite(make_app: MakeApp, data_dir: Path) -> None:
+def test_read_only_request_does_not_rewrite(
+    make_app: MakeApp, data_dir: Path, clock: FakeClock
+) -> None:
     """Reading an existing session leaves the record's bytes and mtime untouched."""
-    client = make_app(SESSION_TIMEOUT=10**6).test_client()
+    client = clock.install(make_app(SESSION_TIMEOUT=10**6)).test_client()
     client.get("/set/a/1")
     path = record_path(data_dir, str(cookie_of(client)))
     before = snapshot(path)
-    time.sleep(0.02)
+    clock.advance(1)
     for url in ["/get/a", "/dump", "/id", "/get/missing"]:
         response = client.get(url)
         assert response.status_code == 200
@@ -132,40 +142,44 @@ def test_read_only_request_does_not_rewrite(make_app: MakeApp, data_dir: Path) -
     assert snapshot(path) == before
 
 
-def test_write_of_same_value_does_not_rewrite(make_app: MakeApp, data_dir: Path) -> None:
+def test_write_of_same_value_does_not_rewrite(
+    make_app: MakeApp, data_dir: Path, clock: FakeClock
+) -> None:
     """Setting a key to the value it already has is not a change."""
-    client = make_app(SESSION_TIMEOUT=10**6).test_client()
+    client = clock.install(make_app(SESSION_TIMEOUT=10**6)).test_client()
     client.get("/set/a/1")
     path = record_path(data_dir, str(cookie_of(client)))
     before = snapshot(path)
-    time.sleep(0.02)
+    clock.advance(1)
     client.get("/set/a/1")
     assert snapshot(path) == before
     client.get("/set/a/2")
     assert path.read_bytes() != before[0]
 
 
-def test_read_refreshes_mtime_not_bytes(make_app: MakeApp, data_dir: Path) -> None:
-    """With a short timeout, a read after > timeout/10 touches the mtime only."""
-    client = make_app(SESSION_TIMEOUT=2).test_client()
+def test_read_refreshes_mtime_not_bytes(
+    make_app: MakeApp, data_dir: Path, clock: FakeClock
+) -> None:
+    """A read after > timeout/10 touches the mtime only."""
+    client = clock.install(make_app(SESSION_TIMEOUT=100)).test_client()
     client.get("/set/a/1")
     path = record_path(data_dir, str(cookie_of(client)))
     data, mtime = snapshot(path)
-    time.sleep(0.35)
+    clock.advance(11)
     assert client.get("/get/a").text == "1"
     new_data, new_mtime = snapshot(path)
     assert new_data == data
     assert new_mtime > mtime
 
 
-def test_idle_timeout_expires(make_app: MakeApp, data_dir: Path) -> None:
+def test_idle_timeout_expires(make_app: MakeApp, data_dir: Path, clock: FakeClock) -> None:
     """After SESSION_TIMEOUT idle seconds the data is gone, the old record removed."""
-    client = make_app(SESSION_TIMEOUT=1).test_client()
+    client = clock.install(make_app(SESSION_TIMEOUT=60)).test_client()
     client.get("/set/a/1")
     old = str(cookie_of(client))
     old_path = record_path(data_dir, old)
     assert old_path.exists()
-    time.sleep(1.3)
+    clock.advance(61)
     assert client.get("/dump").get_json() == {}
     assert not old_path.exists()
     client.get("/set/b/2")
@@ -175,42 +189,44 @@ def test_idle_timeout_expires(make_app: MakeApp, data_dir: Path) -> None:
     assert client.get("/dump").get_json() == {"b": "2"}
 
 
-def test_idle_timeout_slides(make_app: MakeApp) -> None:
+def test_idle_timeout_slides(make_app: MakeApp, clock: FakeClock) -> None:
     """Reads keep the session alive: its lifetime slides with each use."""
-    client = make_app(SESSION_TIMEOUT=1.5).test_client()
+    client = clock.install(make_app(SESSION_TIMEOUT=60)).test_client()
     client.get("/set/a/1")
     sid = cookie_of(client)
-    for _ in range(4):  # 2 s in all, more than the timeout
-        time.sleep(0.5)
+    for _ in range(4):  # 120 s in all, more than the timeout
+        clock.advance(30)
         assert client.get("/get/a").text == "1"
     assert cookie_of(client) == sid
 
 
-def test_no_timeout_never_expires(make_app: MakeApp, data_dir: Path) -> None:
+def test_no_timeout_never_expires(make_app: MakeApp, data_dir: Path, clock: FakeClock) -> None:
     """SESSION_TIMEOUT=None: a session idle longer than a timeout would allow lives."""
-    unlimited = make_app(SESSION_TIMEOUT=None).test_client()
+    unlimited = clock.install(make_app(SESSION_TIMEOUT=None)).test_client()
     unlimited.get("/set/a/1")
     sid = str(cookie_of(unlimited))
     path = record_path(data_dir, sid)
     before = snapshot(path)
-    time.sleep(1.2)
+    clock.advance(3600)
     assert unlimited.get("/get/a").text == "1"
     assert snapshot(path) == before  # no touch without a timeout
-    # The same record under a 1 s timeout is expired: the wait above was long enough.
-    limited = make_app(SESSION_TIMEOUT=1).test_client()
-    limited.set_cookie(COOKIE, sid)
+    # The same record under a 60 s timeout is expired: the wait above was long enough.
+    limited = client_with(clock.install(make_app(SESSION_TIMEOUT=60)), sid)
     assert limited.get("/get/a").text == "None"
     assert not path.exists()
 
 
-def test_absolute_timeout_ends_active_session(make_app: MakeApp, data_dir: Path) -> None:
+def test_absolute_timeout_ends_active_session(
+    make_app: MakeApp, data_dir: Path, clock: FakeClock
+) -> None:
     """SESSION_ABSOLUTE_TIMEOUT ends a session however active it is."""
-    client = make_app(SESSION_TIMEOUT=10, SESSION_ABSOLUTE_TIMEOUT=2).test_client()
+    app = make_app(SESSION_TIMEOUT=600, SESSION_ABSOLUTE_TIMEOUT=120)
+    client = clock.install(app).test_client()
     client.get("/set/a/1")
     path = record_path(data_dir, str(cookie_of(client)))
-    time.sleep(0.8)
+    clock.advance(50)
     assert client.get("/get/a").text == "1"
-    time.sleep(1.4)
+    clock.advance(80)
     assert client.get("/get/a").text == "None"
     assert not path.exists()
 
@@ -253,11 +269,14 @@ def test_5xx_response_does_not_save(make_app: MakeApp, data_dir: Path) -> None:
     assert client.get("/dump").get_json() == {"a": "1"}
 
 
-def test_exception_does_not_save(make_app: MakeApp, data_dir: Path) -> None:
+def test_exception_does_not_save(
+    make_app: MakeApp, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An unhandled exception (a 500 with PROPAGATE_EXCEPTIONS=False) saves nothing."""
     app = make_app(PROPAGATE_EXCEPTIONS=False)
     add_routes(app)
-    app.logger.disabled = True
+    # The apps share one logger (named after ``helpers``): silence it for this test only.
+    monkeypatch.setattr(app.logger, "disabled", True)
     client = app.test_client()
     client.get("/set/a/1")
     response = client.get("/raise/a/2")

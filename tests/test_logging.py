@@ -14,10 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import COOKIE, FIXTURES, TESTS_DIR, MakeApp, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import session as fbs
+from helpers import (
+    FIXTURES,
+    TESTS_DIR,
+    MakeApp,
+    build_app,
+    client_with,
+    cookie_of,
+    record_files,
+)
 
 LOGGER = "flask_beaker_session"
 
@@ -63,8 +71,7 @@ def garble(data_dir: Path) -> None:
 
 
 def visit(app: Flask, sid: str, path: str = "/get/a") -> str:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     return client.get(path).text
 
 
@@ -143,16 +150,14 @@ def test_lock_timeouts_one_warning(make_app: MakeApp, logs: pytest.LogCaptureFix
         return "held"
 
     sid = new_session(app, a="1")
-    holder_client = app.test_client()
-    holder_client.set_cookie(COOKIE, sid)
+    holder_client = client_with(app, sid)
     holder = threading.Thread(target=holder_client.get, args=("/hold",))
     holder.start()
     try:
         assert holding.wait(30)
         logs.clear()
         for _ in range(2):
-            client = app.test_client()
-            client.set_cookie(COOKIE, sid)
+            client = client_with(app, sid)
             response = client.get("/get/a")
             assert response.status_code == 503
             assert response.headers["Retry-After"] == "1"
@@ -197,7 +202,7 @@ import logging, os, sys
 sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s",
                     stream=sys.stdout)
-from conftest import build_app
+from helpers import build_app
 
 for i, (data_dir, config) in enumerate({apps!r}):
     app = build_app(data_dir, **config)

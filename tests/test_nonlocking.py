@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, build_app, cookie_of, record_files
 from flask import Flask
 from flask import session as flask_session
+from helpers import build_app, client_with, cookie_of, record_files
 
 #: Longest wait for an event a test should set; a test that never sets it still ends.
 WAIT = 30.0
@@ -96,8 +96,7 @@ class Request:
     """A request of session ``sid`` running in its own thread."""
 
     def __init__(self, app: Flask, sid: str, path: str) -> None:
-        self.client = app.test_client()
-        self.client.set_cookie(COOKIE, sid)
+        self.client = client_with(app, sid)
         self.response: Any = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(path,))
@@ -139,8 +138,7 @@ def new_session(app: Flask, **data: str) -> str:
 
 
 def dump(app: Flask, sid: str) -> dict[str, Any]:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     data: dict[str, Any] = client.get("/dump").get_json()
     return data
 
@@ -191,8 +189,7 @@ def test_different_keys_of_concurrent_requests_all_survive(data_dir: Path) -> No
     errors: list[str] = []
 
     def worker(key: str) -> None:
-        client = app.test_client()
-        client.set_cookie(COOKIE, sid)
+        client = client_with(app, sid)
         for _ in range(15):
             resp = client.get(f"/bump/{key}")
             if resp.status_code != 200:
@@ -258,8 +255,7 @@ def test_deleted_session_is_not_resurrected(nl: tuple[Flask, Gates], data_dir: P
     app, gates = nl
     sid = new_session(app, user="alice")
     late = start(app, gates, sid, "/gset/L/cart/full", "L")
-    logout = app.test_client()
-    logout.set_cookie(COOKIE, sid)
+    logout = client_with(app, sid)
     assert logout.get("/delete").status_code == 200
     assert record_files(data_dir) == []
     resp = finish(gates, late, "L")
@@ -276,8 +272,7 @@ def test_regenerated_session_old_id_stays_dead(nl: tuple[Flask, Gates], data_dir
     app, gates = nl
     sid = new_session(app, user="alice")
     late = start(app, gates, sid, "/gset/L/x/1", "L")
-    regen = app.test_client()
-    regen.set_cookie(COOKIE, sid)
+    regen = client_with(app, sid)
     new_sid = regen.get("/regenerate").get_data(as_text=True)
     assert new_sid != sid
     assert cookie_of(regen) == new_sid
@@ -334,8 +329,7 @@ def test_read_only_request_does_not_rewrite(nl: tuple[Flask, Gates], data_dir: P
     app, gates = nl
     sid = new_session(app, a="1")
     reader = start(app, gates, sid, "/gread/R", "R")
-    writer = app.test_client()
-    writer.set_cookie(COOKIE, sid)
+    writer = client_with(app, sid)
     assert writer.get("/set/b/2").status_code == 200
     [record] = record_files(data_dir)
     after_write = record.read_bytes()
@@ -355,8 +349,7 @@ def test_failed_request_changes_nothing(nl: tuple[Flask, Gates]) -> None:
         raise RuntimeError("boom")
 
     sid = new_session(app, a="1")
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
+    client = client_with(app, sid)
     assert client.get("/boom").status_code == 500
     assert dump(app, sid) == {"a": "1"}
 

@@ -1,7 +1,12 @@
 """The Redis backend against a real ``redis-server`` (SPEC §10): TTLs, key layout, URL
 forms, several server processes sharing one Redis, cross-process locking, failures
 (unreachable, silent, killed and restarted Redis), fork safety; and the memory backend's
-warning under several worker processes."""
+warning under several worker processes.
+
+The idle timeout and touch interval are exercised on the apps' fake clock (the ``clock``
+fixture); where Redis's own key TTL must look older, it is set back with PEXPIRE. The
+sleeps left are about real servers and threads (Redis's idle-client cron, a lock TTL
+running out in Redis, a waiting thread)."""
 
 from __future__ import annotations
 
@@ -23,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, build_app, cookie_of
 from flask import Flask
 from flask import session as flask_session
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
+from helpers import COOKIE, SID_RE, TESTS_DIR, FakeClock, build_app, client_with, cookie_of
 from redis_server import (
-    TESTS_DIR,
     RedisServer,
     app_server,
     child_env,
@@ -39,21 +43,10 @@ from redis_server import (
     lock_key,
     run_child,
     running_server,
+    touch_key,
 )
 
 PASSWORD = "s3cret-pw"
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One ``redis-server`` on a free port of 127.0.0.1 for the whole run."""
-    with running_server(tmp_path_factory.mktemp("redis-main")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +72,6 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def prefix(tmp_path: Path) -> str:
-    """A key prefix of this test only, so tests never see each other's keys."""
-    return f"t:{tmp_path.name}:"
-
-
 def redis_app(url: str, prefix: str, **config: Any) -> Flask:
     config.setdefault("SESSION_REDIS_CONNECT_TIMEOUT", 1.0)
     config.setdefault("SESSION_REDIS_TIMEOUT", 1.0)
@@ -95,12 +82,6 @@ def redis_app(url: str, prefix: str, **config: Any) -> Flask:
         SESSION_REDIS_PREFIX=prefix,
         **config,
     )
-
-
-def client_with(app: Flask, sid: str) -> Any:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client
 
 
 def new_session(app: Flask, path: str = "/set/a/1") -> tuple[Any, str]:
@@ -120,7 +101,7 @@ def http_get(base: str, path: str, sid: str | None = None) -> tuple[int, str, st
         response = conn.getresponse()
         body = response.read().decode()
         cookie = response.getheader("Set-Cookie") or ""
-        match = re.match(rf"{re.escape(COOKIE)}=([0-9a-f]{{32}});", cookie)
+        match = re.match(rf"{re.escape(COOKIE)}=({SID_RE.pattern});", cookie)
         return response.status, body, match.group(1) if match else None
     finally:
         conn.close()
@@ -169,14 +150,17 @@ def test_no_timeout_no_ttl(redis_server: RedisServer, prefix: str) -> None:
     assert client.get("/get/a").text == "1"
 
 
-def test_read_refreshes_ttl_without_rewriting(redis_server: RedisServer, prefix: str) -> None:
+def test_read_refreshes_ttl_without_rewriting(
+    redis_server: RedisServer, prefix: str, clock: FakeClock
+) -> None:
     """A read after more than timeout/10 pushes the TTL back to the full timeout and
     leaves the stored value byte-for-byte unchanged; no cookie is sent."""
-    app = redis_app(redis_server.url, prefix, SESSION_TIMEOUT=3)
+    app = clock.install(redis_app(redis_server.url, prefix, SESSION_TIMEOUT=3))
     client, sid = new_session(app)
     key = data_key(prefix, sid)
-    time.sleep(0.7)
+    clock.advance(0.7)
     with redis_server.client() as c:
+        assert c("PEXPIRE", key, 2_300) == 1  # what 0.7 s leave of Redis's TTL
         before, ttl_before = c("GET", key), c("PTTL", key)
         response = client.get("/get/a")
         after, ttl_after = c("GET", key), c("PTTL", key)
@@ -187,24 +171,30 @@ def test_read_refreshes_ttl_without_rewriting(redis_server: RedisServer, prefix:
     assert ttl_after > ttl_before + 400
 
 
-def test_reads_keep_session_alive(redis_server: RedisServer, prefix: str) -> None:
-    """Reads alone keep a session alive past its first TTL (sliding idle timeout)."""
-    app = redis_app(redis_server.url, prefix, SESSION_TIMEOUT=2)
+def test_reads_keep_session_alive(redis_server: RedisServer, prefix: str, clock: FakeClock) -> None:
+    """Reads alone keep a session alive past its first TTL (sliding idle timeout); a
+    touch keeps its time in its own key, which the next save removes."""
+    app = clock.install(redis_app(redis_server.url, prefix, SESSION_TIMEOUT=60))
     client, sid = new_session(app)
     for _ in range(2):
-        time.sleep(1.2)
+        clock.advance(36)
         assert client.get("/get/a").text == "1"
     assert cookie_of(client) == sid
+    assert redis_server.keys(f"{prefix}*") == sorted(
+        [data_key(prefix, sid), touch_key(prefix, sid)]
+    )
+    assert client.get("/set/a/2").status_code == 200
+    assert redis_server.keys(f"{prefix}*") == [data_key(prefix, sid)]
 
 
-def test_expiry_checked_on_read(redis_server: RedisServer, prefix: str) -> None:
+def test_expiry_checked_on_read(redis_server: RedisServer, prefix: str, clock: FakeClock) -> None:
     """A record whose TTL was removed still expires: the age is checked on read."""
-    app = redis_app(redis_server.url, prefix, SESSION_TIMEOUT=1)
+    app = clock.install(redis_app(redis_server.url, prefix, SESSION_TIMEOUT=60))
     client, sid = new_session(app)
     key = data_key(prefix, sid)
     with redis_server.client() as c:
         assert c("PERSIST", key) == 1
-        time.sleep(1.3)
+        clock.advance(61)
         assert c("EXISTS", key) == 1
         assert client.get("/get/a").text == "None"
         assert c("EXISTS", key) == 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, TESTS_DIR
+from helpers import COOKIE, TESTS_DIR
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gunicorn tests need Linux")
 

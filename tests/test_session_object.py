@@ -8,10 +8,8 @@ import decimal
 import json
 import os
 import pickle
-import re
 import sys
 import threading
-import time
 import types
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,14 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COOKIE, MakeApp, cookie_of, record_files, record_path
 from flask import Flask
 from flask import session as flask_session
 from flask.sessions import SessionMixin
+from helpers import (
+    COOKIE,
+    SID_RE,
+    FakeClock,
+    MakeApp,
+    cookie_of,
+    record_files,
+    record_path,
+)
 from session_values import Cart
 
 Fn = Callable[[Any], Any]
-HEX32 = re.compile(r"[0-9a-f]{32}")
 TIME_KEYS = ("_creation_time", "_accessed_time")
 
 
@@ -245,7 +250,7 @@ def test_flask_flags(run: Runner) -> None:
 # -- time keys and Beaker attributes ---------------------------------------------------
 
 
-def test_time_keys_and_beaker_attributes(run: Runner) -> None:
+def test_time_keys_and_beaker_attributes(run: Runner, clock: FakeClock) -> None:
     """Creation time fixed; accessed time = this load; last_accessed = previous."""
 
     def probe(s: Any) -> dict[str, Any]:
@@ -259,18 +264,19 @@ def test_time_keys_and_beaker_attributes(run: Runner) -> None:
             "id": s.id,
         }
 
-    before = time.time()
+    clock.install(run.app)
+    before = clock()
     r1 = run(probe)
-    after = time.time()
+    after = clock()
     assert isinstance(r1["creation"], float) and isinstance(r1["accessed"], float)
     assert before <= r1["creation"] <= after
     assert before <= r1["accessed"] <= after
     assert r1["created"] == r1["creation"]
     assert r1["last"] is None
     assert r1["is_new"] is True
-    assert HEX32.fullmatch(r1["id"]) and r1["id"] == cookie_of(run.client)
+    assert SID_RE.fullmatch(r1["id"]) and r1["id"] == cookie_of(run.client)
 
-    time.sleep(0.02)
+    clock.advance(1)
     r2 = run(probe)
     assert r2["creation"] == r1["creation"] == r2["created"]
     assert r2["accessed"] >= r1["accessed"]
@@ -278,7 +284,7 @@ def test_time_keys_and_beaker_attributes(run: Runner) -> None:
     assert r2["is_new"] is False
     assert r2["id"] == r1["id"] == cookie_of(run.client)
 
-    time.sleep(0.02)
+    clock.advance(1)
     r3 = run(probe)
     assert r3["creation"] == r1["creation"]
     assert r3["accessed"] >= r2["accessed"]
@@ -353,7 +359,7 @@ def test_invalidate(run: Runner, data_dir: Path) -> None:
         return s.id, user(s), record_path(data_dir, old).exists()
 
     new, data, old_exists = run(fn)
-    assert new != old and HEX32.fullmatch(new)
+    assert new != old and SID_RE.fullmatch(new)
     assert data == {} and old_exists is False
     assert record_files(data_dir) == []
     assert run.replay(old)(user) == {}
@@ -380,7 +386,7 @@ def test_regenerate_id(run: Runner, data_dir: Path) -> None:
         return s.id, user(s)
 
     new, data = run(fn)
-    assert new != old and HEX32.fullmatch(new)
+    assert new != old and SID_RE.fullmatch(new)
     assert data == {"a": 1, "b": [1, 2]}
     headers = run.set_cookie_headers()
     assert len(headers) == 1 and headers[0].startswith(f"{COOKIE}={new};")

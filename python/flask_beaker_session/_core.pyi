@@ -1,34 +1,38 @@
-"""Type stub of the private native module built from ``src/`` (Rust, PyO3)."""
+"""Type stub of the private native module built from ``src/`` (Rust, PyO3).
 
+The boundary speaks types: a store is built from one :class:`StoreConfig`, an open returns
+an :class:`OpenStatus` member, a handle says what its payload is with a :class:`PayloadKind`
+member, and a walk returns a frozen :class:`Report`.
+"""
+
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 __all__ = [
-    "OPEN_CORRUPT",
-    "OPEN_EXPIRED",
-    "OPEN_FOUND",
-    "OPEN_INVALID",
-    "OPEN_MISSING",
-    "OPEN_NEWER",
     "RECORD_FORMAT_VERSION",
+    "BackendKind",
+    "FileBackend",
     "Handle",
+    "MemoryBackend",
+    "OpenStatus",
+    "PayloadKind",
+    "RedisBackend",
+    "Report",
     "Store",
+    "StoreConfig",
+    "WalkMode",
     "is_valid_id",
     "record_path",
     "reset_after_fork",
 ]
 
-OPEN_FOUND: int
-OPEN_MISSING: int
-OPEN_INVALID: int
-OPEN_EXPIRED: int
-OPEN_CORRUPT: int
-OPEN_NEWER: int
 RECORD_FORMAT_VERSION: int
 
 def reset_after_fork() -> None:
-    """Forget in-process lock state (called in a child after ``fork``)."""
+    """Forget in-process lock state, cached descriptors and pooled connections (called in a
+    child after ``fork``)."""
 
 def record_path(data_dir: str | PathLike[str], sid: str) -> Path:
     """Path of the record of ``sid`` under ``data_dir``; ValueError for a malformed id."""
@@ -37,82 +41,211 @@ def is_valid_id(value: str) -> bool:
     """Whether ``value`` is 32 lowercase hexadecimal characters."""
 
 @final
-class Store:
-    """A session store: files (``Store(...)``), memory or Redis. Holds no file descriptor
-    or connection until first used, so it can be built before a pre-fork server forks."""
+class BackendKind:
+    """Which backend a store is."""
+
+    File: ClassVar[BackendKind]
+    Memory: ClassVar[BackendKind]
+    Redis: ClassVar[BackendKind]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __int__(self) -> int: ...
+
+@final
+class OpenStatus:
+    """What ``Store.open`` found."""
+
+    #: A live session: the handle is returned, locked.
+    Found: ClassVar[OpenStatus]
+    #: No stored session has this id.
+    Missing: ClassVar[OpenStatus]
+    #: The value is not a well-formed id (never looked up).
+    Invalid: ClassVar[OpenStatus]
+    #: The session was past its idle timeout or absolute lifetime; it has been removed.
+    Expired: ClassVar[OpenStatus]
+    #: The record was torn, garbled or not authentic; it has been removed.
+    Corrupt: ClassVar[OpenStatus]
+    #: The record was written by a newer format version; left in place.
+    Newer: ClassVar[OpenStatus]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __int__(self) -> int: ...
+
+@final
+class PayloadKind:
+    """What an opened session's payload is."""
+
+    #: Our record: the pickled user dict.
+    Record: ClassVar[PayloadKind]
+    #: A legacy Beaker file whose pickle is the bare session dict.
+    Legacy: ClassVar[PayloadKind]
+    #: A legacy Beaker file whose pickle is Beaker's outer dict (take ``['session']``).
+    LegacyWrapped: ClassVar[PayloadKind]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __int__(self) -> int: ...
+
+@final
+class WalkMode:
+    """What a walk over the store does."""
+
+    Stats: ClassVar[WalkMode]
+    Sweep: ClassVar[WalkMode]
+    Clear: ClassVar[WalkMode]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __int__(self) -> int: ...
+
+@final
+class FileBackend:
+    """Files under ``data_dir`` (created 0700 on the first save)."""
+
+    def __new__(cls, *, data_dir: str | PathLike[str], read_legacy: bool = True) -> FileBackend: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def read_legacy(self) -> bool: ...
+
+@final
+class MemoryBackend:
+    """This process's memory (tests and development)."""
+
+    def __new__(cls) -> MemoryBackend: ...
+
+@final
+class RedisBackend:
+    """A Redis server. ``tls_*`` are PEM bytes for ``rediss://``: a CA to trust instead of
+    the public ones, and a client certificate chain with its key."""
 
     def __new__(
         cls,
-        data_dir: str | PathLike[str],
-        keys: list[bytes],
-        idle_timeout: float | None,
-        absolute_timeout: float | None,
-        lock_timeout: float,
-        read_legacy: bool,
-    ) -> Store: ...
-    @staticmethod
-    def memory(
-        idle_timeout: float | None, absolute_timeout: float | None, lock_timeout: float
-    ) -> Store:
-        """A store in this process's memory."""
-    @staticmethod
-    def redis(
+        *,
         url: str,
-        prefix: str,
-        keys: list[bytes],
-        idle_timeout: float | None,
-        absolute_timeout: float | None,
-        lock_timeout: float,
-        connect_timeout: float,
-        io_timeout: float,
-        lock_ttl: float,
+        prefix: str = "fbs:",
+        connect_timeout: float = 2.0,
+        io_timeout: float = 2.0,
+        lock_ttl: float = 60.0,
         tls_ca_certs: bytes | None = None,
         tls_client: tuple[bytes, bytes] | None = None,
-    ) -> Store:
-        """A Redis store (connects lazily). ``tls_*``: PEM bytes for ``rediss://`` (a CA to
-        trust instead of the public ones; a client certificate and its key)."""
+    ) -> RedisBackend: ...
     @property
-    def kind(self) -> str:
-        """``'file'``, ``'memory'`` or ``'redis'``."""
+    def url(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+
+@final
+class StoreConfig:
+    """Everything a store needs, fixed at ``init_app``. Timeouts are seconds; ``None``
+    disables the idle timeout / absolute lifetime. ``keys``: the tag keys, current first."""
+
+    def __new__(
+        cls,
+        *,
+        backend: FileBackend | MemoryBackend | RedisBackend,
+        keys: Sequence[bytes] = (),
+        idle_timeout: float | None = None,
+        absolute_timeout: float | None = None,
+        lock_timeout: float = 10.0,
+    ) -> StoreConfig: ...
+    @property
+    def backend(self) -> FileBackend | MemoryBackend | RedisBackend: ...
+    @property
+    def idle_timeout(self) -> float | None: ...
+    @property
+    def absolute_timeout(self) -> float | None: ...
+    @property
+    def lock_timeout(self) -> float: ...
+    @property
+    def touch_interval(self) -> float | None:
+        """How often read-only requests refresh the last access (None: never needed)."""
+
+@final
+class Report:
+    """Counts from one walk over a store."""
+
+    @property
+    def records(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def live(self) -> int: ...
+    @property
+    def expired(self) -> int: ...
+    @property
+    def corrupt(self) -> int: ...
+    @property
+    def temp(self) -> int: ...
+    @property
+    def legacy(self) -> int: ...
+    @property
+    def legacy_expired(self) -> int: ...
+    @property
+    def legacy_locks(self) -> int: ...
+    @property
+    def removed(self) -> int: ...
+    @property
+    def bytes_freed(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def sizes(self) -> list[int]: ...
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as a dict (for ``--json`` output)."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+
+@final
+class Store:
+    """A session store. Holds no file descriptor or connection until first used, so it can
+    be built before a pre-fork server forks."""
+
+    def __new__(cls, config: StoreConfig) -> Store: ...
+    @property
+    def kind(self) -> BackendKind: ...
+    @property
+    def config(self) -> StoreConfig: ...
     @property
     def data_dir(self) -> Path | None:
-        """The data directory of a file store."""
-    @property
-    def legacy_present(self) -> bool: ...
-    def ping(self) -> None:
-        """Check the store answers (Redis PING); raises StoreUnavailableError."""
-    def walk(self, now: float, mode: str, threads: int = 0) -> dict[str, Any]:
-        """One pass: ``mode`` is ``'stats'``, ``'sweep'`` or ``'clear'``; returns counts."""
-    def sweep_if_due(self, now: float, interval: float, threads: int = 0) -> dict[str, Any] | None:
-        """Sweep unless another process did within ``interval`` seconds."""
-    def legacy_ids(self) -> list[str]:
-        """Ids of the legacy Beaker session files present."""
+        """The data directory of a file store (None for the others)."""
     def new_id(self) -> str:
         """A fresh id from the OS CSPRNG."""
-    def open(self, sid: str, now: float) -> tuple[Handle | None, int]:
-        """Lock, read and verify session ``sid``; ``(None, status)`` if unusable."""
+    def expired(self, now: float, created: float | None, last_access: float | None) -> bool:
+        """The store's expiry rule (idle timeout, absolute lifetime) for times known only
+        to Python (legacy sessions keep theirs inside the pickle)."""
+    def open(self, sid: str, now: float) -> tuple[OpenStatus, Handle | None]:
+        """Lock, read and verify session ``sid``; the handle is set iff ``Found``."""
     def create(self, sid: str, payload: bytes, created: float, now: float) -> None:
-        """Store a new session under a fresh id."""
+        """Store a new session under a fresh id (never overwrites)."""
+    def walk(self, now: float, mode: WalkMode, threads: int = 0) -> Report:
+        """One pass over the store (``threads=0``: one per core)."""
+    def sweep_if_due(self, now: float, interval: float, threads: int = 0) -> Report | None:
+        """Sweep unless another process sharing the store did within ``interval`` seconds."""
+    def legacy_ids(self) -> list[str]:
+        """Ids of the legacy Beaker session files present (file stores)."""
 
 @final
 class Handle:
-    """A locked, open session."""
+    """A locked, open session. Each of ``save``, ``touch``, ``delete`` and ``release``
+    ends it (gives up the lock); a second one raises RuntimeError, except ``release``."""
 
     @property
     def id(self) -> str: ...
     @property
-    def legacy(self) -> int: ...
+    def kind(self) -> PayloadKind: ...
     @property
     def created(self) -> float | None: ...
     @property
     def last_access(self) -> float | None: ...
     @property
-    def released(self) -> bool: ...
-    @property
-    def payload(self) -> bytes: ...
-    def save(
-        self, payload: bytes, now: float, created: float | None = None, release: bool = False
-    ) -> None: ...
-    def touch(self, now: float, interval: float, release: bool = False) -> bool: ...
-    def delete(self) -> None: ...
-    def release(self) -> None: ...
+    def payload(self) -> bytes:
+        """The stored payload (pickle bytes) as loaded."""
+    def save(self, payload: bytes, now: float, created: float | None = None) -> None:
+        """Store a new version and release. ``created`` fills in a creation time the core
+        could not read (legacy sessions)."""
+    def touch(self, now: float) -> bool:
+        """Refresh the last access if the store's touch interval has passed, and release;
+        True if it wrote."""
+    def delete(self) -> None:
+        """Remove the stored session and release."""
+    def release(self) -> None:
+        """Release without changing anything. Idempotent."""

@@ -1,21 +1,28 @@
-"""The ``flask_beaker_session`` logger and its "once" helper.
+"""The package's one logger, its "once" helper, and how ids appear in log lines.
 
 Problems that recur on every request (a corrupt record, a lock timeout, a session migrated
 from the original package) are worth one warning, not a flood: :class:`Once` logs the first
 occurrence of each kind at its level and the later ones at DEBUG, so nothing is lost for
-whoever turns DEBUG on. Each application's session interface has its own :class:`Once`
-(in a worker process that serves one app: once per process). :data:`PROCESS` reports the
-insecure settings found by ``init_app`` (no ``SECRET_KEY``, a data dir writable by others)
-once per process however many apps are created, and serves code with no app at hand.
+whoever turns DEBUG on. Each application has its own :class:`Once` (in a worker process
+that serves one app: once per process). :data:`PROCESS` reports the insecure settings found
+by ``init_app`` (no ``SECRET_KEY``, a data dir writable by others) once per process however
+many apps are created, and serves code with no app at hand (the CLI).
+
+Session ids are bearer secrets (OWASP): log lines carry :func:`log_id`, a short digest that
+lets an operator correlate lines without being able to replay the session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from typing import Any
 
-#: The package's logger: configure it like any other (``logging.getLogger(...)``).
+__all__ = ["CORRUPT", "LEGACY", "LOCK_TIMEOUT", "NEWER", "PROCESS", "Once", "log_id", "logger"]
+
+#: The package's logger: configure it like any other (``logging.getLogger(...)``). Every
+#: module of the package logs through this object.
 logger = logging.getLogger("flask_beaker_session")
 
 #: Message kinds logged once (then at DEBUG).
@@ -23,6 +30,11 @@ CORRUPT = "corrupt"
 NEWER = "newer"
 LOCK_TIMEOUT = "lock-timeout"
 LEGACY = "legacy"
+
+
+def log_id(sid: str) -> str:
+    """A short digest of a session id, for log lines (the id itself is a secret)."""
+    return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
 class Once:
@@ -44,5 +56,5 @@ class Once:
         return first
 
 
-#: For code paths without an application (tools calling the helpers directly).
+#: For code paths without an application (start-up checks, the CLI).
 PROCESS = Once()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import pickle
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,41 +18,34 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import _core
-from .config import SessionConfig
+from ._log import log_id, logger
+from .codec import encode
 from .errors import LockTimeoutError, StoreUnavailableError
-from .session_interface import (
-    BeakerSessionInterface,
-    _Backend,
-    _hashed,
-    _pickle_user_data,
-    decode_record,
-)
-
-logger = logging.getLogger("flask_beaker_session")
+from .session_interface import BeakerSessionInterface
+from .store import build_store
+from .stored import decode_or_remove
 
 group = AppGroup("beaker-session", help="Maintain the server-side session store.")
 
 _SIZE_LABELS = ["≤1K", "≤4K", "≤16K", "≤64K", "≤256K", "≤1M", ">1M"]
 
 
-def _config() -> SessionConfig:
+def _interface() -> BeakerSessionInterface:
     interface = current_app.session_interface
     if not isinstance(interface, BeakerSessionInterface):
         raise click.ClickException(
             "this app does not use flask-beaker-session (call init_app first)"
         )
-    return interface.config
+    return interface
 
 
 def _store() -> _core.Store:
-    cfg = _config()
-    if cfg.type == "memory":
+    interface = _interface()
+    if interface.config.type == "memory":
         # Memory sessions live in the app's own store (this process only).
-        interface = current_app.session_interface
-        assert isinstance(interface, BeakerSessionInterface)
         return interface.store
     # A fresh store sees the data dir as it is now (e.g. a legacy tree copied in later).
-    return _Backend(cfg).store
+    return build_store(interface.config)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -74,7 +65,7 @@ def _store_errors(fn: _F) -> _F:
 
 
 def _where(store: _core.Store) -> str:
-    return str(store.data_dir) if store.data_dir else f"the {store.kind} store"
+    return str(store.data_dir) if store.data_dir else f"the {_interface().config.type} store"
 
 
 def _human(n: float) -> str:
@@ -90,15 +81,15 @@ def _human(n: float) -> str:
 def sweep_command() -> None:
     """Remove expired sessions, orphaned temporary files and stale legacy files."""
     store = _store()
-    report: dict[str, Any] = store.walk(time.time(), "sweep")
+    report = store.walk(_interface().clock(), _core.WalkMode.Sweep)
     click.echo(
-        f"removed {report['removed']} files ({_human(report['bytes_freed'])}): "
-        f"{report['expired']} expired, {report['corrupt']} corrupt, "
-        f"{report['temp']} temporary, {report['legacy_expired']} legacy; "
-        f"kept {report['live']} live sessions"
+        f"removed {report.removed} files ({_human(report.bytes_freed)}): "
+        f"{report.expired} expired, {report.corrupt} corrupt, "
+        f"{report.temp} temporary, {report.legacy_expired} legacy; "
+        f"kept {report.live} live sessions"
     )
-    if report["errors"]:
-        click.echo(f"{report['errors']} files could not be read or removed", err=True)
+    if report.errors:
+        click.echo(f"{report.errors} files could not be read or removed", err=True)
 
 
 @group.command("stats")
@@ -107,18 +98,18 @@ def sweep_command() -> None:
 def stats_command(as_json: bool) -> None:
     """Count sessions, bytes, expired and legacy files, and sizes."""
     store = _store()
-    report: dict[str, Any] = store.walk(time.time(), "stats")
+    report = store.walk(_interface().clock(), _core.WalkMode.Stats)
     if as_json:
-        click.echo(json.dumps(report, sort_keys=True))
+        click.echo(json.dumps(report.to_dict(), sort_keys=True))
         return
     click.echo(f"store:           {_where(store)}")
-    click.echo(f"sessions:        {report['records']} ({_human(report['bytes'])})")
-    click.echo(f"  live:          {report['live']}")
-    click.echo(f"  expired:       {report['expired']}")
-    click.echo(f"  corrupt:       {report['corrupt']}")
-    click.echo(f"temporary files: {report['temp']}")
-    click.echo(f"legacy (Beaker): {report['legacy']} ({report['legacy_expired']} expired)")
-    sizes = ", ".join(f"{label}: {count}" for label, count in zip(_SIZE_LABELS, report["sizes"]))
+    click.echo(f"sessions:        {report.records} ({_human(report.bytes)})")
+    click.echo(f"  live:          {report.live}")
+    click.echo(f"  expired:       {report.expired}")
+    click.echo(f"  corrupt:       {report.corrupt}")
+    click.echo(f"temporary files: {report.temp}")
+    click.echo(f"legacy (Beaker): {report.legacy} ({report.legacy_expired} expired)")
+    sizes = ", ".join(f"{label}: {count}" for label, count in zip(_SIZE_LABELS, report.sizes))
     click.echo(f"record sizes:    {sizes}")
 
 
@@ -130,44 +121,45 @@ def clear_command(yes: bool) -> None:
     store = _store()
     if not yes:
         click.confirm(f"Remove every session stored in {_where(store)}?", abort=True)
-    report: dict[str, Any] = store.walk(time.time(), "clear")
-    click.echo(f"removed {report['removed']} files ({_human(report['bytes_freed'])})")
+    report = store.walk(_interface().clock(), _core.WalkMode.Clear)
+    click.echo(f"removed {report.removed} files ({_human(report.bytes_freed)})")
 
 
 @group.command("migrate")
 @_store_errors
 def migrate_command() -> None:
     """Convert the original package's Beaker session files to this package's format."""
-    cfg = _config()
+    clock = _interface().clock
     store = _store()
     ids = store.legacy_ids()
     migrated = expired = failed = skipped = 0
     with click.progressbar(ids, label="migrating", show_pos=True) as bar:
         for sid in bar:
-            now = time.time()
+            now = clock()
             try:
-                handle, status = store.open(sid, now)
+                status, handle = store.open(sid, now)
             except LockTimeoutError:
                 skipped += 1  # in use by a request: it migrates itself when saved
                 continue
             if handle is None:
-                expired += status == _core.OPEN_EXPIRED
-                failed += status == _core.OPEN_CORRUPT
+                expired += status == _core.OpenStatus.Expired
+                failed += status == _core.OpenStatus.Corrupt
                 continue
             try:
-                if handle.legacy and not _loadable(handle):
+                legacy = handle.kind != _core.PayloadKind.Record
+                if legacy and not _loadable(handle):
                     # Its classes are not importable here (but may be in the app, which
                     # migrates it on first use): removing it would log its user out.
                     skipped += 1
                     continue
-                decoded = decode_record(handle, cfg, now)
+                decoded = decode_or_remove(handle, store, now)
                 if decoded is None:
                     expired += 1
                     continue
                 data, created, _last = decoded
-                if handle.legacy:
+                if legacy:
                     if data:
-                        handle.save(_pickle_user_data(data), now, created)
+                        handle.save(encode(data), now, created)
                         migrated += 1
                     else:
                         handle.delete()
@@ -192,7 +184,7 @@ def _loadable(handle: _core.Handle) -> bool:
         logger.warning(
             "legacy session %s cannot be unpickled by this command (%s: %s); "
             "left for the application to migrate on first use",
-            _hashed(handle.id),
+            log_id(handle.id),
             type(exc).__name__,
             exc,
         )

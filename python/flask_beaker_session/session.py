@@ -23,20 +23,15 @@ from typing import Any
 
 from flask import Flask, request
 
+from . import _fork
 from . import config as _config
-from ._log import PROCESS
+from ._log import PROCESS, logger
 from .cli import group as cli_group
 from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
-from .session_interface import (
-    BeakerSessionInterface,
-    _lock_timeout_response,
-    _unavailable_response,
-    release_request_sessions,
-)
+from .responses import lock_timeout_response, unavailable_response
+from .session_interface import BeakerSessionInterface, release_request_sessions
 
 __all__ = ["Session", "init_app"]
-
-logger = logging.getLogger("flask_beaker_session")
 
 #: Key under ``app.extensions``.
 EXTENSION_KEY = "flask_beaker_session"
@@ -89,8 +84,10 @@ def _declared_workers() -> int:
 
 
 _memory_forked_warned = False
+_memory_apps: weakref.WeakSet[Flask] = weakref.WeakSet()
 
 
+@_fork.on_fork_in_child
 def _warn_memory_after_fork() -> None:
     global _memory_forked_warned
     if _memory_apps and not _memory_forked_warned:
@@ -100,11 +97,6 @@ def _warn_memory_after_fork() -> None:
             "own sessions, so users lose them when their requests reach another worker; "
             "use 'file' or 'redis'"
         )
-
-
-_memory_apps: weakref.WeakSet[Flask] = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_warn_memory_after_fork)
 
 
 class Session:
@@ -144,8 +136,8 @@ class Session:
         app.session_interface = BeakerSessionInterface(cfg)
         if EXTENSION_KEY not in app.extensions:
             app.teardown_request(_teardown)
-            app.register_error_handler(LockTimeoutError, _lock_timeout_response)
-            app.register_error_handler(StoreUnavailableError, _unavailable_response)
+            app.register_error_handler(LockTimeoutError, lock_timeout_response)
+            app.register_error_handler(StoreUnavailableError, unavailable_response)
             app.cli.add_command(cli_group)
         app.extensions[EXTENSION_KEY] = self
 

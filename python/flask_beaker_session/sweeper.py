@@ -7,84 +7,86 @@ at most once per interval however many workers share it. The sweep itself runs i
 the GIL released; no request ever waits for it.
 
 Fork safety: no thread exists before a pre-fork server forks. The thread starts right
-after a fork in the child (``os.register_at_fork``), or, in a server that does not fork, at
-the first request — detected by comparing a fork generation counter, not by ``getpid()``, so
-the per-request check costs no system call.
+after a fork in the child (subscribed through :mod:`flask_beaker_session._fork`), or, in a
+server that does not fork, at the first request — detected by comparing the fork
+generation, not by ``getpid()``, so the per-request check costs no system call.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
-import time
 import weakref
-from typing import Any
 
-from . import _core
+from . import _core, _fork
+from ._log import logger
+from .store import Clock
 
-logger = logging.getLogger("flask_beaker_session")
+__all__ = ["AutoSweeper"]
 
-_fork_generation = 0
 _sweepers: weakref.WeakSet[AutoSweeper] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
+@_fork.on_fork_in_child
+def _restart_in_child() -> None:
     for sweeper in list(_sweepers):
-        # A thread of the parent may have held the lock at the fork: it never returns here.
-        sweeper._lock = threading.Lock()
-        sweeper.ensure_started()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+        sweeper.restart_after_fork()
 
 
 class AutoSweeper:
     """Sweeps one store in the background of every process that uses it."""
 
-    def __init__(self, store: _core.Store, interval: float) -> None:
+    def __init__(self, store: _core.Store, interval: float, clock: Clock) -> None:
+        #: The store swept.
         self.store = store
+        #: Seconds between sweeps.
         self.interval = interval
+        #: Where "now" comes from (the app's clock, read at each sweep).
+        self.clock = clock
+        #: The counts of the last sweep this process ran, or None.
+        self.last_report: _core.Report | None = None
         self._generation = -1
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.last_report: dict[str, Any] | None = None
         _sweepers.add(self)
 
     def ensure_started(self) -> None:
         """Starts this process's thread if it has none (cheap when it has)."""
-        if self._generation == _fork_generation:
+        generation = _fork.generation()
+        if self._generation == generation:
             return
         with self._lock:
-            if self._generation == _fork_generation:
+            if self._generation == generation:
                 return
-            self._generation = _fork_generation
+            self._generation = generation
             self._stop = threading.Event()
             thread = threading.Thread(
                 target=self._run, name="flask-beaker-session-sweeper", daemon=True
             )
             thread.start()
 
+    def restart_after_fork(self) -> None:
+        """Starts the thread in a forked child (the parent's does not exist there)."""
+        # A thread of the parent may have held the lock at the fork: it never returns here.
+        self._lock = threading.Lock()
+        self.ensure_started()
+
     def stop(self) -> None:
         """Stops this process's thread (for tests and clean shutdowns)."""
         self._stop.set()
 
-    def sweep_once(self) -> dict[str, Any] | None:
+    def sweep_once(self) -> _core.Report | None:
         """Sweeps now if no process did in the last interval; returns the counts."""
         # One thread: a background sweep must not compete with requests for every core.
-        report = self.store.sweep_if_due(time.time(), self.interval, 1)
+        report = self.store.sweep_if_due(self.clock(), self.interval, 1)
         if report is not None:
             self.last_report = report
             logger.info(
                 "swept %s: removed %d expired, %d corrupt, %d temporary; %d live",
                 self.store.data_dir,
-                report["expired"],
-                report["corrupt"],
-                report["temp"],
-                report["live"],
+                report.expired,
+                report.corrupt,
+                report.temp,
+                report.live,
             )
         return report
 

@@ -1,8 +1,13 @@
 //! The PyO3 layer: the only code that knows about Python. It converts arguments to plain
 //! Rust values, releases the GIL (`Python::detach`) around every call into the core, and
-//! maps `StoreError` to Python exceptions in exactly one place (`errors.rs`).
+//! maps `StoreError` to Python exceptions in exactly one place (`errors.rs`). One file per
+//! exposed concept: the store, the handle, the settings, the enums, the walk report.
 
+mod config;
+mod enums;
 mod errors;
+mod handle;
+mod report;
 mod store;
 
 use pyo3::prelude::*;
@@ -11,15 +16,23 @@ use pyo3::prelude::*;
 #[pymodule]
 pub mod _core {
     #[pymodule_export]
-    use super::store::{PyHandle, PyStore};
+    use super::config::{PyFileBackend, PyMemoryBackend, PyRedisBackend, PyStoreConfig};
+    #[pymodule_export]
+    use super::enums::{PyBackendKind, PyOpenStatus, PyPayloadKind, PyWalkMode};
+    #[pymodule_export]
+    use super::handle::PyHandle;
+    #[pymodule_export]
+    use super::report::PyReport;
+    #[pymodule_export]
+    use super::store::PyStore;
 
     use pyo3::prelude::*;
 
-    /// Forgets in-process lock state; registered with `os.register_at_fork` for the child.
+    /// Forgets in-process lock state, cached descriptors and pooled connections; registered
+    /// with `os.register_at_fork` for the child.
     #[pyfunction]
     fn reset_after_fork() {
-        crate::lock::reset_after_fork();
-        crate::redis_store::reset_after_fork();
+        crate::store::reset_after_fork();
     }
 
     /// Path of the record of `sid` under `data_dir` (the layout's single source of truth,
@@ -38,12 +51,6 @@ pub mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("OPEN_FOUND", super::store::OPEN_FOUND)?;
-        m.add("OPEN_MISSING", super::store::OPEN_MISSING)?;
-        m.add("OPEN_INVALID", super::store::OPEN_INVALID)?;
-        m.add("OPEN_EXPIRED", super::store::OPEN_EXPIRED)?;
-        m.add("OPEN_CORRUPT", super::store::OPEN_CORRUPT)?;
-        m.add("OPEN_NEWER", super::store::OPEN_NEWER)?;
         m.add("RECORD_FORMAT_VERSION", crate::record::VERSION)?;
         Ok(())
     }

@@ -52,6 +52,16 @@ def create_app_with_extension_object() -> Flask:
     return app
 
 
+def freeze_session_time(app: Flask, now: float) -> float:
+    """Tests move the sessions' time through the interface's injected clock (a
+    zero-argument callable returning epoch seconds), not by patching ``time``."""
+    interface = app.session_interface
+    assert isinstance(interface, BeakerSessionInterface)
+    interface.clock = lambda: now
+    current: float = interface.clock()
+    return current
+
+
 app = create_app()
 
 

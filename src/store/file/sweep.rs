@@ -1,11 +1,12 @@
-//! The sweeper: one parallel pass over a data directory that removes expired records,
+//! The file store's sweeper: one parallel pass over a data directory that removes expired records,
 //! leftovers (orphaned temporary files, corrupt records, legacy Beaker files and lock files
 //! past the idle timeout) and reports what it saw. The same walk serves `stats` (count only)
 //! and `clear` (remove everything).
 //!
 //! Cost is one `readdir` per shard and one `stat` per file; a record is opened only when its
 //! mtime says it may have expired (or an absolute lifetime needs its creation time), so a
-//! sweep costs about what `find DIR -mmin +N -delete` does. Shards are handed to worker
+//! sweep costs about what `find DIR -mmin +N -delete` does. Expiry is decided by the same
+//! rule as `FileStore::open` (`Expiry`, `record_io::last_access`). Shards are handed to worker
 //! threads (scoped, so nothing outlives the call and nothing is left behind across a fork).
 //!
 //! Safety: a record is removed only while holding its `flock` (taken without waiting: a
@@ -25,100 +26,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fs4::fs_std::FileExt as LockExt;
 
+use super::record_io::{self, create_file, mtime, open_rw, to_system_time};
 use crate::error::{StoreError, StoreResult};
+use crate::expiry::Expiry;
 use crate::lock::{try_flock, LockedFile};
 use crate::record::{self, HeaderError, HEADER_LEN};
+use crate::report::{Report, WalkMode as Mode};
 use crate::shard;
-use crate::store::{create_file, expired, open_rw, to_system_time, StoreConfig};
 
 /// Files younger than this (seconds) are never treated as orphaned or torn.
 pub const GRACE: f64 = 60.0;
 
-/// What a walk does with what it finds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Count only.
-    Stats,
-    /// Remove expired records and leftovers.
-    Sweep,
-    /// Remove every session (records, temporary and legacy files).
-    Clear,
-}
-
-/// Upper bounds (bytes) of the size histogram buckets; the last bucket is "larger".
-pub const SIZE_BUCKETS: [u64; 6] = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
-
-/// Counts from one walk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    /// Record files seen.
-    pub records: u64,
-    /// Total bytes of record files seen.
-    pub bytes: u64,
-    /// Records that are live (kept).
-    pub live: u64,
-    /// Records found expired (removed unless `Stats`).
-    pub expired: u64,
-    /// Records that could not be parsed (removed unless `Stats`).
-    pub corrupt: u64,
-    /// Orphaned temporary files (removed unless `Stats`).
-    pub temp: u64,
-    /// Legacy Beaker session files seen.
-    pub legacy: u64,
-    /// Legacy files past the idle timeout (removed unless `Stats`).
-    pub legacy_expired: u64,
-    /// Beaker lock files (removed by `Sweep` when old, by `Clear` always).
-    pub legacy_locks: u64,
-    /// Files removed.
-    pub removed: u64,
-    /// Bytes freed by removals.
-    pub bytes_freed: u64,
-    /// Files that could not be read or removed (permissions, races).
-    pub errors: u64,
-    /// Record sizes: counts per `SIZE_BUCKETS` bucket, plus one for larger.
-    pub sizes: [u64; 7],
-}
-
-impl Report {
-    fn merge(&mut self, o: &Report) {
-        self.records += o.records;
-        self.bytes += o.bytes;
-        self.live += o.live;
-        self.expired += o.expired;
-        self.corrupt += o.corrupt;
-        self.temp += o.temp;
-        self.legacy += o.legacy;
-        self.legacy_expired += o.legacy_expired;
-        self.legacy_locks += o.legacy_locks;
-        self.removed += o.removed;
-        self.bytes_freed += o.bytes_freed;
-        self.errors += o.errors;
-        for (a, b) in self.sizes.iter_mut().zip(o.sizes) {
-            *a += b;
+fn remove(report: &mut Report, path: &Path, len: u64) {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            report.removed += 1;
+            report.bytes_freed += len;
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => report.errors += 1,
     }
-
-    fn remove(&mut self, path: &Path, len: u64) {
-        match fs::remove_file(path) {
-            Ok(()) => {
-                self.removed += 1;
-                self.bytes_freed += len;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => self.errors += 1,
-        }
-    }
-}
-
-fn mtime(meta: &Metadata) -> f64 {
-    meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
-}
-
-fn bucket(len: u64) -> usize {
-    SIZE_BUCKETS
-        .iter()
-        .position(|&b| len <= b)
-        .unwrap_or(SIZE_BUCKETS.len())
 }
 
 /// What the headers of a record say, read without verifying its tag (the sweeper has no id
@@ -157,7 +84,7 @@ fn read_times(file: &File, len: u64) -> Times {
 }
 
 struct Walker<'a> {
-    cfg: &'a StoreConfig,
+    expiry: &'a Expiry,
     now: f64,
     mode: Mode,
 }
@@ -174,25 +101,32 @@ impl Walker<'_> {
             if self.mode == Mode::Clear || age > GRACE {
                 report.temp += 1;
                 if self.mode != Mode::Stats {
-                    report.remove(path, len);
+                    remove(report, path, len);
                 }
             }
             return;
         }
         report.records += 1;
         report.bytes += len;
-        report.sizes[bucket(len)] += 1;
+        report.add_size(len);
         if self.mode == Mode::Clear {
-            report.remove(path, len);
+            remove(report, path, len);
             return;
         }
-        // Fast path: the mtime is at most the last access, so a recent mtime proves the
-        // record is within its idle timeout, and without an absolute lifetime that is all.
-        let idle_fresh = self.cfg.idle_timeout.is_none_or(|t| age <= t);
-        if idle_fresh && self.cfg.absolute_timeout.is_none() {
+        // Fast path: the mtime is at most the last access (`record_io::last_access`), so a
+        // recent mtime proves the record is within its idle timeout, and without an absolute
+        // lifetime that is all.
+        let idle_fresh = !self.expiry.is_expired(self.now, None, Some(mtime(meta)));
+        if idle_fresh && self.expiry.absolute.is_none() {
             report.live += 1;
             return;
         }
+        self.examine(path, report);
+    }
+
+    /// The slow path of `record`: locks the record (without waiting: a locked record is in
+    /// use, hence live), then decides from its header and mtime as `FileStore::open` would.
+    fn examine(&self, path: &Path, report: &mut Report) {
         let Ok(locked) = open_rw(path).map(LockedFile::new) else {
             report.errors += 1;
             return;
@@ -219,11 +153,14 @@ impl Walker<'_> {
         let age = self.now - mtime(&meta);
         match read_times(file, len) {
             Times::Known { created, saved_at } => {
-                let last_access = saved_at.max(mtime(&meta));
-                if expired(self.cfg, self.now, Some(created), Some(last_access)) {
+                let last_access = record_io::last_access(saved_at, &meta);
+                if self
+                    .expiry
+                    .is_expired(self.now, Some(created), Some(last_access))
+                {
                     report.expired += 1;
                     if self.mode == Mode::Sweep {
-                        report.remove(path, len);
+                        remove(report, path, len);
                     }
                 } else {
                     report.live += 1;
@@ -233,7 +170,7 @@ impl Walker<'_> {
             Times::Garbage if age > GRACE => {
                 report.corrupt += 1;
                 if self.mode == Mode::Sweep {
-                    report.remove(path, len);
+                    remove(report, path, len);
                 }
             }
             Times::Garbage => report.live += 1,
@@ -281,18 +218,19 @@ impl Walker<'_> {
                 let name = path.as_os_str().to_string_lossy();
                 if name.ends_with(".lock") {
                     report.legacy_locks += 1;
-                    let old = self.cfg.idle_timeout.map_or(age > GRACE, |t| age > t);
+                    let old = self.expiry.idle.map_or(age > GRACE, |t| age > t);
                     if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
-                        report.remove(&path, len);
+                        remove(report, &path, len);
                     }
                 } else if name.ends_with(".cache") {
                     report.legacy += 1;
-                    let old = self.cfg.idle_timeout.is_some_and(|t| age > t);
+                    // Beaker rewrote the file on every access: its mtime is the last one.
+                    let old = self.expiry.is_expired(self.now, None, Some(mtime(&meta)));
                     if old {
                         report.legacy_expired += 1;
                     }
                     if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
-                        report.remove(&path, len);
+                        remove(report, &path, len);
                     }
                 }
             }
@@ -319,8 +257,8 @@ impl Drop for Claim {
 /// the last sweep (the stamp's mtime) is at least `interval` seconds old. The stamp's mtime
 /// is set to `now` on success, so other processes skip until the next interval. Creates the
 /// data dir (0700) and the stamp (0600) if needed.
-pub fn claim(cfg: &StoreConfig, now: f64, interval: f64) -> StoreResult<Option<Claim>> {
-    let path = cfg.data_dir.join(STAMP);
+pub fn claim(data_dir: &Path, now: f64, interval: f64) -> StoreResult<Option<Claim>> {
+    let path = data_dir.join(STAMP);
     let file = match open_rw(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_file(&path) {
@@ -347,10 +285,10 @@ pub fn claim(cfg: &StoreConfig, now: f64, interval: f64) -> StoreResult<Option<C
     Ok(Some(Claim { file }))
 }
 
-/// Walks the store under `cfg.data_dir` with `threads` workers (at least one).
-pub fn walk(cfg: &StoreConfig, now: f64, mode: Mode, threads: usize) -> Report {
-    let walker = Walker { cfg, now, mode };
-    let records = cfg.data_dir.join(shard::RECORDS_DIR);
+/// Walks the store under `data_dir` with `threads` workers (at least one).
+pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usize) -> Report {
+    let walker = Walker { expiry, now, mode };
+    let records = data_dir.join(shard::RECORDS_DIR);
     let shards: Vec<PathBuf> = match fs::read_dir(&records) {
         Ok(entries) => entries
             .flatten()
@@ -383,6 +321,6 @@ pub fn walk(cfg: &StoreConfig, now: f64, mode: Mode, threads: usize) -> Report {
             }
         }
     });
-    walker.legacy(&cfg.data_dir, &mut total);
+    walker.legacy(data_dir, &mut total);
     total
 }

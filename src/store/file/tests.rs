@@ -1,5 +1,13 @@
-//! Unit tests of the file store (see store.rs).
+//! Unit tests of the file store (see file.rs).
 use super::*;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::StoreResult;
+use crate::expiry::Expiry;
+use crate::record::{Keys, HEADER_LEN};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -30,38 +38,43 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn config(dir: &Path) -> StoreConfig {
+fn config() -> StoreConfig {
     StoreConfig {
-        data_dir: dir.to_path_buf(),
         keys: Keys::new(&[]),
-        idle_timeout: None,
-        absolute_timeout: None,
+        expiry: Expiry::default(),
         lock_timeout: LONG,
+    }
+}
+
+fn files(dir: &Path) -> FileConfig {
+    FileConfig {
+        data_dir: dir.to_path_buf(),
         read_legacy: true,
     }
 }
 
 fn store(dir: &Path) -> FileStore {
-    FileStore::new(config(dir))
+    FileStore::new(config(), files(dir))
 }
 
 fn keyed(dir: &Path, secrets: &[&[u8]]) -> FileStore {
     let secrets: Vec<Vec<u8>> = secrets.iter().map(|s| s.to_vec()).collect();
-    FileStore::new(StoreConfig {
+    let cfg = StoreConfig {
         keys: Keys::new(&secrets),
-        ..config(dir)
-    })
+        ..config()
+    };
+    FileStore::new(cfg, files(dir))
 }
 
 fn timed(dir: &Path, idle: Option<f64>, absolute: Option<f64>) -> FileStore {
-    FileStore::new(StoreConfig {
-        idle_timeout: idle,
-        absolute_timeout: absolute,
-        ..config(dir)
-    })
+    let cfg = StoreConfig {
+        expiry: Expiry { idle, absolute },
+        ..config()
+    };
+    FileStore::new(cfg, files(dir))
 }
 
-fn outcome(o: &Opened) -> &'static str {
+fn outcome(o: &Opened<FileHandle>) -> &'static str {
     match o {
         Opened::Found(_) => "Found",
         Opened::Missing => "Missing",
@@ -72,19 +85,24 @@ fn outcome(o: &Opened) -> &'static str {
 }
 
 /// The outcome of an open that must not fail with an error.
-fn outcome_of(r: StoreResult<Opened>) -> &'static str {
+fn outcome_of(r: StoreResult<Opened<FileHandle>>) -> &'static str {
     match r {
         Ok(o) => outcome(&o),
         Err(e) => panic!("unexpected error: {e}"),
     }
 }
 
-fn found(r: StoreResult<Opened>) -> Handle {
+fn found(r: StoreResult<Opened<FileHandle>>) -> FileHandle {
     match r {
         Ok(Opened::Found(h)) => h,
         Ok(other) => panic!("expected Found, got {}", outcome(&other)),
         Err(e) => panic!("expected Found, got error: {e}"),
     }
+}
+
+/// Removes the session and releases its lock (`SessionHandle::delete`).
+fn delete(h: FileHandle) -> StoreResult<()> {
+    SessionHandle::delete(Box::new(h))
 }
 
 fn new_id() -> SessionId {
@@ -164,7 +182,7 @@ fn garbage(mut seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn record_slot_size(h: &Handle) -> usize {
+fn record_slot_size(h: &FileHandle) -> usize {
     match h.origin() {
         Origin::Record { slot_size, .. } => slot_size,
         other => panic!("not a record: {other:?}"),
@@ -175,8 +193,8 @@ fn record_slot_size(h: &Handle) -> usize {
 fn two_versions(data: &Path, id: &SessionId, v1: &[u8], v2: &[u8], t: f64) -> PathBuf {
     let s = store(data);
     s.create(id, v1, t, t).unwrap();
-    let mut h = found(s.open(id, t));
-    h.save(&s, v2, t + 1.0).unwrap();
+    let mut h = found(s.open_file(id, t));
+    h.write(v2, t + 1.0).unwrap();
     assert!(matches!(
         h.origin(),
         Origin::Record {
@@ -257,7 +275,7 @@ fn create_then_open_round_trips_payload_and_times() {
     let t = now() + 1000.0;
     let payload = b"\x80\x04\x95payload bytes\x00\xff".to_vec();
     s.create(&id, &payload, t - 5.0, t).unwrap();
-    let h = found(s.open(&id, t + 1.0));
+    let h = found(s.open_file(&id, t + 1.0));
     assert_eq!(h.payload, payload);
     assert_eq!(h.created, Some(t - 5.0));
     assert_eq!(h.last_access, Some(t));
@@ -278,7 +296,7 @@ fn create_then_open_round_trips_payload_and_times() {
     // Opening does not change the record.
     drop(h);
     let before = fs::read(s.record_path(&id)).unwrap();
-    let h = found(s.open(&id, t + 2.0));
+    let h = found(s.open_file(&id, t + 2.0));
     assert_eq!(h.payload, payload);
     assert_eq!(fs::read(s.record_path(&id)).unwrap(), before);
 }
@@ -328,8 +346,8 @@ fn umask_child() {
         assert_eq!(mode(d), 0o700, "{d:?}");
     }
     // A file installed by a growing save is private too.
-    let mut h = found(s.open(&id, now()));
-    h.save(&s, &vec![1u8; 10_000], now()).unwrap();
+    let mut h = found(s.open_file(&id, now()));
+    h.write(&vec![1u8; 10_000], now()).unwrap();
     drop(h);
     assert_eq!(mode(&path), 0o600);
     // A legacy migration creates the record tree in an existing data dir.
@@ -337,8 +355,8 @@ fn umask_child() {
     let legacy = legacy_data_dir(root.path());
     let s = store(&legacy);
     let lid = legacy_id('b', 1);
-    let mut h = found(s.open(&lid, now()));
-    h.save(&s, b"migrated", now()).unwrap();
+    let mut h = found(s.open_file(&lid, now()));
+    h.write(b"migrated", now()).unwrap();
     let path = s.record_path(&lid);
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(path.parent().unwrap()), 0o700);
@@ -355,7 +373,7 @@ fn modes_do_not_depend_on_the_umask() {
             .args([
                 "--ignored",
                 "--exact",
-                "store::tests::umask_child",
+                "store::file::tests::umask_child",
                 "--test-threads=1",
             ])
             .env("FBS_EXPECT_UMASK", umask)
@@ -381,11 +399,11 @@ fn in_place_saves_alternate_slots_and_reopen_gives_the_latest() {
     let path = s.record_path(&id);
     let ino = inode(&path);
     let len = fs::metadata(&path).unwrap().len();
-    let mut h = found(s.open(&id, t));
+    let mut h = found(s.open_file(&id, t));
     let size = record_slot_size(&h);
     for n in 2..=6u64 {
         let payload = format!("version {n}");
-        h.save(&s, payload.as_bytes(), t + n as f64).unwrap();
+        h.write(payload.as_bytes(), t + n as f64).unwrap();
         assert_eq!(
             h.origin(),
             Origin::Record {
@@ -403,7 +421,7 @@ fn in_place_saves_alternate_slots_and_reopen_gives_the_latest() {
     // Written in place: same file, same size.
     assert_eq!(inode(&path), ino);
     assert_eq!(fs::metadata(&path).unwrap().len(), len);
-    let h = found(s.open(&id, t + 10.0));
+    let h = found(s.open_file(&id, t + 10.0));
     assert_eq!(h.payload, b"version 6");
     assert_eq!(h.created, Some(t));
     assert_eq!(h.last_access, Some(t + 6.0));
@@ -431,10 +449,10 @@ fn growing_past_the_slot_installs_a_new_file_then_shrinks_in_place() {
     s.create(&id, b"small", t, t).unwrap();
     let path = s.record_path(&id);
     let ino = inode(&path);
-    let mut h = found(s.open(&id, t));
+    let mut h = found(s.open_file(&id, t));
     let small_slot = record_slot_size(&h);
     let big = garbage(7, small_slot * 3);
-    h.save(&s, &big, t + 1.0).unwrap();
+    h.write(&big, t + 1.0).unwrap();
     let big_slot = slot_size_for(big.len());
     assert_eq!(
         h.origin(),
@@ -450,8 +468,8 @@ fn growing_past_the_slot_installs_a_new_file_then_shrinks_in_place() {
     assert!(tmp_files(dir.path()).is_empty());
     // The handle keeps working on the new file: shrinking saves go in place.
     let ino = inode(&path);
-    h.save(&s, b"tiny", t + 2.0).unwrap();
-    h.save(&s, b"tinier", t + 3.0).unwrap();
+    h.write(b"tiny", t + 2.0).unwrap();
+    h.write(b"tinier", t + 3.0).unwrap();
     assert!(matches!(
         h.origin(),
         Origin::Record {
@@ -462,7 +480,7 @@ fn growing_past_the_slot_installs_a_new_file_then_shrinks_in_place() {
     ));
     drop(h);
     assert_eq!(inode(&path), ino);
-    let h = found(s.open(&id, t + 4.0));
+    let h = found(s.open_file(&id, t + 4.0));
     assert_eq!(h.payload, b"tinier");
     assert_eq!(h.created, Some(t));
     assert_eq!(
@@ -492,7 +510,7 @@ fn a_damaged_newest_slot_falls_back_to_the_previous_version() {
         // One byte of slot 1's payload.
         xor_byte(&path, (size + HEADER_LEN + len / 2) as u64);
         let s = store(dir.path());
-        let h = found(s.open(&id, t));
+        let h = found(s.open_file(&id, t));
         assert!(h.payload == v1, "len {len}: previous version expected");
         assert!(matches!(
             h.origin(),
@@ -504,10 +522,10 @@ fn a_damaged_newest_slot_falls_back_to_the_previous_version() {
         ));
         drop(h);
         // The next save goes to the damaged slot, and wins again.
-        let mut h = found(s.open(&id, t));
-        h.save(&s, &v2, t + 2.0).unwrap();
+        let mut h = found(s.open_file(&id, t));
+        h.write(&v2, t + 2.0).unwrap();
         drop(h);
-        let h = found(s.open(&id, t));
+        let h = found(s.open_file(&id, t));
         assert!(h.payload == v2);
         assert!(matches!(
             h.origin(),
@@ -531,9 +549,9 @@ fn both_slots_damaged_is_corrupt_and_removed() {
         xor_byte(&path, (HEADER_LEN + 1) as u64);
         xor_byte(&path, (size + 20) as u64); // slot 1's seq
         let s = store(dir.path());
-        assert_eq!(outcome_of(s.open(&id, t)), "Corrupt");
+        assert_eq!(outcome_of(s.open_file(&id, t)), "Corrupt");
         assert!(!exists(&path));
-        assert_eq!(outcome_of(s.open(&id, t)), "Missing");
+        assert_eq!(outcome_of(s.open_file(&id, t)), "Missing");
     }
 }
 
@@ -564,7 +582,7 @@ fn truncated_empty_zeroed_and_garbage_files_are_corrupt_and_removed() {
     let s = store(dir.path());
     for (what, bytes) in cases {
         plant(&path, &bytes);
-        assert_eq!(outcome_of(s.open(&id, t)), "Corrupt", "{what}");
+        assert_eq!(outcome_of(s.open_file(&id, t)), "Corrupt", "{what}");
         assert!(!exists(&path), "{what}: not removed");
     }
 }
@@ -580,7 +598,7 @@ fn every_truncation_reads_as_corrupt_or_a_stored_version() {
     let s = store(dir.path());
     for len in 0..full.len() {
         plant(&path, &full[..len]);
-        match s.open(&id, t) {
+        match s.open_file(&id, t) {
             Ok(Opened::Corrupt) => assert!(!exists(&path), "len {len}"),
             Ok(Opened::Found(h)) => {
                 assert!(
@@ -609,8 +627,8 @@ fn a_newer_format_version_is_reported_and_left_in_place() {
     drop(f);
     let before = fs::read(&path).unwrap();
     let s = store(dir.path());
-    assert_eq!(outcome_of(s.open(&id, t)), "Newer");
-    assert_eq!(outcome_of(s.open(&id, t)), "Newer");
+    assert_eq!(outcome_of(s.open_file(&id, t)), "Newer");
+    assert_eq!(outcome_of(s.open_file(&id, t)), "Newer");
     assert_eq!(fs::read(&path).unwrap(), before);
 }
 
@@ -630,21 +648,21 @@ fn records_are_bound_to_the_secret_key_with_fallbacks() {
         ("key B", keyed(dir.path(), &[b"key B"])),
         ("no key", store(dir.path())),
     ] {
-        assert_eq!(outcome_of(other.open(&id, t)), "Corrupt", "{what}");
+        assert_eq!(outcome_of(other.open_file(&id, t)), "Corrupt", "{what}");
         assert!(!exists(&path), "{what}");
         plant(&path, &bytes);
     }
     // B with A as a fallback reads it, and re-signs with B on save.
     let ba = keyed(dir.path(), &[b"key B", b"key A"]);
-    let mut h = found(ba.open(&id, t));
+    let mut h = found(ba.open_file(&id, t));
     assert_eq!(h.payload, b"signed with A");
-    h.save(&ba, b"signed with B", t).unwrap();
+    h.write(b"signed with B", t).unwrap();
     drop(h);
-    let h = found(keyed(dir.path(), &[b"key B"]).open(&id, t));
+    let h = found(keyed(dir.path(), &[b"key B"]).open_file(&id, t));
     assert_eq!(h.payload, b"signed with B");
     drop(h);
     // A alone never accepts B's slot; the older slot (still A's) is all it can read.
-    assert_eq!(found(a.open(&id, t)).payload, b"signed with A");
+    assert_eq!(found(a.open_file(&id, t)).payload, b"signed with A");
 }
 
 #[test]
@@ -654,7 +672,7 @@ fn an_unkeyed_record_is_rejected_by_a_keyed_store() {
     let t = now();
     store(dir.path()).create(&id, b"planted", t, t).unwrap();
     let k = keyed(dir.path(), &[b"secret"]);
-    assert_eq!(outcome_of(k.open(&id, t)), "Corrupt");
+    assert_eq!(outcome_of(k.open_file(&id, t)), "Corrupt");
     assert!(!exists(&k.record_path(&id)));
 }
 
@@ -669,7 +687,7 @@ fn a_record_moved_to_another_ids_path_is_corrupt() {
         let target = s.record_path(&victim);
         fs::create_dir_all(target.parent().unwrap()).unwrap();
         fs::rename(s.record_path(&attacker), &target).unwrap();
-        assert_eq!(outcome_of(s.open(&victim, t)), "Corrupt");
+        assert_eq!(outcome_of(s.open_file(&victim, t)), "Corrupt");
         assert!(!exists(&target));
     }
 }
@@ -684,10 +702,10 @@ fn idle_timeout_expires_and_removes_the_record() {
     let id = new_id();
     let t = now();
     s.create(&id, b"x", t, t).unwrap();
-    drop(found(s.open(&id, t + 3599.0)));
-    assert_eq!(outcome_of(s.open(&id, t + 100_000.0)), "Expired");
+    drop(found(s.open_file(&id, t + 3599.0)));
+    assert_eq!(outcome_of(s.open_file(&id, t + 100_000.0)), "Expired");
     assert!(!exists(&s.record_path(&id)));
-    assert_eq!(outcome_of(s.open(&id, t)), "Missing");
+    assert_eq!(outcome_of(s.open_file(&id, t)), "Missing");
 }
 
 #[test]
@@ -703,16 +721,16 @@ fn idle_timeout_counts_from_the_newer_of_saved_at_and_mtime() {
     f.set_modified(UNIX_EPOCH + Duration::from_secs_f64(later))
         .unwrap();
     drop(f);
-    let h = found(s.open(&id, later + 3599.0));
+    let h = found(s.open_file(&id, later + 3599.0));
     assert!((h.last_access.unwrap() - later).abs() < 1e-3);
     drop(h);
-    assert_eq!(outcome_of(s.open(&id, later + 3601.0)), "Expired");
+    assert_eq!(outcome_of(s.open_file(&id, later + 3601.0)), "Expired");
     // And from saved_at when that is the newer one.
     let id = new_id();
     let future = t + 50_000.0;
     s.create(&id, b"x", future, future).unwrap();
-    drop(found(s.open(&id, future + 3599.0)));
-    assert_eq!(outcome_of(s.open(&id, future + 3601.0)), "Expired");
+    drop(found(s.open_file(&id, future + 3599.0)));
+    assert_eq!(outcome_of(s.open_file(&id, future + 3601.0)), "Expired");
 }
 
 #[test]
@@ -726,28 +744,28 @@ fn touch_refreshes_mtime_after_the_interval_and_keeps_the_session_alive() {
     }
     let path = s.record_path(&touched);
     let bytes = fs::read(&path).unwrap();
-    let mtime = |p: &Path| mtime_secs(&fs::metadata(p).unwrap());
-    let mut h = found(s.open(&touched, t + 100.0));
-    assert!(h.touch(t + 100.0, 60.0).unwrap());
+    let mtime = |p: &Path| record_io::mtime(&fs::metadata(p).unwrap());
+    let mut h = found(s.open_file(&touched, t + 100.0));
+    assert!(h.refresh(t + 100.0).unwrap());
     assert!((mtime(&path) - (t + 100.0)).abs() < 1e-3);
     assert_eq!(h.last_access, Some(t + 100.0));
     // Within the interval: nothing happens.
-    assert!(!h.touch(t + 130.0, 60.0).unwrap());
+    assert!(!h.refresh(t + 130.0).unwrap());
     assert!((mtime(&path) - (t + 100.0)).abs() < 1e-3);
-    assert!(h.touch(t + 161.0, 60.0).unwrap());
+    assert!(h.refresh(t + 161.0).unwrap());
     assert!((mtime(&path) - (t + 161.0)).abs() < 1e-3);
     drop(h);
     assert_eq!(fs::read(&path).unwrap(), bytes, "touch rewrote the record");
-    let h = found(s.open(&touched, t + 161.0 + 3599.0));
+    let h = found(s.open_file(&touched, t + 161.0 + 3599.0));
     assert!((h.last_access.unwrap() - (t + 161.0)).abs() < 1e-3);
     drop(h);
     assert_eq!(
-        outcome_of(s.open(&untouched, t + 161.0 + 3599.0)),
+        outcome_of(s.open_file(&untouched, t + 161.0 + 3599.0)),
         "Expired"
     );
     // A fresh handle whose last access is recent does not touch.
-    let mut h = found(s.open(&touched, t + 170.0));
-    assert!(!h.touch(t + 170.0, 60.0).unwrap());
+    let mut h = found(s.open_file(&touched, t + 170.0));
+    assert!(!h.refresh(t + 170.0).unwrap());
 }
 
 #[test]
@@ -757,16 +775,16 @@ fn absolute_timeout_counts_from_creation() {
     let t = now();
     let old = new_id();
     s.create(&old, b"x", t - 200.0, t).unwrap();
-    assert_eq!(outcome_of(s.open(&old, t)), "Expired");
+    assert_eq!(outcome_of(s.open_file(&old, t)), "Expired");
     assert!(!exists(&s.record_path(&old)));
     let young = new_id();
     s.create(&young, b"x", t - 50.0, t).unwrap();
-    let mut h = found(s.open(&young, t));
+    let mut h = found(s.open_file(&young, t));
     // Activity does not extend the absolute lifetime.
-    h.save(&s, b"y", t + 40.0).unwrap();
+    h.write(b"y", t + 40.0).unwrap();
     drop(h);
-    drop(found(s.open(&young, t + 49.0)));
-    assert_eq!(outcome_of(s.open(&young, t + 51.0)), "Expired");
+    drop(found(s.open_file(&young, t + 49.0)));
+    assert_eq!(outcome_of(s.open_file(&young, t + 51.0)), "Expired");
 }
 
 #[test]
@@ -777,7 +795,7 @@ fn a_clock_behind_the_last_access_does_not_expire() {
     let id = new_id();
     let future = t + 100_000.0;
     s.create(&id, b"x", future, future).unwrap();
-    let h = found(s.open(&id, t));
+    let h = found(s.open_file(&id, t));
     assert_eq!(h.last_access, Some(future));
     assert_eq!(h.payload, b"x");
 }
@@ -792,7 +810,7 @@ fn unknown_ids_are_missing_and_create_nothing() {
     let absent = root.path().join("absent");
     let s = store(&absent);
     for _ in 0..20 {
-        assert_eq!(outcome_of(s.open(&new_id(), now())), "Missing");
+        assert_eq!(outcome_of(s.open_file(&new_id(), now())), "Missing");
     }
     assert!(!exists(&absent));
     // Existing data dir with records and a legacy tree.
@@ -802,9 +820,12 @@ fn unknown_ids_are_missing_and_create_nothing() {
     s.create(&new_id(), b"x", now(), now()).unwrap();
     let before = tree(&data);
     for _ in 0..20 {
-        assert_eq!(outcome_of(s.open(&new_id(), now())), "Missing");
+        assert_eq!(outcome_of(s.open_file(&new_id(), now())), "Missing");
     }
-    assert_eq!(outcome_of(s.open(&legacy_id('c', 1), now())), "Missing");
+    assert_eq!(
+        outcome_of(s.open_file(&legacy_id('c', 1), now())),
+        "Missing"
+    );
     assert_eq!(tree(&data), before);
 }
 
@@ -817,7 +838,7 @@ fn a_data_dir_that_is_a_file_gives_an_io_error_and_is_left_alone() {
     assert!(!s.legacy_present());
     let id = new_id();
     // Current behaviour: an I/O error naming the failing call (not Missing).
-    match s.open(&id, now()) {
+    match s.open_file(&id, now()) {
         Err(StoreError::Io { op, source, .. }) => {
             assert_eq!(op, "open");
             assert_eq!(source.raw_os_error(), Some(libc::ENOTDIR));
@@ -851,12 +872,12 @@ fn a_symlink_at_the_record_path_is_never_followed() {
     symlink(&target, &link).unwrap();
     // create() refuses to write through it.
     assert!(s.create(&id, b"through the link", t, t).is_err());
-    assert_eq!(outcome_of(s.open(&id, t)), "Corrupt");
+    assert_eq!(outcome_of(s.open_file(&id, t)), "Corrupt");
     assert!(!exists(&link), "link not removed");
     assert_eq!(fs::read(&target).unwrap(), target_bytes);
     // A dangling link is removed too.
     symlink(root.path().join("nowhere"), &link).unwrap();
-    assert_eq!(outcome_of(s.open(&id, t)), "Corrupt");
+    assert_eq!(outcome_of(s.open_file(&id, t)), "Corrupt");
     assert!(!exists(&link));
     assert!(!exists(&root.path().join("nowhere")));
 }
@@ -871,16 +892,16 @@ fn a_second_opener_waits_until_the_handle_is_dropped() {
     let id = new_id();
     let t = now();
     s.create(&id, b"first", t, t).unwrap();
-    let h = found(s.open(&id, t));
+    let h = found(s.open_file(&id, t));
     let released = AtomicBool::new(false);
     let returned = AtomicBool::new(false);
     thread::scope(|sc| {
         let waiter = sc.spawn(|| {
-            let mut h2 = found(s.open(&id, t));
+            let mut h2 = found(s.open_file(&id, t));
             returned.store(true, Ordering::SeqCst);
             assert!(released.load(Ordering::SeqCst), "opened while held");
             assert_eq!(h2.payload, b"first");
-            h2.save(&s, b"second", t).unwrap();
+            h2.write(b"second", t).unwrap();
         });
         thread::sleep(SETTLE);
         assert!(!returned.load(Ordering::SeqCst));
@@ -888,25 +909,28 @@ fn a_second_opener_waits_until_the_handle_is_dropped() {
         drop(h);
         waiter.join().unwrap();
     });
-    assert_eq!(found(s.open(&id, t)).payload, b"second");
+    assert_eq!(found(s.open_file(&id, t)).payload, b"second");
 }
 
 #[test]
 fn lock_wait_is_bounded_by_lock_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let impatient = FileStore::new(StoreConfig {
-        lock_timeout: SHORT,
-        ..config(dir.path())
-    });
+    let impatient = FileStore::new(
+        StoreConfig {
+            lock_timeout: SHORT,
+            ..config()
+        },
+        files(dir.path()),
+    );
     let id = new_id();
     let t = now();
     s.create(&id, b"x", t, t).unwrap();
-    let h = found(s.open(&id, t));
+    let h = found(s.open_file(&id, t));
     thread::scope(|sc| {
         sc.spawn(|| {
             let start = Instant::now();
-            match impatient.open(&id, t) {
+            match impatient.open_file(&id, t) {
                 Err(StoreError::LockTimeout { waited }) => assert_eq!(waited, SHORT),
                 Ok(o) => panic!("expected LockTimeout, got {}", outcome(&o)),
                 Err(e) => panic!("expected LockTimeout, got {e}"),
@@ -917,7 +941,7 @@ fn lock_wait_is_bounded_by_lock_timeout() {
         .unwrap();
     });
     drop(h);
-    assert_eq!(found(impatient.open(&id, t)).payload, b"x");
+    assert_eq!(found(impatient.open_file(&id, t)).payload, b"x");
 }
 
 #[test]
@@ -927,11 +951,11 @@ fn a_waiter_on_a_deleted_session_gets_missing() {
     let id = new_id();
     let t = now();
     s.create(&id, b"x", t, t).unwrap();
-    let h = found(s.open(&id, t));
+    let h = found(s.open_file(&id, t));
     thread::scope(|sc| {
-        let waiter = sc.spawn(|| outcome_of(s.open(&id, t)));
+        let waiter = sc.spawn(|| outcome_of(s.open_file(&id, t)));
         thread::sleep(SETTLE);
-        h.delete().unwrap();
+        delete(h).unwrap();
         assert_eq!(waiter.join().unwrap(), "Missing");
     });
     assert!(!exists(&s.record_path(&id)));
@@ -944,15 +968,15 @@ fn a_waiter_on_a_replaced_record_loads_the_new_version() {
     let id = new_id();
     let t = now();
     s.create(&id, b"x", t, t).unwrap();
-    let mut h = found(s.open(&id, t));
+    let mut h = found(s.open_file(&id, t));
     let big = garbage(11, 5000);
     thread::scope(|sc| {
         let waiter = sc.spawn(|| {
-            let h2 = found(s.open(&id, t));
+            let h2 = found(s.open_file(&id, t));
             (h2.payload.clone(), h2.origin())
         });
         thread::sleep(SETTLE);
-        h.save(&s, &big, t).unwrap();
+        h.write(&big, t).unwrap();
         drop(h);
         let (payload, origin) = waiter.join().unwrap();
         assert!(payload == big);
@@ -970,10 +994,13 @@ fn a_waiter_on_a_replaced_record_loads_the_new_version() {
 #[test]
 fn a_foreign_flock_makes_open_time_out_until_it_is_released() {
     let dir = tempfile::tempdir().unwrap();
-    let s = FileStore::new(StoreConfig {
-        lock_timeout: SHORT,
-        ..config(dir.path())
-    });
+    let s = FileStore::new(
+        StoreConfig {
+            lock_timeout: SHORT,
+            ..config()
+        },
+        files(dir.path()),
+    );
     let id = new_id();
     let t = now();
     s.create(&id, b"x", t, t).unwrap();
@@ -983,7 +1010,7 @@ fn a_foreign_flock_makes_open_time_out_until_it_is_released() {
     let foreign = File::open(&path).unwrap();
     assert!(fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
     let start = Instant::now();
-    match s.open(&id, t) {
+    match s.open_file(&id, t) {
         Err(StoreError::LockTimeout { waited }) => assert_eq!(waited, SHORT),
         Ok(o) => panic!("expected LockTimeout, got {}", outcome(&o)),
         Err(e) => panic!("expected LockTimeout, got {e}"),
@@ -991,12 +1018,12 @@ fn a_foreign_flock_makes_open_time_out_until_it_is_released() {
     assert!(start.elapsed() >= SHORT);
     assert_eq!(fs::read(&path).unwrap(), before);
     drop(foreign);
-    let mut h = found(s.open(&id, t));
+    let mut h = found(s.open_file(&id, t));
     assert_eq!(h.payload, b"x");
     // While we hold it, the foreign side cannot lock it either.
     let foreign = File::open(&path).unwrap();
     assert!(!fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
-    h.save(&s, b"y", t).unwrap();
+    h.write(b"y", t).unwrap();
     drop(h);
     assert!(fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
 }
@@ -1014,7 +1041,7 @@ fn a_waiter_follows_a_foreign_delete_or_replace() {
     let foreign = File::open(&path).unwrap();
     assert!(fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
     thread::scope(|sc| {
-        let waiter = sc.spawn(|| outcome_of(s.open(&id, t)));
+        let waiter = sc.spawn(|| outcome_of(s.open_file(&id, t)));
         thread::sleep(SETTLE);
         fs::remove_file(&path).unwrap();
         drop(foreign);
@@ -1030,7 +1057,7 @@ fn a_waiter_follows_a_foreign_delete_or_replace() {
     let foreign = File::open(&path).unwrap();
     assert!(fs4::fs_std::FileExt::try_lock_exclusive(&foreign).unwrap());
     thread::scope(|sc| {
-        let waiter = sc.spawn(|| found(s.open(&id, t)).payload.clone());
+        let waiter = sc.spawn(|| found(s.open_file(&id, t)).payload.clone());
         thread::sleep(SETTLE);
         fs::rename(other.record_path(&id), &path).unwrap();
         drop(foreign);
@@ -1056,17 +1083,17 @@ fn a_waiter_in_another_worker_follows_install_and_delete() {
     let id = new_id();
     w1.create(&id, b"small", t, t).unwrap();
     let big = garbage(12, 5000);
-    let mut h = found(w1.open(&id, t));
+    let mut h = found(w1.open_file(&id, t));
     let released = AtomicBool::new(false);
     let deleted = AtomicBool::new(false);
     thread::scope(|sc| {
         let waiter = sc.spawn(|| {
-            let h2 = found(w2.open(&id, t));
+            let h2 = found(w2.open_file(&id, t));
             assert!(released.load(Ordering::SeqCst), "opened while held");
             h2
         });
         thread::sleep(SETTLE);
-        h.save(&w1, &big, t).unwrap(); // install: the waiter's inode is unlinked
+        h.write(&big, t).unwrap(); // install: the waiter's inode is unlinked
         released.store(true, Ordering::SeqCst);
         drop(h);
         let h2 = waiter.join().unwrap();
@@ -1074,13 +1101,13 @@ fn a_waiter_in_another_worker_follows_install_and_delete() {
         assert!(matches!(h2.origin(), Origin::Record { seq: 2, .. }));
         // Now the other way round, with a delete.
         let waiter = sc.spawn(|| {
-            let r = outcome_of(w1.open(&id, t));
+            let r = outcome_of(w1.open_file(&id, t));
             assert!(deleted.load(Ordering::SeqCst));
             r
         });
         thread::sleep(SETTLE);
         deleted.store(true, Ordering::SeqCst);
-        h2.delete().unwrap();
+        delete(h2).unwrap();
         assert_eq!(waiter.join().unwrap(), "Missing");
     });
     assert!(tree(&data.join("fbs1")).iter().all(|p| p.is_dir()));
@@ -1100,7 +1127,7 @@ fn legacy_files_are_read_with_their_payloads() {
         // Beaker 1.10: the whole outer pickle, wrapped.
         let id = legacy_id('a', n);
         let file = fs::read(legacy_file(&data, &id)).unwrap();
-        let h = found(s.open(&id, t));
+        let h = found(s.open_file(&id, t));
         assert_eq!(h.origin(), Origin::Legacy { wrapped: true });
         assert_eq!(h.payload, file);
         assert_eq!(h.created, Some(4102444800.0));
@@ -1116,14 +1143,14 @@ fn legacy_files_are_read_with_their_payloads() {
         let inner = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .unwrap();
-        let h = found(s.open(&id, t));
+        let h = found(s.open_file(&id, t));
         assert_eq!(h.origin(), Origin::Legacy { wrapped: false });
         assert_eq!(h.payload, inner);
         assert_eq!(h.created, Some(4102444800.0));
         assert_eq!(h.last_access, Some(4102448400.0));
     }
     // Contents of the plain sessions.
-    let h = found(s.open(&legacy_id('a', 1), t));
+    let h = found(s.open_file(&legacy_id('a', 1), t));
     let outer = serde_pickle::value_from_slice(&h.payload, DeOptions::new()).unwrap();
     let session = dict_get(&outer, "session").unwrap();
     assert_eq!(
@@ -1131,7 +1158,7 @@ fn legacy_files_are_read_with_their_payloads() {
         Some(&Value::String("alice".into()))
     );
     drop(h);
-    let h = found(s.open(&legacy_id('b', 1), t));
+    let h = found(s.open_file(&legacy_id('b', 1), t));
     let session = serde_pickle::value_from_slice(&h.payload, DeOptions::new()).unwrap();
     assert_eq!(dict_get(&session, "n"), Some(&Value::I64(5)));
     assert_eq!(
@@ -1139,7 +1166,7 @@ fn legacy_files_are_read_with_their_payloads() {
         Some(&Value::String("alice".into()))
     );
     // The object sessions carry the user's class by name.
-    let h = found(s.open(&legacy_id('b', 2), t));
+    let h = found(s.open_file(&legacy_id('b', 2), t));
     assert!(h.payload.windows(11).any(|w| w == b"LegacyThing"));
     drop(h);
     // Reading migrated nothing.
@@ -1155,14 +1182,14 @@ fn expired_legacy_files_are_removed() {
         let id = legacy_id(c, 3);
         let file = legacy_file(&data, &id);
         assert!(exists(&file));
-        assert_eq!(outcome_of(s.open(&id, now())), "Expired", "{c}");
+        assert_eq!(outcome_of(s.open_file(&id, now())), "Expired", "{c}");
         assert!(!exists(&file));
-        assert_eq!(outcome_of(s.open(&id, now())), "Missing");
+        assert_eq!(outcome_of(s.open_file(&id, now())), "Missing");
     }
     // Without an idle timeout the same kind of file is still valid.
     let root = tempfile::tempdir().unwrap();
     let data = legacy_data_dir(root.path());
-    let h = found(store(&data).open(&legacy_id('a', 3), now()));
+    let h = found(store(&data).open_file(&legacy_id('a', 3), now()));
     assert_eq!(h.last_access, Some(1000000000.0));
 }
 
@@ -1175,8 +1202,8 @@ fn saving_a_legacy_session_migrates_it() {
     for c in ['a', 'b'] {
         let id = legacy_id(c, 1);
         let file = legacy_file(&data, &id);
-        let mut h = found(s.open(&id, t));
-        h.save(&s, b"our format", t).unwrap();
+        let mut h = found(s.open_file(&id, t));
+        h.write(b"our format", t).unwrap();
         assert!(matches!(
             h.origin(),
             Origin::Record {
@@ -1187,7 +1214,7 @@ fn saving_a_legacy_session_migrates_it() {
         ));
         assert!(!exists(&file), "{c}: legacy file left behind");
         drop(h);
-        let h = found(s.open(&id, t));
+        let h = found(s.open_file(&id, t));
         assert!(matches!(h.origin(), Origin::Record { .. }), "{c}");
         assert_eq!(h.payload, b"our format");
         assert_eq!(h.created, Some(4102444800.0), "{c}: creation time kept");
@@ -1202,9 +1229,9 @@ fn deleting_a_legacy_session_removes_the_legacy_file() {
     let data = legacy_data_dir(root.path());
     let s = store(&data);
     let id = legacy_id('b', 2);
-    found(s.open(&id, now())).delete().unwrap();
+    delete(found(s.open_file(&id, now()))).unwrap();
     assert!(!exists(&legacy_file(&data, &id)));
-    assert_eq!(outcome_of(s.open(&id, now())), "Missing");
+    assert_eq!(outcome_of(s.open_file(&id, now())), "Missing");
     assert!(!exists(&data.join("fbs1")));
 }
 
@@ -1216,16 +1243,25 @@ fn legacy_reading_can_be_disabled_and_is_decided_at_construction() {
     let early = store(&data);
     let data = legacy_data_dir(root.path());
     assert!(!early.legacy_present());
-    assert_eq!(outcome_of(early.open(&legacy_id('a', 1), now())), "Missing");
-    let off = FileStore::new(StoreConfig {
-        read_legacy: false,
-        ..config(&data)
-    });
+    assert_eq!(
+        outcome_of(early.open_file(&legacy_id('a', 1), now())),
+        "Missing"
+    );
+    let off = FileStore::new(
+        config(),
+        FileConfig {
+            read_legacy: false,
+            ..files(&data)
+        },
+    );
     assert!(!off.legacy_present());
     let before = tree(&data);
     for c in ['a', 'b'] {
         for n in 1..=3 {
-            assert_eq!(outcome_of(off.open(&legacy_id(c, n), now())), "Missing");
+            assert_eq!(
+                outcome_of(off.open_file(&legacy_id(c, n), now())),
+                "Missing"
+            );
         }
     }
     assert_eq!(tree(&data), before);
@@ -1238,15 +1274,15 @@ fn a_waiter_in_another_worker_follows_a_legacy_migration() {
     let (w1, w2) = two_workers(root.path(), &data);
     let t = now();
     let id = legacy_id('a', 2);
-    let mut h = found(w1.open(&id, t));
+    let mut h = found(w1.open_file(&id, t));
     thread::scope(|sc| {
         // Finds no record yet and waits on the legacy file's lock.
         let waiter = sc.spawn(|| {
-            let h2 = found(w2.open(&id, t));
+            let h2 = found(w2.open_file(&id, t));
             (h2.origin(), h2.payload.clone())
         });
         thread::sleep(SETTLE);
-        h.save(&w1, b"migrated", t).unwrap();
+        h.write(b"migrated", t).unwrap();
         drop(h);
         let (origin, payload) = waiter.join().unwrap();
         assert!(matches!(origin, Origin::Record { .. }), "{origin:?}");
@@ -1267,14 +1303,13 @@ fn create_never_overwrites_an_existing_record() {
     s.create(&id, b"original", t, t).unwrap();
     let path = s.record_path(&id);
     let before = fs::read(&path).unwrap();
+    // An id collision has its own error (FileExistsError in Python), not an I/O one.
     match s.create(&id, b"intruder", t, t) {
-        Err(StoreError::Io { source, .. }) => {
-            assert_eq!(source.kind(), ErrorKind::AlreadyExists)
-        }
-        other => panic!("expected AlreadyExists, got {:?}", other.err()),
+        Err(StoreError::IdCollision) => {}
+        other => panic!("expected IdCollision, got {:?}", other.err()),
     }
     assert_eq!(fs::read(&path).unwrap(), before);
-    assert_eq!(found(s.open(&id, t)).payload, b"original");
+    assert_eq!(found(s.open_file(&id, t)).payload, b"original");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_pickle::{DeOptions, HashableValue, Value};
 
-use crate::pickle_scan;
+pub mod pickle_scan;
 
 /// A legacy session ready for Python.
 #[derive(Debug, PartialEq)]

@@ -1,0 +1,292 @@
+"""The object behind :data:`flask.session`: a dict that loads itself on first use.
+
+:class:`BeakerSession` is the mapping and the Beaker API. Where the session is stored, the
+lock held on it and how it is written are its :class:`~flask_beaker_session.stored.
+StoredSession`'s business; the session only decides *what* is stored (the user's keys, not
+the two time keys it shows) and keeps what ``revert()`` needs.
+
+The session interface talks to it through a small surface: :attr:`~BeakerSession.loaded`,
+:meth:`~BeakerSession.persist`, :attr:`~BeakerSession.outcome`, :meth:`~BeakerSession.finish`
+and :meth:`~BeakerSession.release`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask.sessions import SessionMixin
+
+from .codec import TIME_KEYS, loads
+from .store import AppState
+from .stored import Outcome, StoredSession
+
+__all__ = ["BeakerSession"]
+
+
+class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
+    """The object behind :data:`flask.session`: a dict that loads itself on first use.
+
+    Beyond the mapping it offers the Beaker methods users of the original call: :attr:`id`,
+    :attr:`is_new`, :attr:`created`, :attr:`last_accessed`, :meth:`delete`,
+    :meth:`invalidate`, :meth:`regenerate_id`, :meth:`save` and :meth:`revert`.
+    In-place changes of stored values (``session['cart'].append(x)``) are saved without
+    ``session.modified = True``, because saving compares the pickled data with what was
+    loaded.
+    """
+
+    def __init__(self, app: AppState, cookie_value: str | None) -> None:
+        super().__init__()
+        self._app = app
+        self._stored = StoredSession(app, cookie_value)
+        self._loaded = False
+        #: The data as loaded (pickled), for revert(); it survives regenerate_id() and is
+        #: set for legacy sessions too.
+        self._snapshot: bytes | None = None
+        #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
+        #: whenever the :data:`flask.session` proxy is used.
+        self.modified = False
+        self.accessed = False
+        #: What the end of the request did with the stored session (None before), for
+        #: :meth:`~flask_beaker_session.session_interface.BeakerSessionInterface.should_set_cookie`.
+        self.outcome: Outcome | None = None
+
+    # -- loading -----------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the session was used (and so loaded) in this request."""
+        return self._loaded
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
+        # that to the session class (as its SecureCookieSession does on reads).
+        self.accessed = True
+        now = self._app.now()
+        loaded = self._stored.load(now)
+        if loaded is None:
+            self._fill_fresh(now)
+            return
+        # Time keys first, as in a fresh session (and the original package), so that
+        # iteration order and popitem() do not change from one request to the next.
+        dict.__setitem__(self, "_creation_time", loaded.created if loaded.created else now)
+        dict.__setitem__(self, "_accessed_time", now)
+        dict.update(self, loaded.data)
+        self._snapshot = loaded.snapshot
+
+    def _fill_fresh(self, now: float) -> None:
+        self._snapshot = None
+        dict.__setitem__(self, "_creation_time", now)
+        dict.__setitem__(self, "_accessed_time", now)
+
+    # -- the interface's side ----------------------------------------------------------
+
+    def persist(self, now: float) -> Outcome:
+        """Stores the session at the end of the request and releases its lock.
+
+        Records what was done in :attr:`outcome` and returns it.
+        """
+        data = {k: v for k, v in dict.items(self) if k not in TIME_KEYS}
+        self.outcome = self._stored.persist(
+            data, self.modified, dict.get(self, "_creation_time"), now
+        )
+        return self.outcome
+
+    def finish(self) -> None:
+        """Ends the request's use of the store: releases the lock; a first use after this
+        (in a streamed body) reads without locking."""
+        self._stored.finished = True
+        self._stored.release()
+
+    def release(self) -> None:
+        """Releases the locks held for this session (at teardown)."""
+        self._stored.release()
+
+    # -- Beaker API --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The 32-hex session id (a new session gets its id on first use)."""
+        self._load()
+        sid = self._stored.id
+        assert sid is not None
+        return sid
+
+    @property
+    def is_new(self) -> bool:
+        """Whether no stored session was found for this request's cookie."""
+        self._load()
+        return self._stored.is_new
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Flask's name for :attr:`is_new`."""
+        return self.is_new
+
+    @property
+    def created(self) -> float:
+        """Creation time (epoch seconds) of the session."""
+        self._load()
+        return float(dict.get(self, "_creation_time", 0.0))
+
+    @property
+    def last_accessed(self) -> float | None:
+        """Time of the previous request that used the session; None for a new one."""
+        self._load()
+        return self._stored.last_access
+
+    def delete(self) -> None:
+        """Removes all data and the stored record now, and expires the cookie.
+
+        The old id is dead: replaying it gives an empty session. Keys set afterwards in the
+        same request start a new session under a new id.
+        """
+        self._load()
+        now = self._app.now()
+        self._stored.remove(now)
+        dict.clear(self)
+        self._fill_fresh(now)
+        self.modified = True
+
+    def invalidate(self) -> None:
+        """Clears the data and moves to a new id; the old record is removed."""
+        self.delete()
+
+    def regenerate_id(self) -> None:
+        """Keeps the data under a new id (session-fixation defence, e.g. at login).
+
+        The old record is removed when the new one has been stored.
+        """
+        self._load()
+        self._stored.regenerate()
+        self.modified = True
+
+    def save(self) -> None:
+        """Kept for compatibility: sessions are saved at the end of the request."""
+
+    def revert(self) -> None:
+        """Restores the data as it was loaded at the start of this request."""
+        self._load()
+        times = {k: dict.get(self, k) for k in TIME_KEYS}
+        dict.clear(self)
+        dict.update(self, {k: v for k, v in times.items() if v is not None})
+        if self._snapshot is not None:
+            dict.update(self, loads(self._snapshot))
+        self.modified = True
+
+    # -- mapping: every access loads first ---------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._load()
+        dict.__setitem__(self, key, value)
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        self._load()
+        dict.__delitem__(self, key)
+        self.modified = True
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __reversed__(self) -> Iterator[str]:
+        self._load()
+        return dict.__reversed__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._load()
+        return dict.__ne__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._load()
+        return f"<{type(self).__name__} {dict.__repr__(self)}>"
+
+    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        self._load()
+        return dict(dict.items(self)) | dict(other)
+
+    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        self._load()
+        return dict(other) | dict(dict.items(self))
+
+    def __ior__(self, other: Any) -> BeakerSession:
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> Any:
+        # Pickling the session object itself gives a plain dict (no store, no lock).
+        self._load()
+        return (dict, (dict(dict.items(self)),))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return dict.get(self, key, default)
+
+    def keys(self) -> Any:
+        self._load()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._load()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._load()
+        return dict.items(self)
+
+    @classmethod
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> dict[Any, Any]:
+        """A plain ``dict``: a session object only exists inside a request."""
+        return dict.fromkeys(iterable, value)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain ``dict`` copy of the data."""
+        self._load()
+        return dict(dict.items(self))
+
+    def clear(self) -> None:
+        self._load()
+        dict.clear(self)
+        self.modified = True
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._load()
+        self.modified = True
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._load()
+        self.modified = True
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._load()
+        self.modified = True
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._load()
+        self.modified = True
+        dict.update(self, *args, **kwargs)

@@ -1,0 +1,349 @@
+"""The stored side of one request's session: what the store holds, and the lock on it.
+
+A :class:`StoredSession` is created, without I/O, for every request. Its :meth:`load`
+runs at the session's first real use: the core validates the cookie value, takes the
+per-session lock (waiting with the GIL released), reads and verifies the record. Anything
+unusable — malformed, unknown, expired, corrupt, newer, undecodable — gives a fresh
+server-made id; a client-chosen id is never adopted.
+
+At the end of the request :meth:`persist` stores what the session holds and says what it
+did as an :class:`Outcome`, the one input of the cookie decision:
+
+* unchanged data is not rewritten (the core at most refreshes the last access, at its
+  touch interval), changed data is saved in place, a new session that holds data is
+  created, an emptied one is deleted, then the lock is released;
+* in non-locking mode (``SESSION_LOCKING = False``) no lock was kept after loading: the
+  keys this request changed are merged into the data stored *now* (:func:`merge`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import pickle
+from typing import Any, NamedTuple
+
+from . import _core
+from ._log import CORRUPT, LEGACY, NEWER, PROCESS, Once, log_id
+from .codec import Decoded, PayloadError, decode, encode, loads, same, unchanged
+from .store import AppState
+
+__all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
+
+_RECORD = _core.PayloadKind.Record
+_CORRUPT = _core.OpenStatus.Corrupt
+_NEWER = _core.OpenStatus.Newer
+
+
+class Outcome(enum.Enum):
+    """What :meth:`StoredSession.persist` did; the cookie follows from it."""
+
+    #: Stored for the first time, under a new id: the client needs the cookie.
+    CREATED = "created"
+    #: Rewritten in place (same id): a refreshing cookie is re-sent.
+    SAVED = "saved"
+    #: Only its last access was refreshed: a refreshing cookie is re-sent.
+    TOUCHED = "touched"
+    #: Nothing written, or nothing to store and no cookie to expire: no cookie.
+    UNCHANGED = "unchanged"
+    #: The id the client's cookie names holds no session any more: expire the cookie.
+    DELETED = "deleted"
+
+
+class Loaded(NamedTuple):
+    """A stored session as :meth:`StoredSession.load` found it."""
+
+    #: The user's keys.
+    data: dict[str, Any]
+    #: Creation time, if known.
+    created: float | None
+    #: The data as loaded, pickled (for ``revert()``); None if it cannot be pickled.
+    snapshot: bytes | None
+
+
+def decode_or_remove(
+    handle: _core.Handle,
+    store: _core.Store,
+    now: float,
+    once: Once = PROCESS,
+    payload: bytes | None = None,
+) -> Decoded | None:
+    """Decodes an opened record; None, after removing it, if it cannot be used.
+
+    Removed: a payload that does not decode (logged once as corrupt: a stored value that
+    cannot be loaded must never lock its user out), and a legacy session expired by the
+    times kept inside its pickle, which the core could not see when it opened the file.
+    """
+    kind = handle.kind
+    try:
+        decoded = decode(
+            kind,
+            handle.payload if payload is None else payload,
+            handle.created,
+            handle.last_access,
+        )
+    except PayloadError as exc:
+        once.log(
+            CORRUPT,
+            logging.WARNING,
+            "session %s: stored data cannot be loaded (%s); removed, a new session was started",
+            log_id(handle.id),
+            exc,
+        )
+        handle.delete()
+        return None
+    if kind != _RECORD and store.expired(now, decoded.created, decoded.last_access):
+        handle.delete()
+        return None
+    return decoded
+
+
+def merge(stored: dict[str, Any], baseline: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """Three-way merge at key granularity: ``stored`` (now), ``baseline`` (what this request
+    loaded) and ``mine`` (what it ends with). Keys this request added, changed (compared
+    pickled, so in-place mutation counts) or removed are applied to ``stored``; the others
+    keep whatever concurrent requests stored."""
+    merged = dict(stored)
+    for key in baseline.keys() | mine.keys():
+        if key not in mine:
+            merged.pop(key, None)
+        elif key not in baseline or not same(mine[key], baseline[key]):
+            merged[key] = mine[key]
+    return merged
+
+
+def _seconds(created: Any) -> float:
+    """The session's ``_creation_time`` as a number (0.0 when the user removed it)."""
+    return float(created if created is not None else 0.0)
+
+
+class StoredSession:
+    """Where one request's session is stored, and the lock held on it."""
+
+    def __init__(self, app: AppState, cookie_value: str | None) -> None:
+        #: The application's store, clock and log.
+        self.app = app
+        #: The id the request's cookie carried (None: no cookie); used only to look up.
+        self.cookie_value = cookie_value
+        #: The session's id: the stored one, or a fresh one from the store (set by load).
+        self.id: str | None = None
+        #: Id of the record this session was loaded from (None: new, or regenerated).
+        self.stored_id: str | None = None
+        #: The open, locked record (locking mode) from load until persist.
+        self.handle: _core.Handle | None = None
+        #: The payload as loaded or last written; None when the next persist must write
+        #: (a new, regenerated or legacy session).
+        self.payload: bytes | None = None
+        #: Time of the previous request that used the session (None: new).
+        self.last_access: float | None = None
+        #: Records to remove once the session is stored under its new id.
+        self._retired: list[_core.Handle] = []
+        self._retired_ids: list[str] = []
+        #: Set once the response's session was persisted: a first use after that (inside a
+        #: streamed body) reads without keeping the lock, as nothing more will be saved and
+        #: the lock must not be held while the body streams.
+        self.finished = False
+
+    @property
+    def is_new(self) -> bool:
+        """Whether this session was not loaded from the store (or moved to a new id)."""
+        return self.stored_id is None
+
+    # -- loading -----------------------------------------------------------------------
+
+    def load(self, now: float) -> Loaded | None:
+        """Opens the session the cookie names; None (with a fresh id) if there is none."""
+        value = self.cookie_value
+        if value is not None:
+            status, handle = self.app.store.open(value, now)
+            if handle is not None:
+                loaded = self._adopt(handle, now)
+                if loaded is not None:
+                    return loaded
+            elif status == _CORRUPT:
+                self.app.once.log(
+                    CORRUPT,
+                    logging.WARNING,
+                    "session %s: corrupt or unauthenticated record removed; a new "
+                    "session was started",
+                    log_id(value),
+                )
+            elif status == _NEWER:
+                self.app.once.log(
+                    NEWER,
+                    logging.WARNING,
+                    "session %s: record written by a newer version of "
+                    "flask-beaker-session; a new session was started",
+                    log_id(value),
+                )
+        self.start_fresh()
+        return None
+
+    def _adopt(self, handle: _core.Handle, now: float) -> Loaded | None:
+        payload = handle.payload
+        legacy = handle.kind != _RECORD
+        decoded = decode_or_remove(handle, self.app.store, now, self.app.once, payload)
+        if decoded is None:
+            return None
+        if legacy:
+            self.app.once.log(
+                LEGACY,
+                logging.INFO,
+                "session %s: migrating a session stored by the original package (Beaker) "
+                "to this package's format",
+                log_id(handle.id),
+            )
+        self.id = self.stored_id = handle.id
+        if self.app.config.locking and not self.finished:
+            self.handle = handle
+        else:
+            # Non-locking mode: the lock is held only while reading; changes are merged
+            # into the stored data at persist time.
+            handle.release()
+        self.last_access = decoded.last_access
+        # Legacy sessions are rewritten in our format by the first save.
+        self.payload = None if legacy else payload
+        snapshot: bytes | None = payload
+        if legacy:
+            try:
+                snapshot = pickle.dumps(decoded.data, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # the first save reports it, naming the key
+                snapshot = None
+        return Loaded(decoded.data, decoded.created, snapshot)
+
+    def start_fresh(self) -> None:
+        """Moves to a new, empty, unstored session."""
+        self.id = self.app.store.new_id()
+        self.stored_id = None
+        self.last_access = None
+        self.payload = None
+
+    # -- the Beaker API's storage side ---------------------------------------------------
+
+    def remove(self, now: float) -> None:
+        """Removes the stored record now and moves to a fresh id (``delete()``)."""
+        if self.handle is not None:
+            self.handle.delete()
+            self.handle = None
+        elif self.stored_id is not None:
+            _, handle = self.app.store.open(self.stored_id, now)
+            if handle is not None:
+                handle.delete()
+        self.start_fresh()
+
+    def regenerate(self) -> None:
+        """Moves the data to a new id; the old record goes once the new one is stored."""
+        if self.handle is not None:
+            self._retired.append(self.handle)
+            self.handle = None
+        elif self.stored_id is not None:
+            self._retired_ids.append(self.stored_id)
+        self.stored_id = None
+        self.id = self.app.store.new_id()
+        self.payload = None
+
+    def release(self) -> None:
+        """Gives up every lock held (idempotent; at save and at teardown)."""
+        for handle in [self.handle, *self._retired]:
+            if handle is not None:
+                handle.release()
+        self.handle = None
+        self._retired = []
+        self._retired_ids = []
+
+    # -- persisting ----------------------------------------------------------------------
+
+    def persist(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
+        """Stores ``data`` (the user's keys) and releases the lock; says what it did.
+
+        ``modified`` is the session's flag (unset: the pickle may be skipped when the data
+        provably did not change); ``created`` is its ``_creation_time`` as the user left it.
+        If the store fails, the exception propagates; :meth:`release` (which
+        ``save_session`` always calls) then gives up whatever lock is still held.
+        """
+        if self.handle is None and self.stored_id is not None:
+            return self._merge(data, modified, created, now)
+        handle = self.handle
+        if handle is not None:
+            if not data:
+                handle.delete()
+                self.handle = None
+                return self._deleted()
+            payload = unchanged(self.payload, modified, data) or encode(data)
+            # Save or touch, and release the lock in the same native call.
+            if payload != self.payload:
+                handle.save(payload, now, created)
+                self.handle = None
+                self.payload = payload
+                return Outcome.SAVED
+            wrote = handle.touch(now)
+            self.handle = None
+            return Outcome.TOUCHED if wrote else Outcome.UNCHANGED
+        if not data:
+            self._retire(now)
+            return self._deleted()
+        payload = encode(data)
+        assert self.id is not None
+        self.app.store.create(self.id, payload, _seconds(created), now)
+        self._retire(now)
+        self.payload = payload
+        return Outcome.CREATED
+
+    def _deleted(self) -> Outcome:
+        # Nothing stored: the client's cookie, if it sent one, must go.
+        return Outcome.DELETED if self.cookie_value is not None else Outcome.UNCHANGED
+
+    def _retire(self, now: float) -> None:
+        """Removes the records a regenerate() left behind (after the new one exists)."""
+        for old in self._retired:
+            old.delete()
+        self._retired = []
+        for sid in self._retired_ids:
+            _, handle = self.app.store.open(sid, now)
+            if handle is not None:
+                handle.delete()
+        self._retired_ids = []
+
+    def _merge(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
+        """Non-locking mode: applies the keys this request changed to the data stored now.
+
+        Keys changed by concurrent requests of the same session survive; for a key changed
+        by both, the last save wins. A session deleted meanwhile (logout in another tab) is
+        not resurrected.
+        """
+        store = self.app.store
+        sid = self.stored_id
+        assert sid is not None
+        payload = (unchanged(self.payload, modified, data) or encode(data)) if data else b""
+        if data and payload == self.payload:
+            # Only a touch may be due. The core applies its touch interval itself; asking
+            # first spares most read-only requests a lock and a read.
+            interval = store.config.touch_interval
+            last = self.last_access
+            if interval is not None and (last is None or now - last >= interval):
+                _, handle = store.open(sid, now)
+                if handle is not None:
+                    try:
+                        if handle.touch(now):
+                            return Outcome.TOUCHED
+                    finally:
+                        handle.release()
+            return Outcome.UNCHANGED
+        baseline = loads(self.payload) if self.payload else {}
+        _, handle = store.open(sid, now)
+        if handle is None:
+            return self._deleted()
+        try:
+            decoded = decode_or_remove(handle, store, now, self.app.once)
+            if decoded is None:
+                return self._deleted()
+            merged = merge(decoded.data, baseline, data)
+            if not merged:
+                handle.delete()
+                return self._deleted()
+            merged_payload = encode(merged)
+            handle.save(merged_payload, now, _seconds(created))
+            self.payload = merged_payload
+            return Outcome.SAVED
+        finally:
+            handle.release()

@@ -1,0 +1,204 @@
+//! The settings of a store as frozen Python classes: one `StoreConfig` with the settings
+//! every store has, and one class per backend for its own (`FileBackend`, `MemoryBackend`,
+//! `RedisBackend`, keyword-only). Values are checked and converted to the core's types when
+//! the object is built, so building the `Store` cannot fail on them (except for what only
+//! the backend can judge: a Redis URL or TLS material).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::expiry::Expiry;
+use crate::record::Keys;
+use crate::store::{BackendConfig, FileConfig, RedisConfig, RedisTls, StoreConfig};
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a number of seconds >= 0")))
+}
+
+/// Files under `data_dir` (created 0700 on the first save).
+#[pyclass(name = "FileBackend", module = "flask_beaker_session._core", frozen)]
+pub struct PyFileBackend(FileConfig);
+
+#[pymethods]
+impl PyFileBackend {
+    #[new]
+    #[pyo3(signature = (*, data_dir, read_legacy = true))]
+    fn new(data_dir: PathBuf, read_legacy: bool) -> Self {
+        PyFileBackend(FileConfig {
+            data_dir,
+            read_legacy,
+        })
+    }
+
+    #[getter]
+    fn data_dir(&self) -> PathBuf {
+        self.0.data_dir.clone()
+    }
+
+    #[getter]
+    fn read_legacy(&self) -> bool {
+        self.0.read_legacy
+    }
+}
+
+/// This process's memory (tests and development).
+#[pyclass(name = "MemoryBackend", module = "flask_beaker_session._core", frozen)]
+pub struct PyMemoryBackend;
+
+#[pymethods]
+impl PyMemoryBackend {
+    #[new]
+    fn new() -> Self {
+        PyMemoryBackend
+    }
+}
+
+/// A Redis server. `tls_*` are PEM bytes for `rediss://`: a CA to trust instead of the
+/// public ones, and a client certificate chain with its key.
+#[pyclass(name = "RedisBackend", module = "flask_beaker_session._core", frozen)]
+pub struct PyRedisBackend(RedisConfig);
+
+#[pymethods]
+impl PyRedisBackend {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        *,
+        url,
+        prefix = "fbs:",
+        connect_timeout = 2.0,
+        io_timeout = 2.0,
+        lock_ttl = 60.0,
+        tls_ca_certs = None,
+        tls_client = None,
+    ))]
+    fn new(
+        url: String,
+        prefix: &str,
+        connect_timeout: f64,
+        io_timeout: f64,
+        lock_ttl: f64,
+        tls_ca_certs: Option<Vec<u8>>,
+        tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> PyResult<Self> {
+        Ok(PyRedisBackend(RedisConfig {
+            url,
+            prefix: prefix.to_owned(),
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            io_timeout: seconds("io_timeout", io_timeout)?,
+            lock_ttl: seconds("lock_ttl", lock_ttl)?,
+            tls: RedisTls {
+                ca_certs: tls_ca_certs,
+                client: tls_client,
+            },
+        }))
+    }
+
+    #[getter]
+    fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    #[getter]
+    fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+}
+
+/// Everything a store needs, fixed at `init_app`.
+#[pyclass(name = "StoreConfig", module = "flask_beaker_session._core", frozen)]
+pub struct PyStoreConfig {
+    backend: Py<PyAny>,
+    backend_config: BackendConfig,
+    config: StoreConfig,
+    lock_timeout: f64,
+}
+
+impl PyStoreConfig {
+    /// The core's settings: the common ones and the backend's.
+    pub fn core(&self) -> (StoreConfig, BackendConfig) {
+        (self.config.clone(), self.backend_config.clone())
+    }
+}
+
+fn backend_config(backend: &Bound<'_, PyAny>) -> PyResult<BackendConfig> {
+    if let Ok(file) = backend.cast::<PyFileBackend>() {
+        return Ok(BackendConfig::File(file.get().0.clone()));
+    }
+    if backend.cast::<PyMemoryBackend>().is_ok() {
+        return Ok(BackendConfig::Memory);
+    }
+    if let Ok(redis) = backend.cast::<PyRedisBackend>() {
+        return Ok(BackendConfig::Redis(redis.get().0.clone()));
+    }
+    Err(PyTypeError::new_err(
+        "backend must be a FileBackend, MemoryBackend or RedisBackend",
+    ))
+}
+
+#[pymethods]
+impl PyStoreConfig {
+    #[new]
+    #[pyo3(
+        signature = (
+            *,
+            backend,
+            keys = Vec::new(),
+            idle_timeout = None,
+            absolute_timeout = None,
+            lock_timeout = 10.0,
+        ),
+        text_signature = "(*, backend, keys=(), idle_timeout=None, absolute_timeout=None, lock_timeout=10.0)"
+    )]
+    fn new(
+        backend: &Bound<'_, PyAny>,
+        keys: Vec<Vec<u8>>,
+        idle_timeout: Option<f64>,
+        absolute_timeout: Option<f64>,
+        lock_timeout: f64,
+    ) -> PyResult<Self> {
+        Ok(PyStoreConfig {
+            backend_config: backend_config(backend)?,
+            backend: backend.clone().unbind(),
+            config: StoreConfig {
+                keys: Keys::new(&keys),
+                expiry: Expiry {
+                    idle: idle_timeout,
+                    absolute: absolute_timeout,
+                },
+                lock_timeout: seconds("lock_timeout", lock_timeout)?,
+            },
+            lock_timeout,
+        })
+    }
+
+    #[getter]
+    fn backend(&self, py: Python<'_>) -> Py<PyAny> {
+        self.backend.clone_ref(py)
+    }
+
+    #[getter]
+    fn idle_timeout(&self) -> Option<f64> {
+        self.config.expiry.idle
+    }
+
+    #[getter]
+    fn absolute_timeout(&self) -> Option<f64> {
+        self.config.expiry.absolute
+    }
+
+    #[getter]
+    fn lock_timeout(&self) -> f64 {
+        self.lock_timeout
+    }
+
+    /// How often read-only requests refresh the last access (None: never needed).
+    #[getter]
+    fn touch_interval(&self) -> Option<f64> {
+        self.config.expiry.touch_interval()
+    }
+}

@@ -1,0 +1,115 @@
+//! The enums of the boundary: what an open found, what a payload is, which backend a store
+//! is, what a walk does. Python sees members (`OpenStatus.Found`), never magic integers;
+//! each mirrors a core enum and converts from or to it here, in one place.
+
+use pyo3::prelude::*;
+
+use crate::report::WalkMode;
+use crate::store::{BackendKind, Opened, PayloadKind};
+
+/// Which backend a store is.
+#[pyclass(
+    name = "BackendKind",
+    module = "flask_beaker_session._core",
+    eq,
+    eq_int,
+    frozen
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyBackendKind {
+    File,
+    Memory,
+    Redis,
+}
+
+impl From<BackendKind> for PyBackendKind {
+    fn from(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::File => PyBackendKind::File,
+            BackendKind::Memory => PyBackendKind::Memory,
+            BackendKind::Redis => PyBackendKind::Redis,
+        }
+    }
+}
+
+/// What `Store.open` found.
+#[pyclass(
+    name = "OpenStatus",
+    module = "flask_beaker_session._core",
+    eq,
+    eq_int,
+    frozen
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyOpenStatus {
+    Found,
+    Missing,
+    Invalid,
+    Expired,
+    Corrupt,
+    Newer,
+}
+
+impl PyOpenStatus {
+    /// The status of an open outcome, and its handle if any.
+    pub fn split<H>(opened: Opened<H>) -> (Self, Option<H>) {
+        match opened {
+            Opened::Found(h) => (PyOpenStatus::Found, Some(h)),
+            Opened::Missing => (PyOpenStatus::Missing, None),
+            Opened::Expired => (PyOpenStatus::Expired, None),
+            Opened::Corrupt => (PyOpenStatus::Corrupt, None),
+            Opened::Newer => (PyOpenStatus::Newer, None),
+        }
+    }
+}
+
+/// What an opened session's payload is.
+#[pyclass(
+    name = "PayloadKind",
+    module = "flask_beaker_session._core",
+    eq,
+    eq_int,
+    frozen
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyPayloadKind {
+    Record,
+    Legacy,
+    LegacyWrapped,
+}
+
+impl From<PayloadKind> for PyPayloadKind {
+    fn from(kind: PayloadKind) -> Self {
+        match kind {
+            PayloadKind::Record => PyPayloadKind::Record,
+            PayloadKind::Legacy => PyPayloadKind::Legacy,
+            PayloadKind::LegacyWrapped => PyPayloadKind::LegacyWrapped,
+        }
+    }
+}
+
+/// What a walk over the store does.
+#[pyclass(
+    name = "WalkMode",
+    module = "flask_beaker_session._core",
+    from_py_object,
+    eq,
+    eq_int,
+    frozen
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyWalkMode {
+    Stats,
+    Sweep,
+    Clear,
+}
+
+impl From<PyWalkMode> for WalkMode {
+    fn from(mode: PyWalkMode) -> Self {
+        match mode {
+            PyWalkMode::Stats => WalkMode::Stats,
+            PyWalkMode::Sweep => WalkMode::Sweep,
+            PyWalkMode::Clear => WalkMode::Clear,
+        }
+    }
+}

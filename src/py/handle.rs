@@ -1,0 +1,92 @@
+//! `Handle` as a Python class: one open, locked session. Frozen (shared between threads
+//! without "Already borrowed" errors); the core's handle sits behind a mutex taken only
+//! while the GIL is released, and is consumed exactly once (`save`, `touch`, `delete`;
+//! `release` drops it), so the lock is never given up twice.
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::enums::PyPayloadKind;
+use crate::error::{StoreError, StoreResult};
+use crate::store::{Loaded, SessionHandle};
+
+/// A locked, open session.
+#[pyclass(name = "Handle", module = "flask_beaker_session._core", frozen)]
+pub struct PyHandle {
+    id: String,
+    loaded: Loaded,
+    inner: Mutex<Option<Box<dyn SessionHandle>>>,
+}
+
+impl PyHandle {
+    /// Wraps an open session.
+    pub fn new(handle: Box<dyn SessionHandle>) -> Self {
+        PyHandle {
+            id: handle.id().to_hex(),
+            loaded: handle.loaded(),
+            inner: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// Takes the session out (ending the handle), or `Released` if already ended.
+    fn take(&self) -> StoreResult<Box<dyn SessionHandle>> {
+        self.inner.lock().take().ok_or(StoreError::Released)
+    }
+}
+
+#[pymethods]
+impl PyHandle {
+    #[getter]
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    #[getter]
+    fn kind(&self) -> PyPayloadKind {
+        self.loaded.kind.into()
+    }
+
+    #[getter]
+    fn created(&self) -> Option<f64> {
+        self.loaded.created
+    }
+
+    #[getter]
+    fn last_access(&self) -> Option<f64> {
+        self.loaded.last_access
+    }
+
+    /// The stored payload (pickle bytes) as loaded.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let guard = self.inner.lock();
+        let session = guard.as_ref().ok_or(StoreError::Released)?;
+        Ok(PyBytes::new(py, session.payload()))
+    }
+
+    /// Stores a new version and releases. `created` fills in a creation time the core
+    /// could not read (legacy sessions).
+    #[pyo3(signature = (payload, now, created = None))]
+    fn save(&self, py: Python<'_>, payload: &[u8], now: f64, created: Option<f64>) -> PyResult<()> {
+        py.detach(|| self.take()?.save(payload, now, created))?;
+        Ok(())
+    }
+
+    /// Refreshes the last access if the store's touch interval has passed, and releases;
+    /// True if it wrote.
+    fn touch(&self, py: Python<'_>, now: f64) -> PyResult<bool> {
+        Ok(py.detach(|| self.take()?.touch(now))?)
+    }
+
+    /// Removes the stored session and releases.
+    fn delete(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.take()?.delete())?;
+        Ok(())
+    }
+
+    /// Releases without changing anything. Idempotent.
+    fn release(&self, py: Python<'_>) {
+        py.detach(|| drop(self.inner.lock().take()));
+    }
+}

@@ -1,0 +1,118 @@
+//! What a walk over a store does (`WalkMode`) and what it found (`Report`): shared by every
+//! backend and by the CLI's `stats`/`sweep`/`clear`, so they all report in one shape.
+
+/// What a walk does with what it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkMode {
+    /// Count only.
+    Stats,
+    /// Remove expired records and leftovers.
+    Sweep,
+    /// Remove every session (records, temporary and legacy files).
+    Clear,
+}
+
+/// Upper bounds (bytes) of the size histogram buckets; the last bucket is "larger".
+pub const SIZE_BUCKETS: [u64; 6] = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+
+/// Counts from one walk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Records seen.
+    pub records: u64,
+    /// Total bytes of the records seen.
+    pub bytes: u64,
+    /// Records that are live (kept).
+    pub live: u64,
+    /// Records found expired (removed unless `Stats`).
+    pub expired: u64,
+    /// Records that could not be parsed (removed unless `Stats`).
+    pub corrupt: u64,
+    /// Orphaned temporary files (removed unless `Stats`).
+    pub temp: u64,
+    /// Legacy Beaker session files seen.
+    pub legacy: u64,
+    /// Legacy files past the idle timeout (removed unless `Stats`).
+    pub legacy_expired: u64,
+    /// Beaker lock files (removed by `Sweep` when old, by `Clear` always).
+    pub legacy_locks: u64,
+    /// Records and files removed.
+    pub removed: u64,
+    /// Bytes freed by removals.
+    pub bytes_freed: u64,
+    /// Files that could not be read or removed (permissions, races).
+    pub errors: u64,
+    /// Record sizes: counts per `SIZE_BUCKETS` bucket, plus one for larger.
+    pub sizes: [u64; 7],
+}
+
+impl Report {
+    /// The counters by name (everything but `sizes`), in declaration order.
+    pub fn counts(&self) -> [(&'static str, u64); 12] {
+        [
+            ("records", self.records),
+            ("bytes", self.bytes),
+            ("live", self.live),
+            ("expired", self.expired),
+            ("corrupt", self.corrupt),
+            ("temp", self.temp),
+            ("legacy", self.legacy),
+            ("legacy_expired", self.legacy_expired),
+            ("legacy_locks", self.legacy_locks),
+            ("removed", self.removed),
+            ("bytes_freed", self.bytes_freed),
+            ("errors", self.errors),
+        ]
+    }
+
+    /// Adds the counts of `o` (a worker's share of a walk).
+    pub fn merge(&mut self, o: &Report) {
+        self.records += o.records;
+        self.bytes += o.bytes;
+        self.live += o.live;
+        self.expired += o.expired;
+        self.corrupt += o.corrupt;
+        self.temp += o.temp;
+        self.legacy += o.legacy;
+        self.legacy_expired += o.legacy_expired;
+        self.legacy_locks += o.legacy_locks;
+        self.removed += o.removed;
+        self.bytes_freed += o.bytes_freed;
+        self.errors += o.errors;
+        for (a, b) in self.sizes.iter_mut().zip(o.sizes) {
+            *a += b;
+        }
+    }
+
+    /// Counts a record of `len` bytes in the size histogram.
+    pub fn add_size(&mut self, len: u64) {
+        let bucket = SIZE_BUCKETS
+            .iter()
+            .position(|&b| len <= b)
+            .unwrap_or(SIZE_BUCKETS.len());
+        self.sizes[bucket] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_every_count_and_bucket() {
+        let mut a = Report {
+            records: 1,
+            errors: 2,
+            ..Report::default()
+        };
+        a.add_size(10);
+        let mut b = a.clone();
+        b.add_size(2 << 20);
+        a.merge(&b);
+        assert_eq!(a.records, 2);
+        assert_eq!(a.errors, 4);
+        assert_eq!(a.sizes, [2, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(a.counts()[0], ("records", 2));
+        assert_eq!(a.counts()[11], ("errors", 4));
+    }
+}

@@ -1,0 +1,218 @@
+//! The file store's open session: saving in place or through an installed new file
+//! (migrating a legacy session on its first save), touching by mtime, deleting, and handing
+//! the unlocked descriptor to the cache when released. Split from `file.rs`, which opens.
+
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+
+use super::record_io::{check_len, create_file, fill_new, pin_mtime, to_system_time};
+use super::{FileHandle, Origin, SMALL_WRITE};
+use crate::error::{StoreError, StoreResult};
+use crate::expiry;
+use crate::lock::{fd_cache, LockedFile};
+use crate::record::{self, HEADER_LEN};
+use crate::shard;
+use crate::sid::SessionId;
+use crate::store::{Loaded, PayloadKind, SessionHandle};
+
+impl FileHandle {
+    /// Where the payload came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Stores `payload` as the new version of the session and keeps the lock (`save` is
+    /// this, then the release). In place when it fits the older slot, otherwise through a
+    /// new file installed by `rename`.
+    pub fn write(&mut self, payload: &[u8], now: f64) -> StoreResult<()> {
+        check_len(payload)?;
+        let created = self.created.unwrap_or(now);
+        match self.origin {
+            Origin::Record {
+                slot,
+                seq,
+                slot_size,
+            } if HEADER_LEN + payload.len() <= slot_size => {
+                let keys = &self.store.cfg.keys;
+                let header = record::encode_header(keys, &self.id, seq + 1, created, now, payload);
+                let target = 1 - slot;
+                self.write_slot(&header, payload, (target * slot_size) as u64, now)?;
+                self.origin = Origin::Record {
+                    slot: target,
+                    seq: seq + 1,
+                    slot_size,
+                };
+            }
+            Origin::Record { seq, .. } => drop(self.install(payload, created, now, seq + 1)?),
+            Origin::Legacy { .. } => {
+                // Keep the legacy file locked until it is unlinked: a waiter in another
+                // process must then see `nlink == 0` and move to the new record, never load
+                // the stale legacy session.
+                let legacy_file = self.install(payload, created, now, 1)?;
+                if let Some(old) = self.legacy_path.take() {
+                    let _ = fs::remove_file(old);
+                }
+                drop(legacy_file);
+            }
+        }
+        // `payload` means "as loaded"; the caller has the saved bytes already, and keeping
+        // a copy would cost a large session an allocation and a copy per save.
+        self.payload = Vec::new();
+        self.created = Some(created);
+        self.last_access = Some(now);
+        Ok(())
+    }
+
+    /// Writes one slot in place. Small slots go out in one `pwrite`; large ones as payload
+    /// then header, which spares copying the payload into a buffer. A crash between the two
+    /// writes leaves a slot whose tag does not verify, so the other slot wins: still safe.
+    fn write_slot(&self, header: &[u8], payload: &[u8], offset: u64, now: f64) -> StoreResult<()> {
+        let io = |e| StoreError::io("write", &self.path, e);
+        let file = self.file.file().map_err(io)?;
+        if payload.len() <= SMALL_WRITE {
+            let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+            buf.extend_from_slice(header);
+            buf.extend_from_slice(payload);
+            file.write_all_at(&buf, offset).map_err(io)?;
+        } else {
+            file.write_all_at(payload, offset + HEADER_LEN as u64)
+                .map_err(io)?;
+            file.write_all_at(header, offset).map_err(io)?;
+        }
+        pin_mtime(file, &self.path, now)
+    }
+
+    /// Writes a complete new record to a temporary file, locks it, and renames it over the
+    /// record path. Waiters on the old file see it unlinked and move to the new one, whose
+    /// lock we already hold. Returns the old file, still locked, for the caller to drop.
+    fn install(
+        &mut self,
+        payload: &[u8],
+        created: f64,
+        now: f64,
+        seq: u64,
+    ) -> StoreResult<LockedFile> {
+        let suffix = SessionId::generate()?.to_hex();
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(format!(".{}{}", &suffix[..8], shard::TMP_SUFFIX));
+        let tmp = self.path.with_file_name(name);
+        let keys = &self.store.cfg.keys;
+        let slot = record::encode_slot(keys, &self.id, seq, created, now, payload);
+        let slot_size = record::slot_size_for(payload.len());
+        let locked = LockedFile::new(create_file(&tmp)?);
+        let result = (|| {
+            let file = locked
+                .file()
+                .map_err(|e| StoreError::io("create", &tmp, e))?;
+            // Uncontended: nobody else can know the temporary name.
+            if !fs4::fs_std::FileExt::try_lock_exclusive(file)
+                .map_err(|e| StoreError::io("lock", &tmp, e))?
+            {
+                let busy = io::Error::from(ErrorKind::WouldBlock);
+                return Err(StoreError::io("lock", &tmp, busy));
+            }
+            fill_new(file, &tmp, &slot, slot_size, now)?;
+            fs::rename(&tmp, &self.path).map_err(|e| StoreError::io("rename", &self.path, e))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut self.file, locked);
+        self.origin = Origin::Record {
+            slot: 0,
+            seq,
+            slot_size,
+        };
+        Ok(old)
+    }
+
+    /// Refreshes the last access without rewriting the record, and keeps the lock (`touch`
+    /// is this, then the release): a metadata-only update of the file's mtime to `now`,
+    /// done only when the touch interval has passed, so read-only traffic costs at most one
+    /// `futimens` per interval. Legacy sessions are never touched (their next save migrates
+    /// them).
+    pub fn refresh(&mut self, now: f64) -> StoreResult<bool> {
+        if !matches!(self.origin, Origin::Record { .. })
+            || !self.store.cfg.expiry.touch_due(self.last_access, now)
+        {
+            return Ok(false);
+        }
+        self.file
+            .file()
+            .and_then(|f| f.set_modified(to_system_time(now)))
+            .map_err(|e| StoreError::io("touch", &self.path, e))?;
+        self.last_access = Some(now);
+        Ok(true)
+    }
+
+    /// Removes the session's record (or legacy file); the lock goes with the handle.
+    fn remove(&mut self) -> StoreResult<()> {
+        self.reusable = false;
+        let target = self.legacy_path.as_deref().unwrap_or(&self.path);
+        match fs::remove_file(target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", target, e)),
+        }
+    }
+}
+
+impl SessionHandle for FileHandle {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            kind: match self.origin {
+                Origin::Record { .. } => PayloadKind::Record,
+                Origin::Legacy { wrapped: false } => PayloadKind::Legacy,
+                Origin::Legacy { wrapped: true } => PayloadKind::LegacyWrapped,
+            },
+            created: self.created,
+            last_access: self.last_access,
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    fn save(
+        mut self: Box<Self>,
+        payload: &[u8],
+        now: f64,
+        created: Option<f64>,
+    ) -> StoreResult<()> {
+        if self.created.is_none() {
+            self.created = created;
+        }
+        self.write(payload, expiry::save_time(self.last_access, now))
+    }
+
+    fn touch(mut self: Box<Self>, now: f64) -> StoreResult<bool> {
+        self.refresh(now)
+    }
+
+    fn delete(mut self: Box<Self>) -> StoreResult<()> {
+        self.remove()
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        // Unlock first (the waiters then go), keep the descriptor for the next request on
+        // this session; a legacy file (still ours only until migrated) is not kept.
+        if self.reusable && matches!(self.origin, Origin::Record { .. }) {
+            if let Some(file) = self.file.take_unlocked() {
+                fd_cache::put(self.path.clone(), file);
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The file store's system calls, kept apart from its locking and lifecycle logic: opening
+//! without following symlinks, creating private files and directories whatever the umask,
+//! reading a record's two slots with as few `pread`s as possible, and the one rule that
+//! turns a record file into a last access (`last_access`), shared by `open` and the sweeper.
+
+use std::fs::{self, File, Metadata, OpenOptions, Permissions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{StoreError, StoreResult};
+use crate::expiry;
+use crate::record::{self, Choice, Keys, HEADER_LEN};
+use crate::sid::SessionId;
+
+/// Records up to this size are read with one `pread`; larger ones slot by slot.
+const SMALL_RECORD: u64 = 256 << 10;
+
+/// How far the kernel's clock may run ahead of the injected one before a write pins the
+/// file's mtime to the injected time (see `pin_mtime`).
+const CLOCK_SLACK: f64 = 1.0;
+
+/// Opens an existing file read-write without following a symlink at the last component.
+pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Epoch seconds as a `SystemTime` (non-finite or negative values give the epoch).
+pub(crate) fn to_system_time(secs: f64) -> SystemTime {
+    if secs.is_finite() && secs > 0.0 {
+        UNIX_EPOCH + Duration::from_secs_f64(secs)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+/// A file's mtime in epoch seconds.
+pub(crate) fn mtime(meta: &Metadata) -> f64 {
+    meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
+}
+
+/// The last access of a record: the later of the save time in its header and its mtime,
+/// which a touch sets to the (injected) time of the touch, and a write leaves at most
+/// `CLOCK_SLACK` after the injected time of the write (`pin_mtime`).
+pub(crate) fn last_access(saved_at: f64, meta: &Metadata) -> f64 {
+    expiry::last_access(saved_at, Some(mtime(meta)))
+}
+
+/// After a write at injected time `now`, the kernel has set the mtime to the *system* time.
+/// When `now` is behind the system clock (a faked clock in the past), that mtime would pass
+/// for a later access and keep the session alive on the system clock; the mtime is then set
+/// to `now`. In the normal case (`now` is the system time) this reads the clock (vDSO, no
+/// syscall) and does nothing else.
+pub(crate) fn pin_mtime(file: &File, path: &Path, now: f64) -> StoreResult<()> {
+    let system = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if now + CLOCK_SLACK >= system {
+        return Ok(());
+    }
+    file.set_modified(to_system_time(now))
+        .map_err(|e| StoreError::io("touch", path, e))
+}
+
+/// Creates `dir` and its parents with mode 0700, set explicitly.
+fn make_dirs(dir: &Path) -> StoreResult<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::io("create directory", dir, e))
+}
+
+/// Creates a new file (`O_EXCL`), mode 0600, creating missing parent directories (0700).
+pub(crate) fn create_file(path: &Path) -> StoreResult<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                make_dirs(parent)?;
+                // Directories made by us get 0700 whatever the umask.
+                let _ = fs::set_permissions(parent, Permissions::from_mode(0o700));
+            }
+            open().map_err(|e| StoreError::io("create", path, e))?
+        }
+        other => other.map_err(|e| StoreError::io("create", path, e))?,
+    };
+    file.set_permissions(Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::io("chmod", path, e))?;
+    Ok(file)
+}
+
+/// Writes a whole new record file (slot 0 = `slot`, slot 1 empty) into an open, empty file
+/// at injected time `now`.
+pub(crate) fn fill_new(
+    file: &File,
+    path: &Path,
+    slot: &[u8],
+    slot_size: usize,
+    now: f64,
+) -> StoreResult<()> {
+    file.write_all_at(slot, 0)
+        .map_err(|e| StoreError::io("write", path, e))?;
+    // The second slot stays a hole until the first in-place save writes it.
+    file.set_len(2 * slot_size as u64)
+        .map_err(|e| StoreError::io("write", path, e))?;
+    pin_mtime(file, path, now)
+}
+
+/// Refuses payloads the record format cannot describe.
+pub(crate) fn check_len(payload: &[u8]) -> StoreResult<()> {
+    if u32::try_from(payload.len()).is_err() {
+        return Err(StoreError::TooLarge(payload.len()));
+    }
+    Ok(())
+}
+
+/// The current slot of a record, as read and verified.
+pub(crate) struct RecordRead {
+    pub slot: usize,
+    pub seq: u64,
+    pub slot_size: usize,
+    pub created: f64,
+    pub saved_at: f64,
+    pub payload: Vec<u8>,
+}
+
+/// Why a record could not be used.
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Corrupt,
+    Newer,
+}
+
+/// Reads both slot headers, and the payload of the newest slot that verifies.
+pub(crate) fn read_record(
+    file: &File,
+    meta: &Metadata,
+    keys: &Keys,
+    id: &SessionId,
+) -> Result<RecordRead, ReadError> {
+    let len = meta.len();
+    if len < 2 * HEADER_LEN as u64
+        || len % 2 != 0
+        || len > 2 * (u64::from(u32::MAX) + HEADER_LEN as u64)
+    {
+        return Err(ReadError::Corrupt);
+    }
+    let slot_size = (len / 2) as usize;
+    let (heads, whole) = read_heads(file, len, slot_size).map_err(ReadError::Io)?;
+    let mut io_error = None;
+    let choice = record::choose(keys, id, [&heads[0], &heads[1]], slot_size, |i, h| {
+        let start = i * slot_size + HEADER_LEN;
+        match &whole {
+            Some(all) => Some(all.get(start..start + h.payload_len)?.to_vec()),
+            None => {
+                let mut buf = vec![0u8; h.payload_len];
+                if let Err(e) = file.read_exact_at(&mut buf, start as u64) {
+                    io_error = Some(e);
+                    return None;
+                }
+                Some(buf)
+            }
+        }
+    });
+    if let Some(e) = io_error {
+        return Err(ReadError::Io(e));
+    }
+    match choice {
+        Choice::Valid(slot, h, payload) => Ok(RecordRead {
+            slot,
+            seq: h.seq,
+            slot_size,
+            created: h.created,
+            saved_at: h.saved_at,
+            payload,
+        }),
+        Choice::Newer(_) => Err(ReadError::Newer),
+        Choice::Corrupt => Err(ReadError::Corrupt),
+    }
+}
+
+/// The two slot headers; for a small record also the whole file (read in one `pread`).
+type Heads = ([Vec<u8>; 2], Option<Vec<u8>>);
+
+fn read_heads(file: &File, len: u64, slot_size: usize) -> io::Result<Heads> {
+    if len <= SMALL_RECORD {
+        let mut all = vec![0u8; len as usize];
+        file.read_exact_at(&mut all, 0)?;
+        let heads = [
+            all[..HEADER_LEN].to_vec(),
+            all[slot_size..slot_size + HEADER_LEN].to_vec(),
+        ];
+        return Ok((heads, Some(all)));
+    }
+    let mut a = vec![0u8; HEADER_LEN];
+    let mut b = vec![0u8; HEADER_LEN];
+    file.read_exact_at(&mut a, 0)?;
+    file.read_exact_at(&mut b, slot_size as u64)?;
+    Ok(([a, b], None))
+}

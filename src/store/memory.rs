@@ -1,0 +1,250 @@
+//! The in-process memory backend (`SESSION_TYPE = 'memory'`): for tests and development.
+//! Sessions live in a map owned by one store of one process, so they are lost on restart and
+//! not shared between worker processes (the Python side warns when it detects several).
+//! Locking and expiry behave as in the other backends: the shared lock preamble (scoped to
+//! this store instance), the shared expiry rules, the last access kept as the time of the
+//! last save or touch on the injected clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::{StoreError, StoreResult};
+use crate::expiry;
+use crate::lock::{LockKey, LockScope, ThreadLock};
+use crate::report::{Report, WalkMode};
+use crate::sid::SessionId;
+use crate::store::{
+    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+};
+
+#[derive(Clone)]
+struct Entry {
+    payload: Arc<Vec<u8>>,
+    created: f64,
+    last_access: f64,
+}
+
+struct Shared {
+    cfg: StoreConfig,
+    scope: LockScope,
+    data: Mutex<HashMap<SessionId, Entry>>,
+}
+
+/// Sessions kept in this process's memory.
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+/// A locked session of a `MemoryStore`.
+pub struct MemoryHandle {
+    store: Arc<Shared>,
+    id: SessionId,
+    entry: Entry,
+    _lock: ThreadLock,
+}
+
+impl Shared {
+    fn expired(&self, now: f64, e: &Entry) -> bool {
+        self.cfg
+            .expiry
+            .is_expired(now, Some(e.created), Some(e.last_access))
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(cfg: StoreConfig) -> Self {
+        MemoryStore {
+            shared: Arc::new(Shared {
+                cfg,
+                scope: LockScope::unique(),
+                data: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Memory
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.shared.cfg
+    }
+
+    fn open(&self, id: &SessionId, now: f64) -> StoreResult<Opened<Box<dyn SessionHandle>>> {
+        let key = LockKey {
+            scope: self.shared.scope.clone(),
+            id: *id,
+        };
+        let (lock, _) = lock_thread(key, &self.shared.cfg)?;
+        let mut data = self.shared.data.lock();
+        let Some(entry) = data.get(id).cloned() else {
+            return Ok(Opened::Missing);
+        };
+        if self.shared.expired(now, &entry) {
+            data.remove(id);
+            return Ok(Opened::Expired);
+        }
+        Ok(Opened::Found(Box::new(MemoryHandle {
+            store: Arc::clone(&self.shared),
+            id: *id,
+            entry,
+            _lock: lock,
+        })))
+    }
+
+    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+        let mut data = self.shared.data.lock();
+        if data.contains_key(id) {
+            return Err(StoreError::IdCollision);
+        }
+        let entry = Entry {
+            payload: Arc::new(payload.to_vec()),
+            created,
+            last_access: now,
+        };
+        data.insert(*id, entry);
+        Ok(())
+    }
+
+    /// Counts (`Stats`), removes expired sessions (`Sweep`) or everything (`Clear`).
+    fn walk(&self, now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
+        let mut report = Report::default();
+        let mut data = self.shared.data.lock();
+        let before = data.len() as u64;
+        report.records = before;
+        for entry in data.values() {
+            report.bytes += entry.payload.len() as u64;
+            if self.shared.expired(now, entry) {
+                report.expired += 1;
+            }
+        }
+        match mode {
+            WalkMode::Stats => {}
+            WalkMode::Sweep => data.retain(|_, e| !self.shared.expired(now, e)),
+            WalkMode::Clear => data.clear(),
+        }
+        report.removed = before - data.len() as u64;
+        report.live = data.len() as u64;
+        Ok(report)
+    }
+}
+
+impl SessionHandle for MemoryHandle {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            kind: PayloadKind::Record,
+            created: Some(self.entry.created),
+            last_access: Some(self.entry.last_access),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.entry.payload
+    }
+
+    fn save(self: Box<Self>, payload: &[u8], now: f64, _created: Option<f64>) -> StoreResult<()> {
+        let entry = Entry {
+            payload: Arc::new(payload.to_vec()),
+            created: self.entry.created,
+            last_access: expiry::save_time(Some(self.entry.last_access), now),
+        };
+        self.store.data.lock().insert(self.id, entry);
+        Ok(())
+    }
+
+    fn touch(self: Box<Self>, now: f64) -> StoreResult<bool> {
+        let due = (self.store.cfg.expiry).touch_due(Some(self.entry.last_access), now);
+        if due {
+            if let Some(entry) = self.store.data.lock().get_mut(&self.id) {
+                entry.last_access = now;
+            }
+        }
+        Ok(due)
+    }
+
+    fn delete(self: Box<Self>) -> StoreResult<()> {
+        self.store.data.lock().remove(&self.id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expiry::Expiry;
+    use crate::record::Keys;
+    use std::time::Duration;
+
+    fn store(idle: Option<f64>) -> MemoryStore {
+        MemoryStore::new(StoreConfig {
+            keys: Keys::new(&[]),
+            expiry: Expiry {
+                idle,
+                absolute: None,
+            },
+            lock_timeout: Duration::from_millis(50),
+        })
+    }
+
+    fn found(o: Opened<Box<dyn SessionHandle>>) -> Box<dyn SessionHandle> {
+        match o {
+            Opened::Found(h) => h,
+            _ => panic!("expected Found"),
+        }
+    }
+
+    #[test]
+    fn round_trip_expiry_and_locking() {
+        let s = store(Some(10.0));
+        let id = SessionId::generate().unwrap();
+        assert!(matches!(s.open(&id, 0.0).unwrap(), Opened::Missing));
+        s.create(&id, b"abc", 1.0, 1.0).unwrap();
+        let h = found(s.open(&id, 2.0).unwrap());
+        assert_eq!(h.payload(), b"abc");
+        // Locked: a second open times out.
+        assert!(matches!(
+            s.open(&id, 2.0),
+            Err(StoreError::LockTimeout { .. })
+        ));
+        h.save(b"xyz", 3.0, None).unwrap();
+        let h = found(s.open(&id, 12.0).unwrap());
+        assert_eq!(h.payload(), b"xyz");
+        assert_eq!(h.loaded().created, Some(1.0));
+        assert_eq!(h.loaded().last_access, Some(3.0));
+        drop(h);
+        assert!(matches!(s.open(&id, 100.0).unwrap(), Opened::Expired));
+        assert!(matches!(s.open(&id, 100.0).unwrap(), Opened::Missing));
+    }
+
+    #[test]
+    fn create_never_overwrites() {
+        let s = store(None);
+        let id = SessionId::generate().unwrap();
+        s.create(&id, b"first", 1.0, 1.0).unwrap();
+        assert!(matches!(
+            s.create(&id, b"second", 1.0, 1.0),
+            Err(StoreError::IdCollision)
+        ));
+        assert_eq!(found(s.open(&id, 1.0).unwrap()).payload(), b"first");
+    }
+
+    #[test]
+    fn two_stores_never_share_sessions_or_locks() {
+        let (a, b) = (store(None), store(None));
+        let id = SessionId::generate().unwrap();
+        a.create(&id, b"a", 1.0, 1.0).unwrap();
+        b.create(&id, b"b", 1.0, 1.0).unwrap();
+        let ha = found(a.open(&id, 1.0).unwrap());
+        let hb = found(b.open(&id, 1.0).unwrap());
+        assert_eq!((ha.payload(), hb.payload()), (&b"a"[..], &b"b"[..]));
+    }
+}

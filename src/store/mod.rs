@@ -1,0 +1,228 @@
+//! The backend contract: what every session store (files, memory, Redis) does, so the Python
+//! layer makes the same calls whichever is configured, and a feature that concerns every
+//! backend is written against two traits instead of three implementations.
+//!
+//! * [`Store`] opens a session (waits for its lock, reads, verifies, enforces expiry),
+//!   creates new ones, and walks the whole store (stats, sweep, clear).
+//! * [`SessionHandle`] is one open, locked session. It says what it loaded, and ends with
+//!   exactly one of `save`, `touch` or `delete`, or by being dropped: each releases the lock
+//!   (dropping changes nothing). Consuming the handle makes a second save impossible.
+//!
+//! What the backends share lives here or next door and nowhere else: the settings every
+//! store has ([`StoreConfig`]: tag keys, expiry, lock timeout), the expiry and touch rules
+//! (`crate::expiry`), the record format (`crate::record`), and the in-process half of the
+//! session lock ([`lock_thread`], keyed by the store's [`LockScope`] and the id).
+//!
+//! **Adding a backend** means adding one file in `src/store/` with a type implementing
+//! [`Store`] and one implementing [`SessionHandle`], a variant of [`BackendConfig`] (and of
+//! [`BackendKind`]) built in [`build`], and one pyclass for its settings in
+//! `src/py/config.rs`. Nothing else branches on the backend.
+
+pub mod file;
+pub mod memory;
+pub mod redis;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{StoreError, StoreResult};
+use crate::expiry::Expiry;
+use crate::lock::{LockKey, ThreadLock};
+use crate::record::Keys;
+use crate::report::{Report, WalkMode};
+use crate::sid::SessionId;
+
+pub use file::FileConfig;
+pub use redis::{RedisConfig, RedisTls};
+
+/// Settings every store has, fixed at `init_app`.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// Tag keys (from `SECRET_KEY` and its fallbacks).
+    pub keys: Keys,
+    /// Idle timeout and absolute lifetime.
+    pub expiry: Expiry,
+    /// How long to wait for another request of the same session.
+    pub lock_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// The error of a lock wait that reached the lock timeout.
+    pub fn lock_timed_out(&self) -> StoreError {
+        StoreError::LockTimeout {
+            waited: self.lock_timeout,
+        }
+    }
+}
+
+/// Which backend a store is, with its own settings.
+#[derive(Clone, Debug)]
+pub enum BackendConfig {
+    /// Files under a data directory.
+    File(FileConfig),
+    /// This process's memory.
+    Memory,
+    /// A Redis server.
+    Redis(RedisConfig),
+}
+
+/// Which backend a store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Files under a data directory.
+    File,
+    /// This process's memory.
+    Memory,
+    /// A Redis server.
+    Redis,
+}
+
+/// Builds a store. Does no I/O that could block (no connection; a file store only checks
+/// whether a legacy tree exists) and holds no descriptor, so it can be built before a
+/// pre-fork server forks. Malformed settings (a Redis URL) are `StoreError::Config`.
+pub fn build(cfg: StoreConfig, backend: BackendConfig) -> StoreResult<Arc<dyn Store>> {
+    Ok(match backend {
+        BackendConfig::File(file) => Arc::new(file::FileStore::new(cfg, file)),
+        BackendConfig::Memory => Arc::new(memory::MemoryStore::new(cfg)),
+        BackendConfig::Redis(redis) => Arc::new(redis::RedisStore::new(cfg, redis)?),
+    })
+}
+
+/// Forgets every per-process state of every backend (in-process locks, kept descriptors,
+/// pooled connections). Called in a child right after `fork`.
+pub fn reset_after_fork() {
+    crate::lock::reset_after_fork();
+    redis::reset_after_fork();
+}
+
+/// What `Store::open` found.
+pub enum Opened<H> {
+    /// A live session, locked by the returned handle.
+    Found(H),
+    /// No stored session has this id.
+    Missing,
+    /// The session was past its idle timeout or absolute lifetime; it has been removed.
+    Expired,
+    /// The record was torn, garbled or not authentic; it has been removed.
+    Corrupt,
+    /// The record was written by a newer format version; left in place.
+    Newer,
+}
+
+impl<H> Opened<H> {
+    /// The same outcome with the handle converted.
+    pub fn map<T>(self, f: impl FnOnce(H) -> T) -> Opened<T> {
+        match self {
+            Opened::Found(h) => Opened::Found(f(h)),
+            Opened::Missing => Opened::Missing,
+            Opened::Expired => Opened::Expired,
+            Opened::Corrupt => Opened::Corrupt,
+            Opened::Newer => Opened::Newer,
+        }
+    }
+}
+
+/// What an opened session's payload is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// Our record: the pickled user dict.
+    Record,
+    /// A legacy Beaker session whose payload is the bare session dict.
+    Legacy,
+    /// A legacy Beaker session whose payload is Beaker's whole outer pickle.
+    LegacyWrapped,
+}
+
+/// What an open session knew when it was loaded (besides its payload).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Loaded {
+    /// What the payload is.
+    pub kind: PayloadKind,
+    /// Creation time, when known without unpickling (always for our records).
+    pub created: Option<f64>,
+    /// Last access (see `expiry::last_access`), when known without unpickling.
+    pub last_access: Option<f64>,
+}
+
+/// A session store.
+pub trait Store: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// The settings every store has.
+    fn config(&self) -> &StoreConfig;
+
+    /// Locks and reads session `id` (waiting at most the lock timeout), enforces expiry.
+    /// Expired and corrupt sessions are removed.
+    fn open(&self, id: &SessionId, now: f64) -> StoreResult<Opened<Box<dyn SessionHandle>>>;
+
+    /// Stores a new session under a fresh `id`; never overwrites (`StoreError::IdCollision`).
+    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()>;
+
+    /// One pass over the store; `threads == 0` means one worker per core.
+    fn walk(&self, now: f64, mode: WalkMode, threads: usize) -> StoreResult<Report>;
+
+    /// Sweeps unless another process sharing the store did within `interval` seconds;
+    /// `None` when skipped. By default a store sweeps every time (it is not shared).
+    fn sweep_if_due(&self, now: f64, interval: f64, threads: usize) -> StoreResult<Option<Report>> {
+        let _ = interval;
+        self.walk(now, WalkMode::Sweep, threads).map(Some)
+    }
+
+    /// Ids of the legacy Beaker sessions present, for migration (file stores only).
+    fn legacy_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The data directory (file stores only).
+    fn data_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// One open session, holding its lock until it is saved, touched, deleted or dropped.
+pub trait SessionHandle: Send {
+    /// The session id.
+    fn id(&self) -> &SessionId;
+
+    /// What was loaded, besides the payload.
+    fn loaded(&self) -> Loaded;
+
+    /// The stored payload as loaded (pickle bytes).
+    fn payload(&self) -> &[u8];
+
+    /// Stores `payload` as the new version and releases the lock (also when it fails).
+    /// `created` fills in a creation time the store could not read (legacy sessions).
+    fn save(self: Box<Self>, payload: &[u8], now: f64, created: Option<f64>) -> StoreResult<()>;
+
+    /// Refreshes the last access if the touch interval has passed since the loaded one
+    /// (`Expiry::touch_due`), and releases the lock either way. True if it wrote.
+    fn touch(self: Box<Self>, now: f64) -> StoreResult<bool>;
+
+    /// Removes the stored session and releases the lock.
+    fn delete(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// The lock preamble of every backend's `open`: waits (bounded by the lock timeout) for the
+/// in-process lock of `key`, and returns it with the deadline that bounds the rest of the
+/// wait (the cross-process half: `flock`, Redis `SET NX`).
+pub fn lock_thread(key: LockKey, cfg: &StoreConfig) -> StoreResult<(ThreadLock, Instant)> {
+    let deadline = Instant::now() + cfg.lock_timeout;
+    match ThreadLock::acquire(key, deadline) {
+        Some(lock) => Ok((lock, deadline)),
+        None => Err(cfg.lock_timed_out()),
+    }
+}
+
+/// `threads`, or one per core when 0.
+pub fn worker_count(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,492 @@
+//! The Redis backend (`SESSION_TYPE = 'redis'`): sessions shared by every server that talks
+//! to one Redis. Same record format and tag as the file backend (one slot per key: Redis
+//! replaces a value atomically, so the two-slot scheme is not needed), same per-session lock
+//! semantics, expiry enforced twice: by the keys' TTL and by the shared check on read.
+//!
+//! * Keys: `<prefix>s:<sha256(id)>` holds the record, `<prefix>l:<sha256(id)>` the lock,
+//!   `<prefix>a:<sha256(id)>` the time of the last touch. The id never appears in a key, so
+//!   `KEYS`/`SCAN` output cannot be replayed as cookies.
+//! * Lock: `SET lock <token> NX PX <ttl>`, retried with back-off until the deadline; saves,
+//!   touches and deletes run as Lua scripts that first check the token (a request whose lock
+//!   expired cannot overwrite a newer holder's data) and release the lock in the same round
+//!   trip; a bare release is a compare-and-delete. Threads of one process queue on the
+//!   in-process `ThreadLock` first, so only one of them polls Redis.
+//! * Last access, on the injected clock like every backend: the later of the record's save
+//!   time and the last touch time. A touch writes its `now` to the `a:` key (with the same
+//!   TTL as the record, whose TTL it refreshes); a save deletes the `a:` key (its save time
+//!   supersedes it), and so does a delete. The open pipeline reads it with the record; no
+//!   `a:` key means the last access is the save time. A read-only request therefore never
+//!   rewrites the record, and the remaining TTL (which elapses on the server's real clock)
+//!   is never used as a clock.
+//! * TTL: `Expiry::ttl_ms` (the idle timeout, capped by what remains of the absolute
+//!   lifetime), set on save and, once per touch interval, on read.
+//! * `walk` counts `s:` keys as records; `Clear` deletes the `s:` and `a:` keys.
+
+mod pool;
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
+
+use crate::error::{StoreError, StoreResult};
+use crate::expiry;
+use crate::lock::{LockKey, LockScope, ThreadLock};
+use crate::record::{self, Keys, HEADER_LEN};
+use crate::report::{Report, WalkMode};
+use crate::shard;
+use crate::sid::SessionId;
+use crate::store::{
+    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+};
+
+pub use pool::reset_after_fork;
+use pool::Pool;
+
+/// Settings of the Redis backend.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://`, `redis+unix://` or `unix://` URL.
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on each command's round trip.
+    pub io_timeout: Duration,
+    /// How long a session lock lives if its holder never releases it (a crashed worker).
+    pub lock_ttl: Duration,
+    /// TLS material for `rediss://` beyond the defaults (trust the public CAs, no client
+    /// certificate).
+    pub tls: RedisTls,
+}
+
+/// PEM bytes for a `rediss://` connection: a private CA, and a client certificate for
+/// servers that verify their clients (`tls-auth-clients yes`, Redis's default).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates to trust instead of the public ones.
+    pub ca_certs: Option<Vec<u8>>,
+    /// Client certificate chain and private key, both or neither.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Says which parts are set, never their bytes (the key is a secret).
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_certs", &self.ca_certs.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// The Redis client for a URL and its TLS material (no connection is made). The TLS
+/// material is consumed: the client keeps what it needs, and the store no second copy.
+fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
+    if tls.ca_certs.is_none() && tls.client.is_none() {
+        return Client::open(url)
+            .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")));
+    }
+    let certificates = TlsCertificates {
+        client_tls: tls.client.map(|(client_cert, client_key)| ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        root_cert: tls.ca_certs,
+    };
+    Client::build_with_tls(url, certificates)
+        .map_err(|e| StoreError::Config(format!("invalid Redis TLS settings: {e}")))
+}
+
+// KEYS: lock, record, last touch. ARGV: token, record, TTL in ms (0: none).
+const SAVE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+redis.call('DEL', KEYS[3], KEYS[1])
+return 1";
+
+// KEYS: lock, record, last touch. ARGV: token, TTL in ms, now.
+const TOUCH_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PEXPIRE', KEYS[2], ARGV[2]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+return 1";
+
+// KEYS: lock, record, last touch. ARGV: token.
+const DELETE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
+return 1";
+
+// KEYS: lock. ARGV: token.
+const RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+struct Shared {
+    cfg: StoreConfig,
+    prefix: String,
+    lock_ttl_ms: u64,
+    scope: LockScope,
+    pool: Pool,
+    save: Script,
+    touch: Script,
+    delete: Script,
+    release: Script,
+}
+
+/// Sessions in Redis.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+/// A locked session of a `RedisStore`.
+pub struct RedisHandle {
+    store: Arc<Shared>,
+    id: SessionId,
+    digest: String,
+    token: String,
+    payload: Vec<u8>,
+    created: f64,
+    last_access: f64,
+    seq: u64,
+    released: bool,
+    _lock: ThreadLock,
+}
+
+/// What a record value is.
+enum Decoded {
+    Valid(record::SlotHeader),
+    Newer,
+    Corrupt,
+}
+
+fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
+    match record::parse_header(value) {
+        Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
+            if record::verify(keys, value, &h, id, &value[HEADER_LEN..]) {
+                Decoded::Valid(h)
+            } else {
+                Decoded::Corrupt
+            }
+        }
+        Ok(_) | Err(record::HeaderError::Garbage) => Decoded::Corrupt,
+        Err(record::HeaderError::Newer(_)) => Decoded::Newer,
+    }
+}
+
+impl Shared {
+    fn key(&self, kind: &str, digest: &str) -> String {
+        format!("{}{kind}:{digest}", self.prefix)
+    }
+
+    /// Takes the session lock and reads the record and its last touch, in one round trip
+    /// when uncontended; retried with back-off until `deadline`.
+    fn lock_and_read(
+        &self,
+        digest: &str,
+        token: &str,
+        deadline: Instant,
+    ) -> StoreResult<(Option<Vec<u8>>, Option<String>)> {
+        let (lock, data, access) = (
+            self.key("l", digest),
+            self.key("s", digest),
+            self.key("a", digest),
+        );
+        let mut backoff = Duration::from_micros(200);
+        loop {
+            let (got, value, touched): (Option<String>, Option<Vec<u8>>, Option<String>) =
+                self.pool.run(|c| {
+                    redis::pipe()
+                        .cmd("SET")
+                        .arg(&lock)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(self.lock_ttl_ms)
+                        .cmd("GET")
+                        .arg(&data)
+                        .cmd("GET")
+                        .arg(&access)
+                        .query(c)
+                })?;
+            if got.is_some() {
+                return Ok((value, touched));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.cfg.lock_timed_out());
+            }
+            std::thread::sleep(backoff.min(left));
+            backoff = (backoff * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Every key matching `pattern`, a `SCAN` batch at a time (never blocks the server).
+    fn scan(
+        &self,
+        pattern: &str,
+        mut each: impl FnMut(Vec<String>) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.pool.run(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            each(keys)?;
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn delete_keys(&self, keys: &[String]) -> StoreResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.pool.run(|c| redis::cmd("DEL").arg(keys).query(c))
+    }
+}
+
+impl RedisStore {
+    /// Builds a store; connects lazily (nothing is opened before a pre-fork server forks).
+    pub fn new(cfg: StoreConfig, mut rcfg: RedisConfig) -> StoreResult<Self> {
+        static PROVIDER: Once = Once::new();
+        PROVIDER.call_once(|| {
+            // rustls needs a process-wide crypto provider for rediss:// URLs.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let client = client_for(&rcfg.url, std::mem::take(&mut rcfg.tls))?;
+        let scope = LockScope::Server(Arc::from(format!("{}\n{}", rcfg.url, rcfg.prefix)));
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                cfg,
+                lock_ttl_ms: rcfg.lock_ttl.as_millis() as u64,
+                scope,
+                pool: Pool::new(client, rcfg.connect_timeout, rcfg.io_timeout),
+                prefix: rcfg.prefix,
+                save: Script::new(SAVE_LUA),
+                touch: Script::new(TOUCH_LUA),
+                delete: Script::new(DELETE_LUA),
+                release: Script::new(RELEASE_LUA),
+            }),
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.shared.cfg
+    }
+
+    fn open(&self, id: &SessionId, now: f64) -> StoreResult<Opened<Box<dyn SessionHandle>>> {
+        let shared = &self.shared;
+        let key = LockKey {
+            scope: shared.scope.clone(),
+            id: *id,
+        };
+        let (thread_lock, deadline) = lock_thread(key, &shared.cfg)?;
+        let digest = shard::digest(id);
+        let token = SessionId::generate()?.to_hex();
+        let (value, touched) = shared.lock_and_read(&digest, &token, deadline)?;
+        let mut handle = RedisHandle {
+            store: Arc::clone(shared),
+            id: *id,
+            digest,
+            token,
+            payload: Vec::new(),
+            created: now,
+            last_access: now,
+            seq: 0,
+            released: false,
+            _lock: thread_lock,
+        };
+        let Some(value) = value else {
+            handle.release();
+            return Ok(Opened::Missing);
+        };
+        let header = match decode(&shared.cfg.keys, id, &value) {
+            Decoded::Valid(h) => h,
+            Decoded::Newer => {
+                handle.release();
+                return Ok(Opened::Newer);
+            }
+            Decoded::Corrupt => {
+                handle.remove()?;
+                return Ok(Opened::Corrupt);
+            }
+        };
+        let touched = touched.and_then(|t| t.parse::<f64>().ok());
+        let last_access = expiry::last_access(header.saved_at, touched);
+        let expired = (shared.cfg.expiry).is_expired(now, Some(header.created), Some(last_access));
+        if expired {
+            handle.remove()?;
+            return Ok(Opened::Expired);
+        }
+        handle.payload = value[HEADER_LEN..].to_vec();
+        handle.created = header.created;
+        handle.last_access = last_access;
+        handle.seq = header.seq;
+        Ok(Opened::Found(Box::new(handle)))
+    }
+
+    /// `SET NX`: never overwrites.
+    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+        let shared = &self.shared;
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
+        let ttl = shared.cfg.expiry.ttl_ms(created, now);
+        let key = shared.key("s", &shard::digest(id));
+        let stored: Option<String> = shared.pool.run(|c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(value.as_slice()).arg("NX");
+            if ttl > 0 {
+                cmd.arg("PX").arg(ttl);
+            }
+            cmd.query(c)
+        })?;
+        stored.map(|_| ()).ok_or(StoreError::IdCollision)
+    }
+
+    /// Counts sessions (`Stats`/`Sweep`: Redis expires keys itself) or removes them all
+    /// (`Clear`, with their last-touch keys).
+    fn walk(&self, _now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
+        let shared = &self.shared;
+        let mut report = Report::default();
+        shared.scan(&format!("{}s:*", shared.prefix), |keys| {
+            report.records += keys.len() as u64;
+            if mode == WalkMode::Clear {
+                report.removed += shared.delete_keys(&keys)?;
+            } else {
+                report.live += keys.len() as u64;
+            }
+            Ok(())
+        })?;
+        if mode == WalkMode::Clear {
+            let pattern = format!("{}a:*", shared.prefix);
+            shared.scan(&pattern, |keys| shared.delete_keys(&keys).map(drop))?;
+        }
+        Ok(report)
+    }
+
+    /// Redis expires keys itself: nothing to sweep.
+    fn sweep_if_due(&self, _now: f64, _interval: f64, _: usize) -> StoreResult<Option<Report>> {
+        Ok(None)
+    }
+}
+
+impl RedisHandle {
+    /// Runs one of the token-checking scripts on this session's keys; the lock is gone
+    /// afterwards whatever the outcome (released by the script, or no longer ours).
+    fn run(&mut self, script: &Script, args: &[&[u8]]) -> StoreResult<()> {
+        let keys = ["l", "s", "a"].map(|kind| self.store.key(kind, &self.digest));
+        let ok: i64 = self.store.pool.run(|c| {
+            let mut invocation = script.key(&keys[..]);
+            invocation.arg(&self.token);
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke(c)
+        })?;
+        self.released = true;
+        match ok {
+            1 => Ok(()),
+            _ => Err(StoreError::LockLost),
+        }
+    }
+
+    /// Removes the session and its lock.
+    fn remove(&mut self) -> StoreResult<()> {
+        let store = Arc::clone(&self.store);
+        self.run(&store.delete, &[])
+    }
+
+    /// Releases the lock (compare-and-delete). Errors are ignored: the lock expires anyway.
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let lock = self.store.key("l", &self.digest);
+        let _ = self.store.pool.run(|c| {
+            self.store
+                .release
+                .key(&lock)
+                .arg(&self.token)
+                .invoke::<i64>(c)
+        });
+    }
+}
+
+impl SessionHandle for RedisHandle {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            kind: PayloadKind::Record,
+            created: Some(self.created),
+            last_access: Some(self.last_access),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Saves and releases in one round trip.
+    fn save(mut self: Box<Self>, payload: &[u8], now: f64, _: Option<f64>) -> StoreResult<()> {
+        let store = Arc::clone(&self.store);
+        let now = expiry::save_time(Some(self.last_access), now);
+        let value = record::encode_slot(
+            &store.cfg.keys,
+            &self.id,
+            self.seq + 1,
+            self.created,
+            now,
+            payload,
+        );
+        let ttl = store.cfg.expiry.ttl_ms(self.created, now).to_string();
+        self.run(&store.save, &[&value, ttl.as_bytes()])
+    }
+
+    /// Touches and releases in one round trip; a bare release when no touch is due.
+    fn touch(mut self: Box<Self>, now: f64) -> StoreResult<bool> {
+        let store = Arc::clone(&self.store);
+        let ttl = store.cfg.expiry.ttl_ms(self.created, now);
+        if !store.cfg.expiry.touch_due(Some(self.last_access), now) || ttl == 0 {
+            self.release();
+            return Ok(false);
+        }
+        let (ttl, now) = (ttl.to_string(), now.to_string());
+        self.run(&store.touch, &[ttl.as_bytes(), now.as_bytes()])?;
+        Ok(true)
+    }
+
+    fn delete(mut self: Box<Self>) -> StoreResult<()> {
+        self.remove()
+    }
+}
+
+impl Drop for RedisHandle {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
