@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: help venv demo test test-rust test-py test-oldest typecheck lint fmt clean bench bench-full
+.PHONY: help venv demo test test-rust test-py test-oldest test-flask typecheck lint fmt clean bench bench-full
 
 help:
 	@echo "make demo   - install and run the demo app on http://127.0.0.1:$(PORT)/"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, ruff"
 	@echo "make typecheck   - mypy --strict on the package and a usage file, stubtest on _core"
 	@echo "make test-oldest - the Python suite on the oldest Flask/Werkzeug we support"
+	@echo "make test-flask  - Flask's own session tests (from its sdist) with this package as the session"
 	@echo "make fmt    - format Rust and Python sources"
 	@echo "make bench  - quick benchmark against the original, Flask-Session and Flask's cookie (< 5 min)"
 	@echo "make bench-full   - the full benchmark (bench/README.md; ~25 min)"
@@ -29,7 +30,7 @@ demo: venv
 	cd examples && ../$(BIN)/python app.py
 
 test: venv
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,test-flask3]'
 	$(MAKE) test-rust test-py
 
 test-rust:
@@ -53,6 +54,12 @@ test-oldest:
 	$(OLD_VENV)/bin/pip install --quiet --upgrade pip
 	$(OLD_VENV)/bin/pip install --quiet -e '.[test]' $(OLDEST)
 	$(OLD_VENV)/bin/python -m pytest
+
+# Flask's own session tests, unchanged, from the sdist of the installed Flask (downloaded
+# and unpacked in a temp dir): tests/flask_suite/run.py; differences are listed in the README.
+test-flask: venv
+	$(BIN)/python -c 'import flask_beaker_session._core' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python tests/flask_suite/run.py
 
 lint: venv
 	$(BIN)/pip install --quiet 'ruff>=0.5'

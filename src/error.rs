@@ -34,6 +34,15 @@ pub enum StoreError {
         /// How long we waited before giving up.
         waited: Duration,
     },
+    /// As many requests as allowed (`SESSION_MAX_WAITERS`) already wait for the session:
+    /// refused at once rather than tying up a worker until the lock timeout.
+    #[error(
+        "the session is busy: {max} other request(s) already wait for it (SESSION_MAX_WAITERS)"
+    )]
+    Busy {
+        /// The bound that was reached.
+        max: usize,
+    },
     /// A session id that is not 32 lowercase hex characters reached an API that needs one.
     #[error("invalid session id (expected 32 lowercase hexadecimal characters)")]
     InvalidId,

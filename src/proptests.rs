@@ -305,10 +305,13 @@ proptest! {
                 keys: Keys::new(&[b"secret".to_vec()]),
                 expiry: Expiry::default(),
                 lock_timeout: Duration::from_secs(5),
+                max_waiters: None,
             },
             FileConfig {
                 data_dir: dir.path().to_path_buf(),
                 read_legacy: false,
+                max_size: crate::store::DEFAULT_MAX_SIZE,
+                generate_key: false,
             },
         );
         let id = sid();
@@ -341,6 +344,7 @@ proptest! {
                 prop_assert!(!path.exists());
             }
             Opened::Newer => prop_assert!(bytes != pristine),
+            Opened::Untrusted => prop_assert!(false, "a record is never a legacy file"),
             Opened::Expired => prop_assert!(false, "no timeout configured"),
         }
     }

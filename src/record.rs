@@ -65,6 +65,11 @@ impl Keys {
         }
     }
 
+    /// Whether the keys come from a secret (else the tag is only a checksum).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
+    }
+
     fn primary(&self) -> &[u8; 32] {
         &self.keys[0]
     }

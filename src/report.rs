@@ -42,13 +42,21 @@ pub struct Report {
     pub bytes_freed: u64,
     /// Files that could not be read or removed (permissions, races).
     pub errors: u64,
+    /// Symbolic links found in a file store where a directory (or a record, a stamp)
+    /// belongs: never followed; a link in place of a directory is left and its tree
+    /// skipped, a link at a record's name is removed by `Sweep` and `Clear`.
+    pub symlinks: u64,
+    /// Entries a file store found but never writes (other names, or a non-empty directory
+    /// or other non-file where a record, a shard or the sweep stamp belongs): left alone,
+    /// not counted as sessions.
+    pub foreign: u64,
     /// Record sizes: counts per `SIZE_BUCKETS` bucket, plus one for larger.
     pub sizes: [u64; 7],
 }
 
 impl Report {
     /// The counters by name (everything but `sizes`), in declaration order.
-    pub fn counts(&self) -> [(&'static str, u64); 12] {
+    pub fn counts(&self) -> [(&'static str, u64); 14] {
         [
             ("records", self.records),
             ("bytes", self.bytes),
@@ -62,6 +70,8 @@ impl Report {
             ("removed", self.removed),
             ("bytes_freed", self.bytes_freed),
             ("errors", self.errors),
+            ("symlinks", self.symlinks),
+            ("foreign", self.foreign),
         ]
     }
 
@@ -79,6 +89,8 @@ impl Report {
         self.removed += o.removed;
         self.bytes_freed += o.bytes_freed;
         self.errors += o.errors;
+        self.symlinks += o.symlinks;
+        self.foreign += o.foreign;
         for (a, b) in self.sizes.iter_mut().zip(o.sizes) {
             *a += b;
         }

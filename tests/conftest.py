@@ -9,8 +9,17 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask_beaker_session import sweeper
 from helpers import FakeClock, MakeApp, build_app
 from redis_server import RedisServer, running_server
+
+
+@pytest.fixture(autouse=True)
+def _stop_sweeper_threads() -> Iterator[None]:
+    """Apps built without ``helpers.plain_app`` sweep by default (a background thread per
+    app, started at its first request): stop them when the test ends."""
+    yield
+    sweeper.stop_all()
 
 
 @pytest.fixture

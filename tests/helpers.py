@@ -56,6 +56,12 @@ def plain_app(data_dir: Path | str, **config: Any) -> Flask:
     """
     app = Flask(__name__)
     app.config.update(SESSION_DATA_DIR=str(data_dir), SECRET_KEY="test-secret")
+    # The contention tests count lost updates, not refusals: no waiter bound unless a test
+    # sets one (``tests/test_waiters.py`` tests the bound and its default).
+    app.config.update(SESSION_MAX_WAITERS=None)
+    # No automatic sweep (on by default): a background sweep would race the tests that
+    # count what is stored. Tests of the sweeper set SESSION_SWEEP_INTERVAL themselves.
+    app.config.update(SESSION_SWEEP_INTERVAL=None)
     app.config.update(config)
 
     @app.route("/set/<key>/<value>")

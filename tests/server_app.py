@@ -7,6 +7,8 @@ calls ``init_app``, in the master before it forks):
 * ``FBS_LOCKING``: ``"1"`` (default) or ``"0"`` for ``SESSION_LOCKING``.
 * ``FBS_LOCK_TIMEOUT``: ``SESSION_LOCK_TIMEOUT`` in seconds (default 10).
 * ``FBS_SWEEP``: ``SESSION_SWEEP_INTERVAL`` in seconds (default: no automatic sweep).
+* ``FBS_MAX_WAITERS``: ``SESSION_MAX_WAITERS`` (a number, or ``none``; default: the
+  package's default).
 * ``FBS_GATE_DIR``: directory of the gate files the holding routes wait for.
 * ``FBS_WARMUP_FILE``: if set, the app serves one request to itself at import, storing a
   session (``{"n": 0, "warm": "yes"}``) whose id it writes to that file: with ``--preload``
@@ -68,8 +70,11 @@ def create_app() -> Flask:
         SESSION_LOCKING=os.environ.get("FBS_LOCKING", "1") == "1",
         SESSION_LOCK_TIMEOUT=float(os.environ.get("FBS_LOCK_TIMEOUT", "10")),
     )
-    if os.environ.get("FBS_SWEEP"):
-        app.config["SESSION_SWEEP_INTERVAL"] = float(os.environ["FBS_SWEEP"])
+    waiters = os.environ.get("FBS_MAX_WAITERS")
+    if waiters:
+        app.config["SESSION_MAX_WAITERS"] = None if waiters == "none" else int(waiters)
+    # No automatic sweep unless a test asks for one (it is on by default).
+    app.config["SESSION_SWEEP_INTERVAL"] = float(os.environ.get("FBS_SWEEP") or 0)
     fbs.init_app(app)
 
     @app.route("/inc")

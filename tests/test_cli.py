@@ -140,8 +140,10 @@ def populated(make_app: MakeApp, data_dir: Path) -> tuple[Flask, dict[str, Any]]
         live.append(str(cookie_of(client)))
     expired = plant_expired(app, data_dir, 2)
     shard = record_path(data_dir, live[0]).parent
-    old_tmp, young_tmp = shard / ("e" * 64 + ".1.tmp"), shard / ("e" * 64 + ".2.tmp")
-    corrupt = shard / ("d" * 64)
+    # Names the package writes (`<shard><62 hex>`, `<record>.<8 hex>.tmp`): others are foreign.
+    old_tmp = shard / (shard.name + "e" * 62 + ".0000000a.tmp")
+    young_tmp = shard / (shard.name + "e" * 62 + ".0000000b.tmp")
+    corrupt = shard / (shard.name + "d" * 62)
     for path, age in ((old_tmp, 120), (young_tmp, 0), (corrupt, 7200)):
         path.write_bytes(os.urandom(1000))
         set_age(path, age)
@@ -171,7 +173,7 @@ def test_stats_json_and_text(populated: tuple[Flask, dict[str, Any]], data_dir: 
     assert report["temp"] == 1
     assert report["legacy"] == 6 and report["legacy_expired"] == 2
     assert report["bytes"] == sum(p.stat().st_size for p in records)
-    assert report["removed"] == 0
+    assert "removed" not in report and "bytes_freed" not in report  # sweep-only counts
     assert sum(report["sizes"]) == 6
     big = record_path(data_dir, parts["live"][2]).stat().st_size
     assert 16 * 1024 < big <= 64 * 1024

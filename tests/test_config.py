@@ -55,6 +55,8 @@ ACCEPTED: list[tuple[str, Any]] = [
     ("SESSION_ABSOLUTE_TIMEOUT", 86400),
     ("SESSION_ABSOLUTE_TIMEOUT", "3600"),
     ("SESSION_SWEEP_INTERVAL", None),
+    ("SESSION_SWEEP_INTERVAL", 0),
+    ("SESSION_SWEEP_INTERVAL", False),
 ]
 
 REJECTED: list[tuple[str, Any]] = [
@@ -94,10 +96,9 @@ REJECTED: list[tuple[str, Any]] = [
     ("SESSION_ABSOLUTE_TIMEOUT", -10),
     ("SESSION_ABSOLUTE_TIMEOUT", "forever"),
     ("SESSION_ABSOLUTE_TIMEOUT", True),
-    ("SESSION_SWEEP_INTERVAL", 0),
     ("SESSION_SWEEP_INTERVAL", -1),
     ("SESSION_SWEEP_INTERVAL", "hourly"),
-    ("SESSION_SWEEP_INTERVAL", False),
+    ("SESSION_SWEEP_INTERVAL", True),
 ]
 
 
@@ -191,7 +192,7 @@ def test_default_data_dir_is_dot_sessions_in_cwd(
         return "ok"
 
     fbs.init_app(app)
-    assert not (tmp_path / ".sessions").exists()
+    assert (tmp_path / ".sessions").is_dir()  # created at init_app
     app.test_client().get("/set")
     assert len(record_files(tmp_path / ".sessions")) == 1
 
@@ -207,15 +208,17 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     assert target.read_text() == "x"
 
 
-def test_data_dir_created_on_first_save_only(make_app: MakeApp, data_dir: Path) -> None:
-    """The data dir need not exist at init; it appears with the first stored session."""
-    app = make_app()
+def test_data_dir_created_at_init_records_on_first_save(make_app: MakeApp, data_dir: Path) -> None:
+    """The data dir need not exist before init_app, which creates it (0700); records
+    appear with the first stored session."""
     assert not data_dir.exists()
+    app = make_app()
+    assert data_dir.is_dir() and (data_dir.stat().st_mode & 0o777) == 0o700
     client = app.test_client()
     client.get("/get/a")
-    assert not data_dir.exists()
+    assert record_files(data_dir) == []
     client.get("/set/a/1")
-    assert data_dir.is_dir()
+    assert len(record_files(data_dir)) == 1
 
 
 def _transcript(app: Flask) -> list[tuple[int, str, bool, str | None]]:

@@ -141,10 +141,10 @@ def test_orphan_temp_files_removed_after_grace(make_app: MakeApp, data_dir: Path
     app = make_app(SESSION_TIMEOUT=1800)
     sid = new_session(app)
     shard = record_path(data_dir, sid).parent
-    digest = "f" * 64
-    old_tmp = shard / f"{digest}.1a2b.tmp"
-    young_tmp = shard / f"{digest}.3c4d.tmp"
-    almost_tmp = shard / f"{digest}.5e6f.tmp"
+    digest = shard.name + "f" * 62  # a record name of this shard
+    old_tmp = shard / f"{digest}.1a2b1a2b.tmp"
+    young_tmp = shard / f"{digest}.3c4d3c4d.tmp"
+    almost_tmp = shard / f"{digest}.5e6f5e6f.tmp"
     for path, age in ((old_tmp, 120), (young_tmp, 0), (almost_tmp, 30)):
         path.write_bytes(b"\0" * 1024)
         set_age(path, age)
@@ -241,7 +241,8 @@ def test_legacy_files_swept_by_mtime(make_app: MakeApp, data_dir: Path, timeout:
         set_age(path, 3600 if sid.endswith("03") else (100 if sid.endswith("02") else 0))
     locks = data_dir / "container_file_lock" / "a" / "aa"
     locks.mkdir(parents=True)
-    old_lock, young_lock = locks / "old.lock", locks / "young.lock"
+    # Beaker's lock names: sha1 hex (only those are ever removed).
+    old_lock, young_lock = locks / f"aa{'0' * 38}.lock", locks / f"aa{'1' * 38}.lock"
     for path, age in ((old_lock, 3600), (young_lock, 10)):
         path.write_bytes(b"")
         set_age(path, age)
@@ -317,14 +318,17 @@ def test_lifetime_and_interval_config(data_dir: Path, key: str) -> None:
     """Both keys take positive seconds (or None); anything else is a ConfigurationError
     naming the key."""
     attr = "absolute_timeout" if key == "SESSION_ABSOLUTE_TIMEOUT" else "sweep_interval"
-    for value, expected in [*GOOD, (None, None)]:
+    off = [(None, None)] + ([(0, None), (False, None)] if attr == "sweep_interval" else [])
+    for value, expected in [*GOOD, *off]:
         app = build_app(data_dir, **{key: value})
         interface = interface_of(app)
         assert getattr(interface.config, attr) == expected
         assert (interface.sweeper is not None) == (
-            key == "SESSION_SWEEP_INTERVAL" and value is not None
+            key == "SESSION_SWEEP_INTERVAL" and expected is not None
         )
     for bad in BAD:
+        if attr == "sweep_interval" and bad == 0:
+            continue  # 0 turns the automatic sweep off
         with pytest.raises(ConfigurationError, match=key):
             build_app(data_dir, **{key: bad})
 

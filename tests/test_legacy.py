@@ -64,6 +64,8 @@ class Probe:
         @self.app.route("/probe")
         def probe() -> str:
             self.seen = dict(flask_session.items())
+            if not flask_session.is_new:  # (reading a new session's creation time stores it)
+                self.seen["_creation_time"] = flask_session["_creation_time"]
             self.seen["__is_new"] = flask_session.is_new
             self.seen["__last"] = flask_session.last_accessed
             return "ok"
@@ -180,7 +182,7 @@ def test_no_legacy_tree(make_probe: MakeProbe, data_dir: Path) -> None:
         data, meta = probe.probe(entry(label, name)["id"])
         assert data == {}
         assert meta["__is_new"] is True
-    assert not data_dir.exists()
+    assert all_files(data_dir) == []
 
 
 def test_legacy_session_written_then_saved(make_probe: MakeProbe, data_dir: Path) -> None:

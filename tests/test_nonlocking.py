@@ -52,7 +52,7 @@ def gated_app(data_dir: Path, **config: Any) -> tuple[Flask, Gates]:
 
     def gated(name: str, action: Callable[[], None]) -> str:
         loaded, go = gates.pair(name)
-        flask_session.get("_creation_time")  # first use: loads (and, if locking, locks)
+        flask_session.get("_accessed_time")  # first use: loads (and, if locking, locks)
         loaded.set()
         assert go.wait(WAIT), f"gate {name} never opened"
         action()

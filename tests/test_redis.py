@@ -307,7 +307,7 @@ def test_bad_password_gives_clean_503(
 def test_bad_redis_settings_rejected_at_init(key: str, value: Any) -> None:
     """Unusable Redis settings raise ConfigurationError naming the key, at init_app."""
     app = Flask(__name__)
-    app.config.update(SESSION_TYPE="redis", **{key: value})
+    app.config.update(SESSION_TYPE="redis", **{key: value}, SECRET_KEY="k")
     with pytest.raises(ConfigurationError, match=key):
         fbs.init_app(app)
 
@@ -319,7 +319,9 @@ def test_bad_redis_settings_rejected_at_init(key: str, value: Any) -> None:
 def test_bad_url_error_hides_password(url: str) -> None:
     """The ConfigurationError for a bad URL does not repeat the password in it."""
     app = Flask(__name__)
-    app.config.update(SESSION_TYPE="redis", SESSION_REDIS_URL=url.format(pw=PASSWORD))
+    app.config.update(
+        SESSION_TYPE="redis", SESSION_REDIS_URL=url.format(pw=PASSWORD), SECRET_KEY="k"
+    )
     with pytest.raises(ConfigurationError, match="SESSION_REDIS_URL") as info:
         fbs.init_app(app)
     assert PASSWORD not in str(info.value)

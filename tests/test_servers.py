@@ -149,6 +149,8 @@ def gunicorn(
         "FBS_GATE_DIR": str(gates),
         "FBS_LOCKING": "1" if locking else "0",
         "FBS_LOCK_TIMEOUT": str(lock_timeout),
+        # Lost updates are counted here, not refusals (tests/test_waiters.py sets "").
+        "FBS_MAX_WAITERS": "none",
         **(env or {}),
     }
     cmd = [

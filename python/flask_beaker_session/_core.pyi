@@ -67,6 +67,9 @@ class OpenStatus:
     Corrupt: ClassVar[OpenStatus]
     #: The record was written by a newer format version; left in place.
     Newer: ClassVar[OpenStatus]
+    #: A legacy (Beaker) file not trusted to be unpickled (not a regular file, owned by
+    #: another user, or writable by group or others); left in place, unread.
+    Untrusted: ClassVar[OpenStatus]
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     def __int__(self) -> int: ...
@@ -98,13 +101,26 @@ class WalkMode:
 
 @final
 class FileBackend:
-    """Files under ``data_dir`` (created 0700 on the first save)."""
+    """Files under ``data_dir`` (created 0700 on the first save). ``max_size``: the
+    largest payload read back (bytes); ``generate_key``: without keys, tag records with a
+    key generated in ``data_dir/session.key`` instead of a checksum only."""
 
-    def __new__(cls, *, data_dir: str | PathLike[str], read_legacy: bool = True) -> FileBackend: ...
+    def __new__(
+        cls,
+        *,
+        data_dir: str | PathLike[str],
+        read_legacy: bool = True,
+        max_size: int = 4194304,
+        generate_key: bool = True,
+    ) -> FileBackend: ...
     @property
     def data_dir(self) -> Path: ...
     @property
     def read_legacy(self) -> bool: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def generate_key(self) -> bool: ...
 
 @final
 class MemoryBackend:
@@ -146,6 +162,7 @@ class StoreConfig:
         idle_timeout: float | None = None,
         absolute_timeout: float | None = None,
         lock_timeout: float = 10.0,
+        max_waiters: int | None = None,
     ) -> StoreConfig: ...
     @property
     def backend(self) -> FileBackend | MemoryBackend | RedisBackend: ...
@@ -155,6 +172,9 @@ class StoreConfig:
     def absolute_timeout(self) -> float | None: ...
     @property
     def lock_timeout(self) -> float: ...
+    @property
+    def max_waiters(self) -> int | None:
+        """How many requests may wait for one session (None: no bound)."""
     @property
     def touch_interval(self) -> float | None:
         """How often read-only requests refresh the last access (None: never needed)."""
@@ -187,6 +207,12 @@ class Report:
     def bytes_freed(self) -> int: ...
     @property
     def errors(self) -> int: ...
+    @property
+    def symlinks(self) -> int:
+        """Symlinks found where a directory or record belongs (never followed)."""
+    @property
+    def foreign(self) -> int:
+        """Entries the store never writes, left alone (not counted as sessions)."""
     @property
     def sizes(self) -> list[int]: ...
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,13 @@ that serves one app: once per process). :data:`PROCESS` reports the insecure set
 by ``init_app`` (no ``SECRET_KEY``, a data dir writable by others) once per process however
 many apps are created, and serves code with no app at hand (the CLI).
 
+Failures that hit every request while they last (the store unreachable) are not logged
+once but rate-limited: :class:`RateLimited` logs the first of each kind, then at most one
+line per interval, each saying how many it left out meanwhile (those go to DEBUG).
+
+Nothing here holds a lock another thread could hold when a worker forks (a child would
+wait for it forever): both helpers rely on operations the interpreter performs atomically.
+
 Session ids are bearer secrets (OWASP): log lines carry :func:`log_id`, a short digest that
 lets an operator correlate lines without being able to replay the session.
 """
@@ -15,11 +22,23 @@ lets an operator correlate lines without being able to replay the session.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-import threading
+import time
 from typing import Any
 
-__all__ = ["CORRUPT", "LEGACY", "LOCK_TIMEOUT", "NEWER", "PROCESS", "Once", "log_id", "logger"]
+__all__ = [
+    "CORRUPT",
+    "LEGACY",
+    "LOCK_TIMEOUT",
+    "NEWER",
+    "OUTAGES",
+    "PROCESS",
+    "Once",
+    "RateLimited",
+    "log_id",
+    "logger",
+]
 
 #: The package's logger: configure it like any other (``logging.getLogger(...)``). Every
 #: module of the package logs through this object.
@@ -41,14 +60,13 @@ class Once:
     """Logs each kind of message once at its level, and later occurrences at DEBUG."""
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
+        self._seen: dict[str, object] = {}
 
     def log(self, kind: str, level: int, msg: str, *args: Any) -> bool:
         """Logs ``msg % args``; True if this was the first message of ``kind``."""
-        with self._lock:
-            first = kind not in self._seen
-            self._seen.add(kind)
+        token = object()
+        # ``dict.setdefault`` is atomic: exactly one caller finds its own token stored.
+        first = self._seen.setdefault(kind, token) is token
         if first:
             logger.log(level, msg + " (reported once; repeats are logged at DEBUG)", *args)
         else:
@@ -56,5 +74,34 @@ class Once:
         return first
 
 
+class RateLimited:
+    """Logs each kind of message at most once per ``interval`` seconds at its level; the
+    ones in between go to DEBUG, and the next logged line says how many there were."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        #: kind -> (end of the current window, counter of messages left out in it)
+        self._windows: dict[str, tuple[float, itertools.count[int]]] = {}
+
+    def log(self, kind: str, level: int, msg: str, *args: Any) -> bool:
+        """Logs ``msg % args`` unless a message of ``kind`` was logged less than
+        ``interval`` seconds ago; True if it was logged at ``level``."""
+        now = time.monotonic()
+        window = self._windows.get(kind)
+        if window is not None and now < window[0]:
+            next(window[1])  # atomic: concurrent requests lose no count
+            logger.debug(msg, *args)
+            return False
+        self._windows[kind] = (now + self.interval, itertools.count())
+        left_out = next(window[1]) if window is not None else 0
+        if left_out:
+            msg += " (%d more in the last %.0f s not logged at this level; see DEBUG)"
+            args = (*args, left_out, self.interval)
+        logger.log(level, msg, *args)
+        return True
+
+
 #: For code paths without an application (start-up checks, the CLI).
 PROCESS = Once()
+#: Store outages of this process (one shared server, whichever app uses it).
+OUTAGES = RateLimited()

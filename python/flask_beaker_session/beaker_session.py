@@ -3,7 +3,19 @@
 :class:`BeakerSession` is the mapping and the Beaker API. Where the session is stored, the
 lock held on it and how it is written are its :class:`~flask_beaker_session.stored.
 StoredSession`'s business; the session only decides *what* is stored (the user's keys, not
-the two time keys it shows) and keeps what ``revert()`` needs.
+the two time keys it answers for) and keeps what ``revert()`` needs.
+
+The two time keys of the original package (``_creation_time``, ``_accessed_time``) are kept
+outside the mapping by :class:`BeakerSession` (``SESSION_TIME_KEYS = False``, the default:
+``len``, ``bool``, iteration, ``==``, ``copy()`` see only the user's data, while
+``session['_creation_time']``, ``.get()`` and ``in`` still answer for them), and inside it by
+:class:`~flask_beaker_session.time_keys_session.TimeKeysSession` (``True``: the original's
+mapping).
+
+Reading a session's identity — :attr:`~BeakerSession.id`, :attr:`~BeakerSession.created` or
+the ``_creation_time`` key — makes a new session be stored at the end of the request, even
+without data, as the original package does (:attr:`StoredSession.keep
+<flask_beaker_session.stored.StoredSession.keep>`).
 
 The session interface talks to it through a small surface: :attr:`~BeakerSession.loaded`,
 :meth:`~BeakerSession.persist`, :attr:`~BeakerSession.outcome`, :meth:`~BeakerSession.finish`
@@ -23,6 +35,11 @@ from .stored import Outcome, StoredSession
 
 __all__ = ["BeakerSession"]
 
+_CREATED, _ACCESSED = TIME_KEYS
+_TIME_KEY_SET = frozenset(TIME_KEYS)
+#: ``dict.get``'s answer for a missing key (no user value can be this object).
+_ABSENT: Any = object()
+
 
 class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     """The object behind :data:`flask.session`: a dict that loads itself on first use.
@@ -33,6 +50,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     In-place changes of stored values (``session['cart'].append(x)``) are saved without
     ``session.modified = True``, because saving compares the pickled data with what was
     loaded.
+
+    The mapping holds only the user's data; ``_creation_time`` and ``_accessed_time`` are
+    answered by ``[]``, :meth:`get` and ``in`` without being keys of it.
     """
 
     def __init__(self, app: AppState, cookie_value: str | None) -> None:
@@ -43,6 +63,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         #: The data as loaded (pickled), for revert(); it survives regenerate_id() and is
         #: set for legacy sessions too.
         self._snapshot: bytes | None = None
+        #: The values of ``_creation_time`` and ``_accessed_time`` (set by loading).
+        self._created: Any = None
+        self._accessed: Any = None
         #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
         #: whenever the :data:`flask.session` proxy is used.
         self.modified = False
@@ -50,6 +73,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         #: What the end of the request did with the stored session (None before), for
         #: :meth:`~flask_beaker_session.session_interface.BeakerSessionInterface.should_set_cookie`.
         self.outcome: Outcome | None = None
+        #: Whether the stored session was ``permanent`` when loaded: a save that changes it
+        #: must re-send the cookie with the other kind of expiry.
+        self.was_permanent = False
 
     # -- loading -----------------------------------------------------------------------
 
@@ -65,22 +91,20 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
         # that to the session class (as its SecureCookieSession does on reads).
         self.accessed = True
-        now = self._app.now()
+        now = self._app.clock()
         loaded = self._stored.load(now)
         if loaded is None:
             self._fill_fresh(now)
             return
-        # Time keys first, as in a fresh session (and the original package), so that
-        # iteration order and popitem() do not change from one request to the next.
-        dict.__setitem__(self, "_creation_time", loaded.created if loaded.created else now)
-        dict.__setitem__(self, "_accessed_time", now)
+        self._created = loaded.created if loaded.created else now
+        self._accessed = now
         dict.update(self, loaded.data)
         self._snapshot = loaded.snapshot
+        self.was_permanent = bool(dict.get(self, "_permanent", False))
 
     def _fill_fresh(self, now: float) -> None:
         self._snapshot = None
-        dict.__setitem__(self, "_creation_time", now)
-        dict.__setitem__(self, "_accessed_time", now)
+        self._created = self._accessed = now
 
     # -- the interface's side ----------------------------------------------------------
 
@@ -89,9 +113,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
         Records what was done in :attr:`outcome` and returns it.
         """
-        data = {k: v for k, v in dict.items(self) if k not in TIME_KEYS}
         self.outcome = self._stored.persist(
-            data, self.modified, dict.get(self, "_creation_time"), now
+            dict(dict.items(self)), self.modified, self._created, now
         )
         return self.outcome
 
@@ -109,9 +132,15 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     @property
     def id(self) -> str:
-        """The 32-hex session id (a new session gets its id on first use)."""
+        """The 32-hex session id (a new session gets its id on first use).
+
+        Reading it makes the session be stored at the end of the request, even without
+        data, so that the id stays valid (as with the original package).
+        """
         self._load()
-        sid = self._stored.id
+        stored = self._stored
+        stored.keep = True
+        sid = stored.id
         assert sid is not None
         return sid
 
@@ -128,9 +157,14 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     @property
     def created(self) -> float:
-        """Creation time (epoch seconds) of the session."""
+        """Creation time (epoch seconds) of the session; reading it stores the session,
+        as reading :attr:`id` does."""
         self._load()
-        return float(dict.get(self, "_creation_time", 0.0))
+        self._stored.keep = True
+        return float(self._creation_time())
+
+    def _creation_time(self) -> Any:
+        return self._created
 
     @property
     def last_accessed(self) -> float | None:
@@ -170,9 +204,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def revert(self) -> None:
         """Restores the data as it was loaded at the start of this request."""
         self._load()
-        times = {k: dict.get(self, k) for k in TIME_KEYS}
         dict.clear(self)
-        dict.update(self, {k: v for k, v in times.items() if v is not None})
         if self._snapshot is not None:
             dict.update(self, loads(self._snapshot))
         self.modified = True
@@ -181,11 +213,27 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def __getitem__(self, key: str) -> Any:
         self._load()
-        return dict.__getitem__(self, key)
+        return dict.__getitem__(self, key)  # a miss goes to __missing__
+
+    def __missing__(self, key: str) -> Any:
+        # The time keys answer without being keys of the mapping.
+        if key == _CREATED:
+            self._stored.keep = True
+            return self._created
+        if key == _ACCESSED:
+            return self._accessed
+        raise KeyError(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._load()
-        dict.__setitem__(self, key, value)
+        if key in _TIME_KEY_SET:
+            # Kept outside the mapping; a new creation time is stored with the session.
+            if key == _CREATED:
+                self._created = value
+            else:
+                self._accessed = value
+        else:
+            dict.__setitem__(self, key, value)
         self.modified = True
 
     def __delitem__(self, key: str) -> None:
@@ -195,7 +243,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def __contains__(self, key: object) -> bool:
         self._load()
-        return dict.__contains__(self, key)
+        return dict.__contains__(self, key) or key in _TIME_KEY_SET
 
     def __iter__(self) -> Iterator[str]:
         self._load()
@@ -242,7 +290,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def get(self, key: str, default: Any = None) -> Any:
         self._load()
-        return dict.get(self, key, default)
+        value = dict.get(self, key, _ABSENT)
+        if value is _ABSENT:
+            return self.__missing__(key) if key in _TIME_KEY_SET else default
+        return value
 
     def keys(self) -> Any:
         self._load()
@@ -267,8 +318,11 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         return dict(dict.items(self))
 
     def clear(self) -> None:
+        """Removes all the data; an emptied session is deleted at the end of the request
+        (unless its identity is read again after this)."""
         self._load()
         dict.clear(self)
+        self._stored.keep = False
         self.modified = True
 
     def pop(self, key: str, *default: Any) -> Any:

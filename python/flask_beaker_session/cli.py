@@ -1,8 +1,12 @@
 """``flask beaker-session``: maintenance commands (SPEC §11).
 
-``sweep`` removes expired sessions and leftovers, ``stats`` describes the store, ``clear``
-removes every session, ``migrate`` converts the original package's Beaker files. Each runs
-against the data directory of the app that ``flask`` loads, with that app's configuration.
+``sweep`` removes expired sessions and leftovers (``--dry-run``: says what it would
+remove), ``stats`` describes the store, ``clear`` removes every session, ``migrate``
+converts the original package's Beaker files. Each runs against the data directory of the
+app that ``flask`` loads, with that app's configuration.
+
+``stats --json`` prints one object, :data:`STATS_SCHEMA` (documented in the README); it
+never holds the sweep-only counts (``removed``, ``bytes_freed``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,34 @@ from flask.cli import AppGroup
 from . import _core
 from ._log import log_id, logger
 from .codec import encode
-from .errors import LockTimeoutError, StoreUnavailableError
+from .config import CREATED_DATA_DIRS, _redacted
+from .errors import LockTimeoutError, SessionTooLargeError, StoreUnavailableError
 from .session_interface import BeakerSessionInterface
 from .store import build_store
 from .stored import decode_or_remove
+from .sweeper import report_obstacles
 
 group = AppGroup("beaker-session", help="Maintain the server-side session store.")
 
 _SIZE_LABELS = ["≤1K", "≤4K", "≤16K", "≤64K", "≤256K", "≤1M", ">1M"]
+
+#: Version of the ``stats --json`` object; bumped when a field changes meaning or goes.
+STATS_SCHEMA = 1
+#: The counts ``stats --json`` prints, in the order of the text output (see README).
+_STATS_COUNTS = (
+    "records",
+    "bytes",
+    "live",
+    "expired",
+    "corrupt",
+    "temp",
+    "legacy",
+    "legacy_expired",
+    "legacy_locks",
+    "errors",
+    "symlinks",
+    "foreign",
+)
 
 
 def _interface() -> BeakerSessionInterface:
@@ -76,11 +100,38 @@ def _human(n: float) -> str:
     return str(n)  # pragma: no cover
 
 
+def _missing_data_dir(store: _core.Store) -> str | None:
+    """Why the file store's counts would mean nothing (its data dir did not exist before
+    this command: missing, or created empty by ``init_app`` just now), else None."""
+    data_dir = store.data_dir
+    if data_dir is None:
+        return None
+    if not data_dir.is_dir():
+        why = "does not exist"
+    elif data_dir in CREATED_DATA_DIRS and not any(data_dir.iterdir()):
+        why = "did not exist (init_app created it empty just now)"
+    else:
+        return None
+    return (
+        f"the data directory {data_dir} {why}: no session is stored there. Check "
+        "SESSION_DATA_DIR (a relative path is resolved against the working directory "
+        "of the process that calls init_app)"
+    )
+
+
 @group.command("sweep")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed (removes nothing).")
 @_store_errors
-def sweep_command() -> None:
+def sweep_command(dry_run: bool) -> None:
     """Remove expired sessions, orphaned temporary files and stale legacy files."""
     store = _store()
+    missing = _missing_data_dir(store)
+    if missing is not None:
+        click.echo(f"nothing to sweep: {missing}")
+        return
+    if dry_run:
+        _dry_run(store)
+        return
     report = store.walk(_interface().clock(), _core.WalkMode.Sweep)
     click.echo(
         f"removed {report.removed} files ({_human(report.bytes_freed)}): "
@@ -90,6 +141,42 @@ def sweep_command() -> None:
     )
     if report.errors:
         click.echo(f"{report.errors} files could not be read or removed", err=True)
+    _obstacles(store, report)
+
+
+def _dry_run(store: _core.Store) -> None:
+    """What a sweep now would remove, from a counting walk (nothing is changed)."""
+    if store.kind == _core.BackendKind.Redis:
+        click.echo("dry run: Redis expires sessions itself; a sweep removes nothing")
+        return
+    report = store.walk(_interface().clock(), _core.WalkMode.Stats)
+    total = report.expired + report.corrupt + report.temp + report.legacy_expired
+    click.echo(
+        f"dry run: would remove {total} files: "
+        f"{report.expired} expired, {report.corrupt} corrupt, "
+        f"{report.temp} temporary, {report.legacy_expired} legacy; "
+        f"would keep {report.live} live sessions (nothing was removed)"
+    )
+    if report.corrupt:
+        click.echo(
+            "corrupt records younger than 60 s are left to a later sweep (they may be "
+            "being written)",
+            err=True,
+        )
+    if report.errors:
+        click.echo(f"{report.errors} files could not be read", err=True)
+    _obstacles(store, report)
+
+
+def _obstacles(store: _core.Store, report: _core.Report) -> None:
+    """Reports symlinks (never followed) and foreign entries (left alone), if any."""
+    if report.symlinks or report.foreign:
+        click.echo(
+            f"not followed: {report.symlinks} symlinks where a directory or record belongs; "
+            f"left alone: {report.foreign} entries this package did not write",
+            err=True,
+        )
+        report_obstacles(store, report)
 
 
 @group.command("stats")
@@ -98,11 +185,15 @@ def sweep_command() -> None:
 def stats_command(as_json: bool) -> None:
     """Count sessions, bytes, expired and legacy files, and sizes."""
     store = _store()
+    missing = _missing_data_dir(store)
     report = store.walk(_interface().clock(), _core.WalkMode.Stats)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), sort_keys=True))
+        click.echo(json.dumps(_stats_json(store, report, missing is None)))
         return
     click.echo(f"store:           {_where(store)}")
+    if missing is not None:
+        click.echo(missing)
+        return
     click.echo(f"sessions:        {report.records} ({_human(report.bytes)})")
     click.echo(f"  live:          {report.live}")
     click.echo(f"  expired:       {report.expired}")
@@ -111,6 +202,29 @@ def stats_command(as_json: bool) -> None:
     click.echo(f"legacy (Beaker): {report.legacy} ({report.legacy_expired} expired)")
     sizes = ", ".join(f"{label}: {count}" for label, count in zip(_SIZE_LABELS, report.sizes))
     click.echo(f"record sizes:    {sizes}")
+    if report.errors:
+        click.echo(f"{report.errors} entries could not be read", err=True)
+    _obstacles(store, report)
+
+
+def _stats_json(store: _core.Store, report: _core.Report, exists: bool) -> dict[str, Any]:
+    """The ``stats --json`` object (schema :data:`STATS_SCHEMA`, see the README)."""
+    config = _interface().config
+    if config.type == "redis":
+        where = f"{_redacted(config.redis_url)} prefix {config.redis_prefix!r}"
+    else:
+        where = _where(store)
+    counts = report.to_dict()
+    out: dict[str, Any] = {
+        "schema": STATS_SCHEMA,
+        "backend": config.type,
+        "store": where,
+        "exists": exists,
+    }
+    out.update((name, counts[name]) for name in _STATS_COUNTS)
+    out["live"] = report.live
+    out["sizes"] = list(report.sizes)
+    return out
 
 
 @group.command("clear")
@@ -132,7 +246,7 @@ def migrate_command() -> None:
     clock = _interface().clock
     store = _store()
     ids = store.legacy_ids()
-    migrated = expired = failed = skipped = 0
+    migrated = expired = failed = skipped = untrusted = 0
     with click.progressbar(ids, label="migrating", show_pos=True) as bar:
         for sid in bar:
             now = clock()
@@ -144,6 +258,7 @@ def migrate_command() -> None:
             if handle is None:
                 expired += status == _core.OpenStatus.Expired
                 failed += status == _core.OpenStatus.Corrupt
+                untrusted += status == _core.OpenStatus.Untrusted
                 continue
             try:
                 legacy = handle.kind != _core.PayloadKind.Record
@@ -159,7 +274,13 @@ def migrate_command() -> None:
                 data, created, _last = decoded
                 if legacy:
                     if data:
-                        handle.save(encode(data), now, created)
+                        try:
+                            payload = encode(data, _interface().config.max_size)
+                        except SessionTooLargeError as exc:
+                            logger.warning("legacy session %s: %s", log_id(handle.id), exc)
+                            skipped += 1  # left in place, as with SESSION_MAX_SIZE raised
+                            continue
+                        handle.save(payload, now, created)
                         migrated += 1
                     else:
                         handle.delete()
@@ -173,7 +294,19 @@ def migrate_command() -> None:
             if skipped
             else ""
         )
+        + (
+            f"; {untrusted} not trusted (not a regular file owned by this user and "
+            "writable only by it; left in place, unread)"
+            if untrusted
+            else ""
+        )
     )
+    if untrusted:
+        logger.warning(
+            "migrate: %d legacy session files were not read because they are not regular "
+            "files owned by this user and writable only by it (see SECURITY.md)",
+            untrusted,
+        )
 
 
 def _loadable(handle: _core.Handle) -> bool:

@@ -16,6 +16,7 @@ import pickle
 from typing import Any, NamedTuple
 
 from . import _core
+from .errors import SessionTooLargeError
 
 __all__ = [
     "TIME_KEYS",
@@ -63,14 +64,16 @@ class PayloadError(ValueError):
         self.cause = cause
 
 
-def encode(data: dict[str, Any]) -> bytes:
+def encode(data: dict[str, Any], max_size: int | None = None) -> bytes:
     """Pickles the user's keys for storage.
 
     :raises TypeError: a value cannot be pickled; the message names its key, because
         "cannot pickle 'generator' object" alone does not say which of fifty keys it is.
+    :raises SessionTooLargeError: the pickle is longer than ``max_size`` bytes (the
+        message names both sizes); nothing has been stored.
     """
     try:
-        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         for key, value in data.items():
             try:
@@ -81,6 +84,9 @@ def encode(data: dict[str, Any]) -> bytes:
                     f"({type(value).__name__}: {inner}); the stored session is unchanged"
                 ) from inner
         raise TypeError(f"session cannot be pickled: {exc}") from exc
+    if max_size is not None and len(payload) > max_size:
+        raise SessionTooLargeError(len(payload), max_size)
+    return payload
 
 
 def loads(payload: bytes) -> dict[str, Any]:

@@ -8,9 +8,11 @@ naming the key and the accepted values for anything it cannot use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +30,21 @@ SESSION_EXPIRES = True
 #: Server-side sliding idle timeout in seconds; ``None`` disables it.
 SESSION_TIMEOUT = 1800
 #: Where the file backend keeps sessions; resolved against the working directory at
-#: ``init_app`` and created (mode 0700) on the first save.
+#: ``init_app``, and created there (mode 0700) if missing: a path that cannot be used (under
+#: a regular file, behind a directory this process cannot enter, not creatable) is a
+#: :class:`~flask_beaker_session.errors.ConfigurationError` at ``init_app``.
 SESSION_DATA_DIR = "./.sessions"
 #: Accepted for compatibility with the original package; changes nothing.
 SESSION_TESTING = False
 #: Seconds a request waits for another request of the same session before giving up with
 #: :class:`~flask_beaker_session.errors.LockTimeoutError` (a 503 response).
 SESSION_LOCK_TIMEOUT = 10.0
+#: How many requests may wait for one session while another request holds it (per worker
+#: process; with the file backend also how many worker processes may wait for it). A request
+#: beyond that gets a 503 with ``Retry-After`` at once instead of tying up a worker, so one
+#: client firing many requests at its own session cannot hold every worker. ``None``: no
+#: bound (every request waits up to ``SESSION_LOCK_TIMEOUT``).
+SESSION_MAX_WAITERS: int | None = 2
 #: ``True``: a request holds its session exclusively from first use to the response, so
 #: concurrent requests of one session never lose an update. ``False``: no lock across the
 #: request; at save, the keys this request changed are merged into the stored data (keys
@@ -43,15 +53,30 @@ SESSION_LOCKING = True
 #: Whether to read session files written by the original package (Beaker) and migrate them
 #: to our format on first use. Turn off once ``container_file/`` is gone.
 SESSION_READ_LEGACY = True
+#: ``False``: the session mapping holds only the user's data (an untouched session is
+#: empty and falsy), while ``session['_creation_time']``, ``.get()`` and ``in`` still answer
+#: for the two time keys. ``True``: the original's mapping, with ``_creation_time`` and
+#: ``_accessed_time`` listed and counted among the keys.
+SESSION_TIME_KEYS = False
+
+#: Largest session accepted, in bytes of its pickled data (4 MiB). Saving a bigger one
+#: raises :class:`~flask_beaker_session.errors.SessionTooLargeError` naming both sizes (the
+#: request fails, the stored session is unchanged); a stored record announcing more is read
+#: as no session without being loaded (so a planted huge file costs at most this much).
+SESSION_MAX_SIZE = 4 << 20
+#: The largest value ``SESSION_MAX_SIZE`` accepts (the record format's 32-bit length).
+_MAX_SIZE_LIMIT = (1 << 32) - 1
 
 #: Absolute lifetime in seconds from the session's creation, whatever its activity (OWASP);
 #: ``None`` disables it. Applies alongside the sliding ``SESSION_TIMEOUT``.
 SESSION_ABSOLUTE_TIMEOUT = None
-#: Seconds between automatic sweeps of expired sessions, run by a background thread of each
-#: worker process (never on a request's path) and at most once per interval across all the
-#: processes sharing the data dir. ``None`` (the default) leaves sweeping to
-#: ``flask beaker-session sweep`` (cron).
-SESSION_SWEEP_INTERVAL = None
+#: Seconds between automatic sweeps of expired sessions (default: 10 minutes), run by a
+#: background thread of each worker process (never on a request's path) and at most once
+#: per interval across all the processes sharing the data dir (``sweep.stamp``). ``None``,
+#: ``0`` or ``False`` turn it off (sweep with ``flask beaker-session sweep`` from cron).
+#: Memory stores: each process sweeps its own sessions. Redis expires keys itself: no
+#: thread, whatever the value.
+SESSION_SWEEP_INTERVAL: float | None = 600.0
 
 #: Redis server for ``SESSION_TYPE = 'redis'``: ``redis://[:password@]host:port/db``,
 #: ``rediss://`` (TLS), or ``unix:///path/to/socket?db=N``.
@@ -80,6 +105,13 @@ COOKIE_NAME = "beaker.session.id"
 #: RFC 6265bis and current browsers; it is renewed whenever the session is written.
 PERSISTENT_COOKIE_SECONDS = 400 * 24 * 3600
 
+#: Largest values accepted for durations (seconds): beyond them the arithmetic of deadlines,
+#: cookie dates or Redis expiry times would overflow; nothing useful needs more.
+_DAY = 86_400.0
+_CENTURY = 100 * 365 * _DAY
+#: Largest ``SESSION_MAX_WAITERS``.
+_MAX_WAITERS_LIMIT = 1000
+
 _TYPES = ("file", "memory", "redis")
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
@@ -99,9 +131,12 @@ class SessionConfig:
     lock_timeout: float
     read_legacy: bool
     secret_keys: tuple[bytes, ...]
+    max_waiters: int | None = SESSION_MAX_WAITERS
     absolute_timeout: float | None = None
     locking: bool = True
-    sweep_interval: float | None = None
+    time_keys: bool = SESSION_TIME_KEYS
+    sweep_interval: float | None = SESSION_SWEEP_INTERVAL
+    max_size: int = SESSION_MAX_SIZE
     redis_url: str = SESSION_REDIS_URL
     redis_prefix: str = SESSION_REDIS_PREFIX
     redis_connect_timeout: float = SESSION_REDIS_CONNECT_TIMEOUT
@@ -126,7 +161,10 @@ def _bool(key: str, value: Any) -> bool:
     raise _fail(key, value, "True or False")
 
 
-def _number(key: str, value: Any, *, allow_none: bool, accepted: str) -> float | None:
+def _number(
+    key: str, value: Any, *, allow_none: bool, accepted: str, maximum: float = _CENTURY
+) -> float | None:
+    accepted = f"{accepted} (at most {maximum:g})"
     if value is None and allow_none:
         return None
     if isinstance(value, bool):
@@ -138,7 +176,7 @@ def _number(key: str, value: Any, *, allow_none: bool, accepted: str) -> float |
             value = float(value.strip())
         except ValueError:
             raise _fail(key, value, accepted) from None
-    if not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+    if not isinstance(value, (int, float)) or not 0 < value <= maximum:
         raise _fail(key, value, accepted)
     return float(value)
 
@@ -159,17 +197,72 @@ def _data_dir(value: Any) -> Path:
     key = "SESSION_DATA_DIR"
     if not isinstance(value, (str, os.PathLike)) or str(os.fspath(value)) == "":
         raise _fail(key, value, "a non-empty path (str or pathlib.Path)")
-    path = Path(os.fspath(value)).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ConfigurationError(
-            f"SESSION_DATA_DIR={str(value)!r} is invalid: {path} exists and is not a directory"
-        )
-    return path
+    return Path(os.fspath(value)).expanduser().absolute()
 
 
-def _secret_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
+def _data_dir_problem(path: Path, why: str) -> ConfigurationError:
+    return ConfigurationError(f"SESSION_DATA_DIR={str(path)!r} is invalid: {why}")
+
+
+def _data_dir_exists(path: Path) -> bool:
+    """Whether the data dir exists (False: missing, creatable as far as the path goes).
+
+    :raises ConfigurationError: naming the key, for a path that is not a directory, lies
+        under a regular file, or sits behind a directory this process cannot enter.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        raise _data_dir_problem(
+            path, f"{blocker or 'a parent'} is a file, not a directory"
+        ) from None
+    except PermissionError:
+        raise _data_dir_problem(
+            path,
+            "permission denied: this process cannot enter one of its parent directories "
+            "(each needs search (x) permission for this user)",
+        ) from None
+    except OSError as exc:
+        raise _data_dir_problem(path, f"cannot check it: {exc.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise _data_dir_problem(path, f"{path} exists and is not a directory")
+    return True
+
+
+#: Data dirs ``init_app`` created in this process (so ``stats`` can tell "empty" from
+#: "created just now": a missing data dir usually means the wrong path or working dir).
+CREATED_DATA_DIRS: set[Path] = set()
+
+
+def ensure_data_dir(path: Path) -> bool:
+    """Creates the data dir (mode 0700; missing parents with the default mode) unless it
+    exists; True if it was created. Called by ``init_app`` for the file backend.
+
+    :raises ConfigurationError: naming ``SESSION_DATA_DIR``, when it cannot be used or
+        created (the first save would fail, as a 500, otherwise).
+    """
+    if _data_dir_exists(path):
+        return False
+    try:
+        os.makedirs(path, mode=0o700)
+    except FileExistsError:
+        # Another worker made it meanwhile (or something else took the name).
+        _data_dir_exists(path)
+        return False
+    except OSError as exc:
+        raise _data_dir_problem(path, f"cannot create {path}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):  # we just created it
+        os.chmod(path, 0o700)  # exactly, whatever the umask
+    CREATED_DATA_DIRS.add(path)
+    return True
+
+
+def _secret_keys(config: Mapping[str, Any], secret_key: Any = None) -> tuple[bytes, ...]:
     keys: list[bytes] = []
-    primary = config.get("SECRET_KEY")
+    primary = secret_key if secret_key is not None else config.get("SECRET_KEY")
     fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
     if not primary:
         return ()
@@ -183,14 +276,44 @@ def _secret_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def _positive(config: Mapping[str, Any], key: str, default: float) -> float:
+def _max_size(value: Any) -> int:
+    key = "SESSION_MAX_SIZE"
+    accepted = f"a whole number of bytes from 1 to {_MAX_SIZE_LIMIT}"
+    if isinstance(value, bool):
+        raise _fail(key, value, accepted)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= _MAX_SIZE_LIMIT:
+        raise _fail(key, value, accepted)
+    return value
+
+
+def _positive(
+    config: Mapping[str, Any], key: str, default: float, maximum: float = _CENTURY
+) -> float:
     value = _number(
         key,
         config.get(key, default),
         allow_none=False,
         accepted="a positive number of seconds",
+        maximum=maximum,
     )
     assert value is not None
+    return value
+
+
+def _max_waiters(value: Any) -> int | None:
+    key = "SESSION_MAX_WAITERS"
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, value, f"a whole number from 0 to {_MAX_WAITERS_LIMIT}, or None")
+    if not 0 <= value <= _MAX_WAITERS_LIMIT:
+        raise _fail(key, value, f"a whole number from 0 to {_MAX_WAITERS_LIMIT}, or None")
     return value
 
 
@@ -261,17 +384,41 @@ def _redis_tls(
     return ca, (cert, key) if cert is not None and key is not None else None
 
 
-def load(config: Mapping[str, Any]) -> SessionConfig:
-    """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings."""
+def _sweep_interval(value: Any) -> float | None:
+    """``SESSION_SWEEP_INTERVAL``: positive seconds; ``None``, ``0`` or ``False``: off."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            if float(value.strip() if isinstance(value, str) else value) == 0:
+                return None
+        except ValueError:
+            pass
+    return _number(
+        "SESSION_SWEEP_INTERVAL",
+        value,
+        allow_none=True,
+        accepted="a positive number of seconds, or None / 0 / False (no automatic sweep)",
+    )
+
+
+def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
+    """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings.
+
+    ``secret_key``: the app's ``app.secret_key`` (what Flask itself signs with, which a
+    Flask subclass may set as a class attribute); ``config['SECRET_KEY']`` when None.
+    Checks the data dir without creating it (:func:`ensure_data_dir` does, at ``init_app``).
+    """
     type_ = config.get("SESSION_TYPE", SESSION_TYPE)
     if type_ is None:
         type_ = SESSION_TYPE
     if type_ not in _TYPES:
         raise _fail("SESSION_TYPE", type_, " or ".join(repr(t) for t in _TYPES))
-    lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT)
+    lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT, _DAY)
     redis_url = _redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL))
     tls_ca_certs, tls_client = _redis_tls(config, redis_url)
-    return SessionConfig(
+    sweep_interval = _sweep_interval(config.get("SESSION_SWEEP_INTERVAL", SESSION_SWEEP_INTERVAL))
+    loaded = SessionConfig(
         type=type_,
         expires=_expires(config.get("SESSION_EXPIRES", SESSION_EXPIRES)),
         timeout=_number(
@@ -286,7 +433,9 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             "SESSION_READ_LEGACY",
             config.get("SESSION_READ_LEGACY", SESSION_READ_LEGACY),
         ),
-        secret_keys=_secret_keys(config),
+        secret_keys=_secret_keys(config, secret_key),
+        max_waiters=_max_waiters(config.get("SESSION_MAX_WAITERS", SESSION_MAX_WAITERS)),
+        max_size=_max_size(config.get("SESSION_MAX_SIZE", SESSION_MAX_SIZE)),
         absolute_timeout=_number(
             "SESSION_ABSOLUTE_TIMEOUT",
             config.get("SESSION_ABSOLUTE_TIMEOUT", SESSION_ABSOLUTE_TIMEOUT),
@@ -294,19 +443,27 @@ def load(config: Mapping[str, Any]) -> SessionConfig:
             accepted="a positive number of seconds or None",
         ),
         locking=_bool("SESSION_LOCKING", config.get("SESSION_LOCKING", SESSION_LOCKING)),
+        time_keys=_bool("SESSION_TIME_KEYS", config.get("SESSION_TIME_KEYS", SESSION_TIME_KEYS)),
         redis_url=redis_url,
         redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
         redis_connect_timeout=_positive(
-            config, "SESSION_REDIS_CONNECT_TIMEOUT", SESSION_REDIS_CONNECT_TIMEOUT
+            config, "SESSION_REDIS_CONNECT_TIMEOUT", SESSION_REDIS_CONNECT_TIMEOUT, _DAY
         ),
-        redis_timeout=_positive(config, "SESSION_REDIS_TIMEOUT", SESSION_REDIS_TIMEOUT),
-        redis_lock_ttl=_positive(config, "SESSION_REDIS_LOCK_TTL", SESSION_REDIS_LOCK_TTL),
-        sweep_interval=_number(
-            "SESSION_SWEEP_INTERVAL",
-            config.get("SESSION_SWEEP_INTERVAL", SESSION_SWEEP_INTERVAL),
-            allow_none=True,
-            accepted="a positive number of seconds or None",
-        ),
+        redis_timeout=_positive(config, "SESSION_REDIS_TIMEOUT", SESSION_REDIS_TIMEOUT, _DAY),
+        redis_lock_ttl=_positive(config, "SESSION_REDIS_LOCK_TTL", SESSION_REDIS_LOCK_TTL, _DAY),
+        # Redis expires keys itself: nothing for a sweeper thread to do.
+        sweep_interval=None if type_ == "redis" else sweep_interval,
         redis_tls_ca_certs=tls_ca_certs,
         redis_tls_client=tls_client,
     )
+    if loaded.type == "file":
+        _data_dir_exists(loaded.data_dir)
+    if loaded.type == "redis" and not loaded.secret_keys:
+        # No secret, no trust: Redis is reachable from other hosts, and a record planted
+        # there without a key to check it against would be unpickled.
+        raise ConfigurationError(
+            "SESSION_TYPE='redis' needs a SECRET_KEY: without one, whoever can write to "
+            "Redis could plant session records that would be unpickled (code execution); "
+            "set SECRET_KEY (and SECRET_KEY_FALLBACKS when rotating it)"
+        )
+    return loaded

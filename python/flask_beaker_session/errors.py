@@ -24,6 +24,26 @@ class LockTimeoutError(Exception):
     """
 
 
+class SessionTooLargeError(ValueError):
+    """A session's pickled data is larger than ``SESSION_MAX_SIZE``.
+
+    Raised when the session is saved, at the end of the request: nothing is written, the
+    stored session keeps its previous version, and the request fails (a 500 unless the app
+    handles it: Flask passes it to the ``500`` / ``InternalServerError`` handler as
+    ``original_exception``). :attr:`size` and :attr:`limit` are in bytes.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"session is too large to store: its data pickles to {size} bytes, more than "
+            f"SESSION_MAX_SIZE ({limit} bytes); the stored session is unchanged"
+        )
+        #: Pickled size of the session that was refused.
+        self.size = size
+        #: ``SESSION_MAX_SIZE``.
+        self.limit = limit
+
+
 class StoreUnavailableError(Exception):
     """The session store (Redis) could not be reached or did not answer in time.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from flask import current_app, has_app_context
 
-from ._log import LOCK_TIMEOUT, PROCESS, Once, logger
+from ._log import LOCK_TIMEOUT, OUTAGES, PROCESS, Once
 from .errors import LockTimeoutError, StoreUnavailableError
 from .store import AppState
 
@@ -45,8 +45,10 @@ def lock_timeout_response(error: LockTimeoutError) -> Body:
 
 
 def unavailable_response(error: StoreUnavailableError) -> Body:
-    """The store (Redis) cannot be reached: logged every time, as an outage should be."""
-    logger.error("session store unavailable: %s", error)
+    """The store (Redis) cannot be reached: logged as an ERROR at most every 10 s per
+    process, with the number of failures left out meanwhile (an outage fails every request:
+    one line each would flood the log)."""
+    OUTAGES.log("unavailable", logging.ERROR, "session store unavailable: %s", error)
     return ("The session store is unavailable; please retry.", 503, _RETRY)
 
 

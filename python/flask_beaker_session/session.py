@@ -9,7 +9,9 @@
 ``init_app`` reads and validates the configuration once, installs
 :class:`~flask_beaker_session.session_interface.BeakerSessionInterface` on the app, and
 registers the teardown that releases session locks and the 503 response for lock timeouts.
-It opens no file and starts no thread, so it is safe before a pre-fork server forks.
+For the file backend it creates the data dir (0700) if it is missing, so that a path that
+cannot be used fails here rather than at the first save; it keeps no file open and starts
+no thread, so it is safe before a pre-fork server forks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import stat
 import sys
+import types
 import weakref
 from typing import Any
 
@@ -42,9 +45,12 @@ def _teardown(exc: BaseException | None) -> None:
 
 
 def _check_data_dir(cfg: _config.SessionConfig) -> None:
+    """Creates the data dir if missing (``ConfigurationError`` if it cannot be) and warns
+    about one this process cannot write to or that other users can."""
+    _config.ensure_data_dir(cfg.data_dir)
     try:
         mode = cfg.data_dir.stat().st_mode
-    except FileNotFoundError:
+    except OSError:  # pragma: no cover - checked just above
         return
     if not os.access(cfg.data_dir, os.W_OK | os.X_OK):
         # Not fatal at start-up (permissions may be fixed before the first save), but
@@ -55,13 +61,17 @@ def _check_data_dir(cfg: _config.SessionConfig) -> None:
             "SESSION_DATA_DIR %s is not writable by this process: saving sessions will fail",
             cfg.data_dir,
         )
-    if mode & stat.S_IWOTH:
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "everyone" if mode & stat.S_IWOTH else "its group"
         PROCESS.log(
             f"insecure-data-dir:{cfg.data_dir}",
             logging.WARNING,
-            "SESSION_DATA_DIR %s is writable by other users: anyone who can write there "
-            "can plant session records",
+            "SESSION_DATA_DIR %s is writable by other users (mode %o: %s can write "
+            "there): they can delete or replace session records, and plant legacy files "
+            "(which are then refused); use mode 0700",
             cfg.data_dir,
+            stat.S_IMODE(mode),
+            who,
         )
 
 
@@ -114,16 +124,20 @@ class Session:
         """
         if not app or not isinstance(app, Flask):
             raise ConfigurationError("Invalid Flask application instance")
-        cfg = _config.load(app.config)
+        # ``app.secret_key``, as Flask reads it: a subclass may set it as a class attribute.
+        cfg = _config.load(app.config, app.secret_key)
         if cfg.type == "file":
             _check_data_dir(cfg)
-        if not cfg.secret_keys and cfg.type != "memory":
+        if not cfg.secret_keys and cfg.type == "file":
+            # (Redis without SECRET_KEY is a ConfigurationError; memory needs no key.)
             PROCESS.log(
                 "no-secret-key",
                 logging.WARNING,
-                "no SECRET_KEY: session records are checksummed but not authenticated, so "
-                "whoever can write to the session store can plant records that will be "
-                "unpickled; set SECRET_KEY",
+                "no SECRET_KEY: session records are authenticated with a key generated in "
+                "%s (mode 0600) on the first save, so records planted by anyone who cannot "
+                "read that file are rejected; this user and root can still read it, and "
+                "losing the file logs everybody out; set SECRET_KEY to choose the key",
+                cfg.data_dir / "session.key",
             )
         if cfg.type == "memory":
             _memory_apps.add(app)
@@ -148,3 +162,59 @@ _default = Session()
 def init_app(app: Any) -> None:
     """Module-level form of :meth:`Session.init_app` (the original README's usage)."""
     _default.init_app(app)
+
+
+# -- the original README's name clash ---------------------------------------------------
+
+_CLASH = (
+    "'session' here is the flask_beaker_session.session module (the extension: init_app, "
+    "Session), not Flask's request session: 'from flask import session' and "
+    "'from flask_beaker_session import session' in one module hide each other. Import the "
+    "extension under another name ('from flask_beaker_session import session as "
+    "beaker_session', or 'from flask_beaker_session import Session') and use "
+    "flask.session for the data"
+)
+
+
+class _ExtensionModule(types.ModuleType):
+    """This module's class: using the module as a mapping raises a ``TypeError`` that says
+    which ``session`` is which, instead of "'module' object is not subscriptable"."""
+
+    def __getitem__(self, key: Any) -> Any:
+        raise TypeError(_CLASH)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(_CLASH)
+
+    def __delitem__(self, key: Any) -> None:
+        raise TypeError(_CLASH)
+
+    def __contains__(self, key: Any) -> bool:
+        raise TypeError(_CLASH)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise TypeError(_CLASH)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        raise TypeError(_CLASH)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        raise TypeError(_CLASH)
+
+    def keys(self) -> Any:
+        raise TypeError(_CLASH)
+
+    def items(self) -> Any:
+        raise TypeError(_CLASH)
+
+    def values(self) -> Any:
+        raise TypeError(_CLASH)
+
+    def clear(self) -> None:
+        raise TypeError(_CLASH)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_CLASH)
+
+
+sys.modules[__name__].__class__ = _ExtensionModule

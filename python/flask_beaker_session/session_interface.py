@@ -36,6 +36,7 @@ from .responses import retry_later
 from .store import AppState, Clock, system_clock
 from .stored import Outcome
 from .sweeper import AutoSweeper
+from .time_keys_session import TimeKeysSession
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -45,7 +46,7 @@ __all__ = ["BeakerSession", "BeakerSessionInterface", "release_request_sessions"
 #: Key under which the request environ lists the sessions opened for it (for teardown).
 _ENVIRON_KEY = "flask_beaker_session.sessions"
 #: Outcomes after which a refreshing (persistent) cookie is re-sent.
-_REFRESHING = (Outcome.SAVED, Outcome.TOUCHED)
+_WRITTEN = (Outcome.SAVED, Outcome.TOUCHED)
 
 
 class BeakerSessionInterface(SessionInterface):
@@ -58,12 +59,15 @@ class BeakerSessionInterface(SessionInterface):
     use, so freezegun works too. (The core applies the rules; Python only tells it the time.)
     """
 
-    #: Sessions are ``BeakerSession`` objects.
-    session_class = BeakerSession
+    #: Sessions are ``BeakerSession`` objects (``TimeKeysSession``, its subclass, with
+    #: ``SESSION_TIME_KEYS = True``).
+    session_class: type[BeakerSession] = BeakerSession
 
     def __init__(self, config: SessionConfig, clock: Clock = system_clock) -> None:
         #: The validated settings of the application.
         self.config = config
+        if config.time_keys:
+            self.session_class = TimeKeysSession
         #: What this application's sessions share: the store, the clock, the log.
         self.state = AppState(config, clock)
         #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
@@ -95,7 +99,7 @@ class BeakerSessionInterface(SessionInterface):
             self.sweeper.ensure_started()
         environ = request.environ
         value = _cookie_value(environ.get("HTTP_COOKIE"), self.get_cookie_name(app))
-        session = BeakerSession(self.state, value)
+        session = self.session_class(self.state, value)
         environ.setdefault(_ENVIRON_KEY, []).append(session)
         return session
 
@@ -127,17 +131,29 @@ class BeakerSessionInterface(SessionInterface):
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
         """Whether to send the cookie, from what saving did: always for a session just
-        created; for one saved or touched, when the cookie is persistent
-        (``SESSION_EXPIRES = False`` or ``session.permanent``) and
-        ``SESSION_REFRESH_EACH_REQUEST`` is on, so it keeps being renewed."""
-        outcome = session.outcome if isinstance(session, BeakerSession) else None
+        created; with ``SESSION_REFRESH_EACH_REQUEST`` on (Flask's default), for a stored
+        session that is ``permanent`` on every request that used it (so that its expiry
+        slides, as with Flask's own sessions; nothing is written for that), and for one
+        saved or touched when ``SESSION_EXPIRES = False`` (a 400-day cookie, renewed
+        when the record is)."""
+        if not isinstance(session, BeakerSession):
+            return False
+        outcome = session.outcome
         if outcome is Outcome.CREATED:
             return True
-        if outcome not in _REFRESHING:
-            return False
-        return (self.config.expires is False or session.permanent) and bool(
-            app.config.get("SESSION_REFRESH_EACH_REQUEST", True)
-        )
+        if outcome is Outcome.SAVED and session.was_permanent != bool(
+            dict.get(session, "_permanent", False)
+        ):
+            # Made permanent or not any more: the cookie's kind of expiry changes (as
+            # Flask re-sends a modified session's cookie).
+            return True
+        if outcome is Outcome.UNCHANGED or outcome in _WRITTEN:
+            # (dict.get: ``session.permanent`` without two Python calls per request)
+            persistent = dict.get(session, "_permanent", False) or (
+                outcome is not Outcome.UNCHANGED and self.config.expires is False
+            )
+            return bool(persistent) and bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
+        return False
 
     def _cookie_attributes(self, app: Flask) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -154,12 +170,11 @@ class BeakerSessionInterface(SessionInterface):
 
     def _write_cookie(self, app: Flask, session: BeakerSession, response: Response) -> None:
         """The one place a session cookie is set or expired."""
-        name = self.get_cookie_name(app)
         if session.outcome is Outcome.DELETED:
-            response.delete_cookie(name, **self._cookie_attributes(app))
+            response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
         elif self.should_set_cookie(app, session):
             response.set_cookie(
-                name,
+                self.get_cookie_name(app),
                 session.id,
                 expires=self.get_expiration_time(app, session),
                 **self._cookie_attributes(app),
@@ -176,7 +191,7 @@ class BeakerSessionInterface(SessionInterface):
             if not session.loaded or response.status_code >= 500:
                 return
             try:
-                session.persist(self.clock())
+                session.persist(self.state.clock())
             except (StoreUnavailableError, LockTimeoutError) as exc:
                 # Flask's error handlers do not run for errors raised here.
                 retry_later(response, exc)

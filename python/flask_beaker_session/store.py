@@ -51,7 +51,9 @@ def _backend(config: SessionConfig) -> _core.FileBackend | _core.MemoryBackend |
             tls_ca_certs=config.redis_tls_ca_certs,
             tls_client=config.redis_tls_client,
         )
-    return _core.FileBackend(data_dir=config.data_dir, read_legacy=config.read_legacy)
+    return _core.FileBackend(
+        data_dir=config.data_dir, read_legacy=config.read_legacy, max_size=config.max_size
+    )
 
 
 def build_store(config: SessionConfig) -> _core.Store:
@@ -70,6 +72,8 @@ def build_store(config: SessionConfig) -> _core.Store:
                 idle_timeout=config.timeout,
                 absolute_timeout=config.absolute_timeout,
                 lock_timeout=config.lock_timeout,
+                # Without locking the lock is held only to load and to save: no crowd.
+                max_waiters=config.max_waiters if config.locking else None,
             )
         )
     except ConfigurationError as exc:

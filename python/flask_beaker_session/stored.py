@@ -12,6 +12,9 @@ did as an :class:`Outcome`, the one input of the cookie decision:
 * unchanged data is not rewritten (the core at most refreshes the last access, at its
   touch interval), changed data is saved in place, a new session that holds data is
   created, an emptied one is deleted, then the lock is released;
+* a session whose identity was read (:attr:`StoredSession.keep`: its id or creation time,
+  in this request or, for a stored session without data, an earlier one) is stored even
+  without data, so that an id a view has seen survives;
 * in non-locking mode (``SESSION_LOCKING = False``) no lock was kept after loading: the
   keys this request changed are merged into the data stored *now* (:func:`merge`).
 """
@@ -33,6 +36,7 @@ __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
 _RECORD = _core.PayloadKind.Record
 _CORRUPT = _core.OpenStatus.Corrupt
 _NEWER = _core.OpenStatus.Newer
+_UNTRUSTED = _core.OpenStatus.Untrusted
 
 
 class Outcome(enum.Enum):
@@ -44,8 +48,12 @@ class Outcome(enum.Enum):
     SAVED = "saved"
     #: Only its last access was refreshed: a refreshing cookie is re-sent.
     TOUCHED = "touched"
-    #: Nothing written, or nothing to store and no cookie to expire: no cookie.
+    #: Stored, and left as it was (nothing written): only a permanent session's cookie is
+    #: re-sent (``SESSION_REFRESH_EACH_REQUEST``).
     UNCHANGED = "unchanged"
+    #: Nothing is stored (a new session that got no data and whose identity was not read),
+    #: and the client has no cookie to expire: no cookie.
+    NOTHING = "nothing"
     #: The id the client's cookie names holds no session any more: expire the cookie.
     DELETED = "deleted"
 
@@ -139,6 +147,10 @@ class StoredSession:
         #: Records to remove once the session is stored under its new id.
         self._retired: list[_core.Handle] = []
         self._retired_ids: list[str] = []
+        #: Whether the session is stored even without data: set when its identity (id,
+        #: creation time) is read, and for a stored session found without data (an earlier
+        #: request read its identity); reset by ``clear()`` and ``delete()``.
+        self.keep = False
         #: Set once the response's session was persisted: a first use after that (inside a
         #: streamed body) reads without keeping the lock, as nothing more will be saved and
         #: the lock must not be held while the body streams.
@@ -164,8 +176,23 @@ class StoredSession:
                 self.app.once.log(
                     CORRUPT,
                     logging.WARNING,
-                    "session %s: corrupt or unauthenticated record removed; a new "
-                    "session was started",
+                    "session %s: record removed, a new session was started: it failed its "
+                    "integrity check, so it is corrupt or was written with a different key. "
+                    "If this happens to many sessions, records are being written with "
+                    "another key: workers or hosts with different SECRET_KEY values, a "
+                    "SECRET_KEY generated at start-up (e.g. os.urandom() in the app: each "
+                    "worker gets its own), SECRET_KEY changed without the old one in "
+                    "SECRET_KEY_FALLBACKS, or, without SECRET_KEY, %s deleted or replaced",
+                    log_id(value),
+                    self._key_file(),
+                )
+            elif status == _UNTRUSTED:
+                self.app.once.log(
+                    "untrusted-legacy",
+                    logging.WARNING,
+                    "session %s: legacy (Beaker) session file not read: it is not a regular "
+                    "file owned by this process's user and writable only by it (see "
+                    "SECURITY.md); a new session was started",
                     log_id(value),
                 )
             elif status == _NEWER:
@@ -178,6 +205,11 @@ class StoredSession:
                 )
         self.start_fresh()
         return None
+
+    def _key_file(self) -> str:
+        """Where the generated key lives (for messages)."""
+        data_dir = self.app.store.data_dir
+        return str(data_dir / "session.key") if data_dir is not None else "the key file"
 
     def _adopt(self, handle: _core.Handle, now: float) -> Loaded | None:
         payload = handle.payload
@@ -203,6 +235,9 @@ class StoredSession:
         self.last_access = decoded.last_access
         # Legacy sessions are rewritten in our format by the first save.
         self.payload = None if legacy else payload
+        # Stored without data: some request read its id (the original package stored
+        # every session it handed out), so it stays until cleared, deleted or expired.
+        self.keep = not decoded.data
         snapshot: bytes | None = payload
         if legacy:
             try:
@@ -217,6 +252,7 @@ class StoredSession:
         self.stored_id = None
         self.last_access = None
         self.payload = None
+        self.keep = False
 
     # -- the Beaker API's storage side ---------------------------------------------------
 
@@ -244,6 +280,9 @@ class StoredSession:
 
     def release(self) -> None:
         """Gives up every lock held (idempotent; at save and at teardown)."""
+        if self.handle is None and not self._retired:
+            self._retired_ids = []
+            return
         for handle in [self.handle, *self._retired]:
             if handle is not None:
                 handle.release()
@@ -265,11 +304,12 @@ class StoredSession:
             return self._merge(data, modified, created, now)
         handle = self.handle
         if handle is not None:
-            if not data:
+            if not data and not self.keep:
                 handle.delete()
                 self.handle = None
                 return self._deleted()
-            payload = unchanged(self.payload, modified, data) or encode(data)
+            limit = self.app.config.max_size
+            payload = unchanged(self.payload, modified, data) or encode(data, limit)
             # Save or touch, and release the lock in the same native call.
             if payload != self.payload:
                 handle.save(payload, now, created)
@@ -279,10 +319,10 @@ class StoredSession:
             wrote = handle.touch(now)
             self.handle = None
             return Outcome.TOUCHED if wrote else Outcome.UNCHANGED
-        if not data:
+        if not data and not self.keep:
             self._retire(now)
             return self._deleted()
-        payload = encode(data)
+        payload = encode(data, self.app.config.max_size)
         assert self.id is not None
         self.app.store.create(self.id, payload, _seconds(created), now)
         self._retire(now)
@@ -291,7 +331,7 @@ class StoredSession:
 
     def _deleted(self) -> Outcome:
         # Nothing stored: the client's cookie, if it sent one, must go.
-        return Outcome.DELETED if self.cookie_value is not None else Outcome.UNCHANGED
+        return Outcome.DELETED if self.cookie_value is not None else Outcome.NOTHING
 
     def _retire(self, now: float) -> None:
         """Removes the records a regenerate() left behind (after the new one exists)."""
@@ -314,8 +354,10 @@ class StoredSession:
         store = self.app.store
         sid = self.stored_id
         assert sid is not None
-        payload = (unchanged(self.payload, modified, data) or encode(data)) if data else b""
-        if data and payload == self.payload:
+        limit = self.app.config.max_size
+        kept = bool(data) or self.keep
+        payload = (unchanged(self.payload, modified, data) or encode(data, limit)) if kept else b""
+        if kept and payload == self.payload:
             # Only a touch may be due. The core applies its touch interval itself; asking
             # first spares most read-only requests a lock and a read.
             interval = store.config.touch_interval
@@ -338,10 +380,10 @@ class StoredSession:
             if decoded is None:
                 return self._deleted()
             merged = merge(decoded.data, baseline, data)
-            if not merged:
+            if not merged and not self.keep:
                 handle.delete()
                 return self._deleted()
-            merged_payload = encode(merged)
+            merged_payload = encode(merged, self.app.config.max_size)
             handle.save(merged_payload, now, _seconds(created))
             self.payload = merged_payload
             return Outcome.SAVED

@@ -1,10 +1,15 @@
-"""The opt-in automatic sweep (``SESSION_SWEEP_INTERVAL``).
+"""The automatic sweep (``SESSION_SWEEP_INTERVAL``, on by default: every 600 s).
 
 Each worker process runs one daemon thread that wakes every interval and asks the core to
 sweep *if due*: a ``flock`` on ``<data_dir>/sweep.stamp`` elects one process, and the
 stamp's mtime makes every other process skip until the next interval, so the store is swept
-at most once per interval however many workers share it. The sweep itself runs in Rust with
-the GIL released; no request ever waits for it.
+at most once per interval however many workers share it (and however often they restart:
+the stamp outlives them). The sweep itself runs in Rust with the GIL released, on one
+thread; no request ever waits for it.
+
+Per backend: files as above; a memory store is its process's own, so each process sweeps
+it every interval; Redis expires keys itself, so no thread is started (``config.load``
+gives Redis apps no interval). ``None``, ``0`` or ``False`` turn it off.
 
 Fork safety: no thread exists before a pre-fork server forks. The thread starts right
 after a fork in the child (subscribed through :mod:`flask_beaker_session._fork`), or, in a
@@ -14,14 +19,15 @@ generation, not by ``getpid()``, so the per-request check costs no system call.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 
 from . import _core, _fork
-from ._log import logger
+from ._log import PROCESS, logger
 from .store import Clock
 
-__all__ = ["AutoSweeper"]
+__all__ = ["AutoSweeper", "stop_all"]
 
 _sweepers: weakref.WeakSet[AutoSweeper] = weakref.WeakSet()
 
@@ -30,6 +36,28 @@ _sweepers: weakref.WeakSet[AutoSweeper] = weakref.WeakSet()
 def _restart_in_child() -> None:
     for sweeper in list(_sweepers):
         sweeper.restart_after_fork()
+
+
+def report_obstacles(store: _core.Store, report: _core.Report) -> None:
+    """Warns once per process about what a walk found and left alone: symlinks where the
+    store's directories belong (never followed) and entries it never writes."""
+    if report.symlinks or report.foreign:
+        PROCESS.log(
+            "confinement",
+            logging.WARNING,
+            "%s: %d symlinks where the store's directories or records belong (never "
+            "followed) and %d entries this package did not write (left alone); see "
+            "`flask beaker-session stats`",
+            store.data_dir,
+            report.symlinks,
+            report.foreign,
+        )
+
+
+def stop_all() -> None:
+    """Stops the sweeper thread of every app of this process (tests, clean shutdowns)."""
+    for sweeper in list(_sweepers):
+        sweeper.stop()
 
 
 class AutoSweeper:
@@ -88,6 +116,7 @@ class AutoSweeper:
                 report.temp,
                 report.live,
             )
+            report_obstacles(self.store, report)
         return report
 
     def _run(self) -> None:

@@ -12,26 +12,54 @@ use pyo3::prelude::*;
 
 use crate::expiry::Expiry;
 use crate::record::Keys;
-use crate::store::{BackendConfig, FileConfig, RedisConfig, RedisTls, StoreConfig};
+use crate::store::{
+    BackendConfig, FileConfig, RedisConfig, RedisTls, StoreConfig, DEFAULT_MAX_SIZE,
+};
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| PyValueError::new_err(format!("{name} must be a number of seconds >= 0")))
 }
 
-/// Files under `data_dir` (created 0700 on the first save).
+/// Files under `data_dir` (created 0700 on the first save). `max_size`: the largest
+/// payload read back (bytes); `generate_key`: without keys, tag records with a key
+/// generated in `data_dir/session.key` instead of a checksum only.
 #[pyclass(name = "FileBackend", module = "flask_beaker_session._core", frozen)]
 pub struct PyFileBackend(FileConfig);
 
 #[pymethods]
 impl PyFileBackend {
     #[new]
-    #[pyo3(signature = (*, data_dir, read_legacy = true))]
-    fn new(data_dir: PathBuf, read_legacy: bool) -> Self {
-        PyFileBackend(FileConfig {
+    // `max_size` defaults to `DEFAULT_MAX_SIZE`, spelled out so the signature shows it.
+    #[pyo3(signature = (*, data_dir, read_legacy = true, max_size = 4194304, generate_key = true))]
+    fn new(
+        data_dir: PathBuf,
+        read_legacy: bool,
+        max_size: usize,
+        generate_key: bool,
+    ) -> PyResult<Self> {
+        debug_assert_eq!(4194304, DEFAULT_MAX_SIZE);
+        if max_size == 0 || u32::try_from(max_size).is_err() {
+            return Err(PyValueError::new_err(
+                "max_size must be a number of bytes between 1 and 4294967295",
+            ));
+        }
+        Ok(PyFileBackend(FileConfig {
             data_dir,
             read_legacy,
-        })
+            max_size,
+            generate_key,
+        }))
+    }
+
+    #[getter]
+    fn max_size(&self) -> usize {
+        self.0.max_size
+    }
+
+    #[getter]
+    fn generate_key(&self) -> bool {
+        self.0.generate_key
     }
 
     #[getter]
@@ -151,8 +179,9 @@ impl PyStoreConfig {
             idle_timeout = None,
             absolute_timeout = None,
             lock_timeout = 10.0,
+            max_waiters = None,
         ),
-        text_signature = "(*, backend, keys=(), idle_timeout=None, absolute_timeout=None, lock_timeout=10.0)"
+        text_signature = "(*, backend, keys=(), idle_timeout=None, absolute_timeout=None, lock_timeout=10.0, max_waiters=None)"
     )]
     fn new(
         backend: &Bound<'_, PyAny>,
@@ -160,6 +189,7 @@ impl PyStoreConfig {
         idle_timeout: Option<f64>,
         absolute_timeout: Option<f64>,
         lock_timeout: f64,
+        max_waiters: Option<usize>,
     ) -> PyResult<Self> {
         Ok(PyStoreConfig {
             backend_config: backend_config(backend)?,
@@ -171,6 +201,7 @@ impl PyStoreConfig {
                     absolute: absolute_timeout,
                 },
                 lock_timeout: seconds("lock_timeout", lock_timeout)?,
+                max_waiters,
             },
             lock_timeout,
         })
@@ -194,6 +225,12 @@ impl PyStoreConfig {
     #[getter]
     fn lock_timeout(&self) -> f64 {
         self.lock_timeout
+    }
+
+    /// How many requests may wait for one session (None: no bound).
+    #[getter]
+    fn max_waiters(&self) -> Option<usize> {
+        self.config.max_waiters
     }
 
     /// How often read-only requests refresh the last access (None: never needed).

@@ -48,6 +48,7 @@ pub enum PyOpenStatus {
     Expired,
     Corrupt,
     Newer,
+    Untrusted,
 }
 
 impl PyOpenStatus {
@@ -59,6 +60,7 @@ impl PyOpenStatus {
             Opened::Expired => (PyOpenStatus::Expired, None),
             Opened::Corrupt => (PyOpenStatus::Corrupt, None),
             Opened::Newer => (PyOpenStatus::Newer, None),
+            Opened::Untrusted => (PyOpenStatus::Untrusted, None),
         }
     }
 }

@@ -53,12 +53,41 @@ pub(crate) fn classify(err: &StoreError) -> PyErrKind {
             filename: None,
         },
         StoreError::IdCollision => PyErrKind::FileExists,
-        StoreError::LockTimeout { .. } | StoreError::LockLost => PyErrKind::LockTimeout,
+        StoreError::LockTimeout { .. } | StoreError::LockLost | StoreError::Busy { .. } => {
+            PyErrKind::LockTimeout
+        }
         StoreError::Unavailable(_) => PyErrKind::Unavailable,
         StoreError::Config(_) => PyErrKind::Configuration,
         StoreError::InvalidId => PyErrKind::Value,
         StoreError::TooLarge(_) => PyErrKind::Overflow,
         StoreError::Released => PyErrKind::Runtime,
+    }
+}
+
+/// Runs a core call with the GIL released, turning a panic into a `RuntimeError`: a bug in
+/// the core must not raise `PanicException` (a `BaseException`, which escapes Flask's error
+/// handlers and takes the worker's request loop down with it).
+pub(crate) fn guarded<T: Send>(
+    py: pyo3::Python<'_>,
+    call: impl FnOnce() -> Result<T, StoreError> + Send,
+) -> pyo3::PyResult<T> {
+    let outcome = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)));
+    match outcome {
+        Ok(result) => result.map_err(PyErr::from),
+        Err(panic) => Err(PyRuntimeError::new_err(format!(
+            "internal error in the session store: {}",
+            panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "panic"
     }
 }
 
@@ -137,6 +166,7 @@ mod tests {
         let cases = [
             (StoreError::LockTimeout { waited }, PyErrKind::LockTimeout),
             (StoreError::LockLost, PyErrKind::LockTimeout),
+            (StoreError::Busy { max: 2 }, PyErrKind::LockTimeout),
             (
                 StoreError::Config("bad".to_owned()),
                 PyErrKind::Configuration,

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::enums::PyPayloadKind;
+use super::errors::guarded;
 use crate::error::{StoreError, StoreResult};
 use crate::store::{Loaded, SessionHandle};
 
@@ -69,24 +70,25 @@ impl PyHandle {
     /// could not read (legacy sessions).
     #[pyo3(signature = (payload, now, created = None))]
     fn save(&self, py: Python<'_>, payload: &[u8], now: f64, created: Option<f64>) -> PyResult<()> {
-        py.detach(|| self.take()?.save(payload, now, created))?;
-        Ok(())
+        guarded(py, || self.take()?.save(payload, now, created))
     }
 
     /// Refreshes the last access if the store's touch interval has passed, and releases;
     /// True if it wrote.
     fn touch(&self, py: Python<'_>, now: f64) -> PyResult<bool> {
-        Ok(py.detach(|| self.take()?.touch(now))?)
+        guarded(py, || self.take()?.touch(now))
     }
 
     /// Removes the stored session and releases.
     fn delete(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.take()?.delete())?;
-        Ok(())
+        guarded(py, || self.take()?.delete())
     }
 
     /// Releases without changing anything. Idempotent.
-    fn release(&self, py: Python<'_>) {
-        py.detach(|| drop(self.inner.lock().take()));
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || {
+            drop(self.inner.lock().take());
+            Ok(())
+        })
     }
 }

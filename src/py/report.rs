@@ -63,6 +63,14 @@ impl PyReport {
         self.0.errors
     }
     #[getter]
+    fn symlinks(&self) -> u64 {
+        self.0.symlinks
+    }
+    #[getter]
+    fn foreign(&self) -> u64 {
+        self.0.foreign
+    }
+    #[getter]
     fn sizes(&self) -> Vec<u64> {
         self.0.sizes.to_vec()
     }

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 use super::config::PyStoreConfig;
 use super::enums::{PyBackendKind, PyOpenStatus, PyWalkMode};
+use super::errors::guarded;
 use super::handle::PyHandle;
 use super::report::PyReport;
 use crate::error::StoreError;
@@ -70,7 +71,7 @@ impl PyStore {
         let Some(id) = SessionId::parse(sid) else {
             return Ok((PyOpenStatus::Invalid, None));
         };
-        let opened = py.detach(|| self.inner.open(&id, now))?;
+        let opened = guarded(py, || self.inner.open(&id, now))?;
         let (status, handle) = PyOpenStatus::split(opened);
         Ok((status, handle.map(PyHandle::new)))
     }
@@ -85,7 +86,7 @@ impl PyStore {
         now: f64,
     ) -> PyResult<()> {
         let id = SessionId::parse(sid).ok_or(StoreError::InvalidId)?;
-        py.detach(|| self.inner.create(&id, payload, created, now))?;
+        guarded(py, || self.inner.create(&id, payload, created, now))?;
         Ok(())
     }
 
@@ -98,7 +99,7 @@ impl PyStore {
         mode: PyWalkMode,
         threads: usize,
     ) -> PyResult<PyReport> {
-        let report = py.detach(|| self.inner.walk(now, mode.into(), threads))?;
+        let report = guarded(py, || self.inner.walk(now, mode.into(), threads))?;
         Ok(PyReport(report))
     }
 
@@ -111,12 +112,12 @@ impl PyStore {
         interval: f64,
         threads: usize,
     ) -> PyResult<Option<PyReport>> {
-        let report = py.detach(|| self.inner.sweep_if_due(now, interval, threads))?;
+        let report = guarded(py, || self.inner.sweep_if_due(now, interval, threads))?;
         Ok(report.map(PyReport))
     }
 
     /// Ids of the legacy Beaker session files present (file stores).
-    fn legacy_ids(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.inner.legacy_ids())
+    fn legacy_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        guarded(py, || Ok(self.inner.legacy_ids()))
     }
 }

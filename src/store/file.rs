@@ -17,22 +17,27 @@
 //! * Looking up an unknown id creates nothing on disk (no lock file, no directory).
 //! * Directories are created 0700 and files 0600, set explicitly rather than via the umask.
 
+mod dir;
 mod handle;
+pub mod key;
 mod record_io;
 pub mod sweep;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{StoreError, StoreResult};
 use crate::legacy;
-use crate::lock::{fd_cache, flock_until, LockKey, LockScope, LockedFile, ThreadLock};
+use crate::lock::{fd_cache, LockKey, LockScope, LockedFile, ThreadLock};
 use crate::record;
 use crate::report::{Report, WalkMode};
 use crate::shard;
@@ -41,7 +46,14 @@ use crate::store::{
     lock_thread, worker_count, BackendKind, Opened, SessionHandle, Store, StoreConfig,
 };
 
-use record_io::{check_len, create_file, fill_new, open_rw, read_record, ReadError};
+use record_io::{check_len, fill_new, read_record, ReadError};
+
+/// The record's name in its shard: the last component of its path (the id's digest).
+fn record_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
 
 /// Legacy files larger than this are not read (Beaker sessions are small; this bounds the
 /// work an oversized or planted file can cause).
@@ -56,7 +68,16 @@ pub struct FileConfig {
     pub data_dir: PathBuf,
     /// Whether to look for sessions of the original package (Beaker files).
     pub read_legacy: bool,
+    /// The largest payload (pickled session) read back: a record header announcing more is
+    /// refused before anything is allocated (`SESSION_MAX_SIZE`; writes are checked above).
+    pub max_size: usize,
+    /// Without a `SECRET_KEY` (unkeyed `StoreConfig::keys`), tag records with a key
+    /// generated in the data dir (`key`), instead of a checksum only.
+    pub generate_key: bool,
 }
+
+/// Default of `FileConfig::max_size` (and of `SESSION_MAX_SIZE`): 4 MiB.
+pub const DEFAULT_MAX_SIZE: usize = 4 << 20;
 
 /// Where the data of an open session came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +101,30 @@ pub enum Origin {
 struct Shared {
     cfg: StoreConfig,
     data_dir: Arc<Path>,
-    legacy_present: bool,
+    /// Whether a legacy tree is there (one cached `lstat`; `None` inside when reading
+    /// legacy files is off).
+    legacy: legacy::TreeProbe,
+    /// Tag keys: from `SECRET_KEY`, or generated in the data dir.
+    keys: key::KeySource,
+    max_size: usize,
+    /// The data dir's directories, opened without following symlinks (`tree`).
+    tree: tree::Tree,
+    /// When this process last swept without a usable stamp (`sweep::claim`), `f64` bits.
+    last_unstamped_sweep: AtomicU64,
+}
+
+/// Where an opened session was found: our record in its shard, or a legacy file.
+enum Found {
+    Record(Arc<OwnedFd>),
+    Legacy(LegacyFile),
+}
+
+/// A legacy file being read: where it is, and its directory (for removing it without
+/// following a path again).
+struct LegacyFile {
+    path: PathBuf,
+    dir: Arc<OwnedFd>,
+    name: String,
 }
 
 /// The file backend.
@@ -94,7 +138,10 @@ pub struct FileHandle {
     store: Arc<Shared>,
     id: SessionId,
     path: PathBuf,
-    legacy_path: Option<PathBuf>,
+    /// The record's name (the id's digest) and its shard directory, once it exists.
+    name: String,
+    shard: Option<Arc<OwnedFd>>,
+    legacy: Option<LegacyFile>,
     file: LockedFile,
     /// Whether the file may be kept open for a later request (false once deleted).
     reusable: bool,
@@ -120,23 +167,31 @@ struct Held {
 }
 
 impl FileStore {
-    /// Builds a store. Does no I/O except checking once whether a legacy Beaker tree exists,
-    /// so that probing for legacy files costs nothing when there are none. Holds no file
-    /// descriptor, so it is safe to create before a pre-fork server forks.
+    /// Builds a store. Does no I/O and holds no file descriptor, so it is safe to create
+    /// before a pre-fork server forks.
     pub fn new(cfg: StoreConfig, file: FileConfig) -> Self {
-        let legacy_present = file.read_legacy && file.data_dir.join(shard::LEGACY_DIR).is_dir();
+        let tree = file
+            .read_legacy
+            .then(|| file.data_dir.join(shard::LEGACY_DIR));
+        let keys = key::KeySource::new(&cfg.keys, &file.data_dir, file.generate_key);
+        let data_dir: Arc<Path> = Arc::from(file.data_dir);
         FileStore {
             shared: Arc::new(Shared {
                 cfg,
-                data_dir: Arc::from(file.data_dir),
-                legacy_present,
+                tree: tree::Tree::new(Arc::clone(&data_dir)),
+                last_unstamped_sweep: AtomicU64::new(0),
+                data_dir,
+                legacy: legacy::TreeProbe::new(tree),
+                keys,
+                max_size: file.max_size,
             }),
         }
     }
 
-    /// Whether a legacy Beaker tree was found when the store was built.
+    /// Whether a legacy Beaker tree is there now (as of at most `legacy::PROBE_TTL` ago):
+    /// one `lstat` of `container_file/` per TTL, only after a miss in our store.
     pub fn legacy_present(&self) -> bool {
-        self.shared.legacy_present
+        self.shared.legacy.present()
     }
 
     /// Path of the record of `id`.
@@ -166,11 +221,7 @@ impl FileStore {
     fn hold(&self, file: File, path: &Path, deadline: Instant) -> StoreResult<Option<Held>> {
         let locked = LockedFile::new(file);
         let file = locked.file().map_err(|e| StoreError::io("open", path, e))?;
-        match flock_until(file, deadline) {
-            Ok(true) => {}
-            Ok(false) => return Err(self.shared.cfg.lock_timed_out()),
-            Err(e) => return Err(StoreError::io("lock", path, e)),
-        }
+        crate::store::lock_file(file, path, deadline, &self.shared.cfg)?;
         let meta = file
             .metadata()
             .map_err(|e| StoreError::io("stat", path, e))?;
@@ -185,20 +236,46 @@ impl FileStore {
         deadline: Instant,
         thread_lock: &mut Option<ThreadLock>,
     ) -> StoreResult<Step<Opened<FileHandle>>> {
+        let name = record_name(path);
+        // The shard, reached from the data dir without following symlinks (cached). A
+        // symlink or a file in its place is never followed: no session here (the sweeper
+        // reports it). ENOTDIR for the data dir itself, like EROFS or EACCES, is an I/O
+        // error: the store is broken, which must not pass for a missing session.
+        let shard = match self.shared.tree.shard(shard::shard_of(name), false) {
+            Ok(tree::Found::Dir(fd)) => fd,
+            Ok(tree::Found::Missing) if !self.shared.tree.still_current(None) => {
+                return Ok(Step::Retry);
+            }
+            Ok(tree::Found::Missing | tree::Found::NotDir) => {
+                return self.try_open_legacy(id, path, now, deadline, thread_lock);
+            }
+            Err(e) => return Err(StoreError::io("open", path, e)),
+        };
         let opened = match fd_cache::take(path) {
             Some(f) => Ok(f),
-            None => open_rw(path),
+            None => dir::open_file(&*shard, name),
         };
         let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                // The cached shard may be stale (data dir removed or replaced): look again.
+                if !self.shared.tree.still_current(Some(&shard)) {
+                    return Ok(Step::Retry);
+                }
                 return self.try_open_legacy(id, path, now, deadline, thread_lock);
             }
-            // ENOTDIR (the data dir or a shard is a file), like EROFS or EACCES, is an I/O
-            // error: the store is broken, which must not pass for a missing session.
-            // ELOOP: a planted symlink; never followed, removed.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                let _ = fs::remove_file(path);
+            // Not a file at the record's name (a symlink: ELOOP, never followed; a
+            // directory: EISDIR; a socket: ENXIO): no session. A symlink is removed (the
+            // link itself), an empty directory too, anything else the sweeper reports.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP | libc::EISDIR | libc::ENXIO)
+                ) =>
+            {
+                if dir::unlink(&*shard, name).is_err() {
+                    let _ = dir::remove_empty_dir(&*shard, name);
+                }
                 return Ok(Step::Done(Opened::Corrupt));
             }
             Err(e) => return Err(StoreError::io("open", path, e)),
@@ -207,19 +284,24 @@ impl FileStore {
             return Ok(Step::Retry);
         };
         let file = locked.file().map_err(|e| StoreError::io("read", path, e))?;
-        let read = match read_record(file, &meta, &self.shared.cfg.keys, id) {
+        // No generated key yet: nothing we wrote can verify (planted, or the key was lost).
+        let Some(keys) = self.shared.keys.existing()? else {
+            let _ = dir::unlink(&*shard, name);
+            return Ok(Step::Done(Opened::Corrupt));
+        };
+        let read = match read_record(file, &meta, keys, id, self.shared.max_size) {
             Ok(r) => r,
             Err(ReadError::Io(e)) => return Err(StoreError::io("read", path, e)),
             Err(ReadError::Newer) => return Ok(Step::Done(Opened::Newer)),
             Err(ReadError::Corrupt) => {
-                let _ = fs::remove_file(path);
+                let _ = dir::unlink(&*shard, name);
                 return Ok(Step::Done(Opened::Corrupt));
             }
         };
         let last_access = record_io::last_access(read.saved_at, &meta);
         let expiry = &self.shared.cfg.expiry;
         if expiry.is_expired(now, Some(read.created), Some(last_access)) {
-            let _ = fs::remove_file(path);
+            let _ = dir::unlink(&*shard, name);
             return Ok(Step::Done(Opened::Expired));
         }
         let origin = Origin::Record {
@@ -227,7 +309,8 @@ impl FileStore {
             seq: read.seq,
             slot_size: read.slot_size,
         };
-        let mut handle = self.handle(id, path, None, locked, origin, thread_lock)?;
+        let mut handle =
+            self.handle(id, path, Found::Record(shard), locked, origin, thread_lock)?;
         handle.payload = read.payload;
         handle.created = Some(read.created);
         handle.last_access = Some(last_access);
@@ -239,11 +322,15 @@ impl FileStore {
         &self,
         id: &SessionId,
         path: &Path,
-        legacy_path: Option<PathBuf>,
+        at: Found,
         file: LockedFile,
         origin: Origin,
         thread_lock: &mut Option<ThreadLock>,
     ) -> StoreResult<FileHandle> {
+        let (shard, legacy) = match at {
+            Found::Record(shard) => (Some(shard), None),
+            Found::Legacy(legacy) => (None, Some(legacy)),
+        };
         let Some(lock) = thread_lock.take() else {
             return Err(StoreError::Released);
         };
@@ -251,7 +338,9 @@ impl FileStore {
             store: Arc::clone(&self.shared),
             id: *id,
             path: path.to_path_buf(),
-            legacy_path,
+            name: record_name(path).to_owned(),
+            shard,
+            legacy,
             file,
             reusable: true,
             origin,
@@ -270,17 +359,27 @@ impl FileStore {
         deadline: Instant,
         thread_lock: &mut Option<ThreadLock>,
     ) -> StoreResult<Step<Opened<FileHandle>>> {
-        if !self.shared.legacy_present {
+        if !self.shared.legacy.present() {
             return Ok(Step::Done(Opened::Missing));
         }
         let legacy_path = shard::legacy_path(&self.shared.data_dir, id);
-        let file = match open_rw(&legacy_path) {
+        // Reached from the data dir one name at a time, never through a symlink.
+        let (legacy_dir, legacy_name) = match self.legacy_dir(id) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Step::Done(Opened::Missing)),
+            Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
+        };
+        let file = match dir::open_file(&*legacy_dir, &legacy_name) {
             Ok(f) => f,
             Err(e)
                 if e.kind() == ErrorKind::NotFound
-                    || matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) =>
+                    || matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOTDIR | libc::ELOOP | libc::EISDIR | libc::ENXIO)
+                    ) =>
             {
-                return Ok(Step::Done(Opened::Missing))
+                // Absent, or not a file we could read (a directory, a symlink, a socket).
+                return Ok(Step::Done(Opened::Missing));
             }
             Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
         };
@@ -288,31 +387,99 @@ impl FileStore {
         let Some(Held { locked, meta }) = self.hold(file, &legacy_path, deadline)? else {
             return Ok(Step::Retry);
         };
+        // A legacy file is a raw pickle: only one that nobody but this user can have written
+        // is read (SECURITY.md). Others are left in place, unread.
+        if legacy::trusted(&meta).is_err() {
+            return Ok(Step::Done(Opened::Untrusted));
+        }
         if meta.len() > LEGACY_MAX {
             return Ok(Step::Done(Opened::Corrupt));
         }
         let mut bytes = vec![0u8; meta.len() as usize];
-        locked
-            .file()
-            .and_then(|f| f.read_exact_at(&mut bytes, 0))
-            .map_err(|e| StoreError::io("read", &legacy_path, e))?;
+        match locked.file().and_then(|f| f.read_exact_at(&mut bytes, 0)) {
+            Ok(()) => {}
+            // Shorter than `fstat` said: cut under us, unusable.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Ok(Step::Done(Opened::Corrupt))
+            }
+            Err(e) => return Err(StoreError::io("read", &legacy_path, e)),
+        }
         let Ok(decoded) = legacy::decode(&bytes) else {
-            let _ = fs::remove_file(&legacy_path);
+            let _ = dir::unlink(&*legacy_dir, &legacy_name);
             return Ok(Step::Done(Opened::Corrupt));
         };
         let expiry = &self.shared.cfg.expiry;
         if expiry.is_expired(now, decoded.created, decoded.accessed) {
-            let _ = fs::remove_file(&legacy_path);
+            let _ = dir::unlink(&*legacy_dir, &legacy_name);
             return Ok(Step::Done(Opened::Expired));
         }
         let origin = Origin::Legacy {
             wrapped: decoded.wrapped,
         };
-        let mut handle = self.handle(id, path, Some(legacy_path), locked, origin, thread_lock)?;
+        let legacy = LegacyFile {
+            path: legacy_path,
+            dir: legacy_dir,
+            name: legacy_name,
+        };
+        let mut handle =
+            self.handle(id, path, Found::Legacy(legacy), locked, origin, thread_lock)?;
         handle.payload = decoded.payload;
         handle.created = decoded.created;
         handle.last_access = decoded.accessed;
         Ok(Step::Done(Opened::Found(handle)))
+    }
+
+    /// The directory `container_file/<c>/<cc>/` of a legacy session and its file's name;
+    /// `None` if that directory is missing, or a symlink or a file is in its way.
+    fn legacy_dir(&self, id: &SessionId) -> std::io::Result<Option<(Arc<OwnedFd>, String)>> {
+        let h = id.to_hex();
+        let found = self
+            .shared
+            .tree
+            .open_path(&[shard::LEGACY_DIR, &h[..1], &h[..2]])?;
+        Ok(match found {
+            tree::Found::Dir(fd) => Some((fd, format!("{h}.cache"))),
+            tree::Found::Missing | tree::Found::NotDir => None,
+        })
+    }
+
+    /// Creates the record file `name` (never overwriting, never through a symlink) in its
+    /// shard, creating the directories it needs (0700). A cached shard is checked first
+    /// (`tree::Tree::still_current`), so a record is never created in a removed or
+    /// replaced data directory.
+    fn create_record(&self, name: &str, path: &Path) -> StoreResult<(Arc<OwnedFd>, File)> {
+        let tree = &self.shared.tree;
+        let mut fresh = false;
+        loop {
+            let shard = match tree.shard(shard::shard_of(name), true) {
+                Ok(tree::Found::Dir(fd)) => fd,
+                Ok(_) => {
+                    let e = std::io::Error::new(
+                        ErrorKind::NotADirectory,
+                        "a symlink or a file is where the shard directory belongs \
+                         (never followed; see `flask beaker-session stats`)",
+                    );
+                    return Err(StoreError::io("create", path, e));
+                }
+                Err(e) => return Err(StoreError::io("create", path, e)),
+            };
+            if !fresh && !tree.still_current(Some(&shard)) {
+                fresh = true;
+                continue;
+            }
+            match dir::create_file(&*shard, name) {
+                Ok(file) => return Ok((shard, file)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    return Err(StoreError::IdCollision)
+                }
+                // The shard was removed since it was cached: once more, from the path.
+                Err(e) if e.kind() == ErrorKind::NotFound && !fresh => {
+                    tree.forget();
+                    fresh = true;
+                }
+                Err(e) => return Err(StoreError::io("create", path, e)),
+            }
+        }
     }
 
     /// Stores a brand-new session under a freshly generated `id`. Nobody else knows the id
@@ -326,17 +493,13 @@ impl FileStore {
     ) -> StoreResult<()> {
         check_len(payload)?;
         let path = self.record_path(id);
-        let slot = record::encode_slot(&self.shared.cfg.keys, id, 1, created, now, payload);
+        let keys = self.shared.keys.signing()?;
+        let slot = record::encode_slot(keys, id, 1, created, now, payload);
         let slot_size = record::slot_size_for(payload.len());
-        let file = match create_file(&path) {
-            Err(StoreError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
-                return Err(StoreError::IdCollision)
-            }
-            other => other?,
-        };
+        let (shard, file) = self.create_record(record_name(&path), &path)?;
         if let Err(e) = fill_new(&file, &path, &slot, slot_size, now) {
             // Nothing of a half-written new record may stay behind (disk full, quota).
-            let _ = fs::remove_file(&path);
+            let _ = dir::unlink(&*shard, record_name(&path));
             return Err(e);
         }
         Ok(())
@@ -370,7 +533,8 @@ impl Store for FileStore {
     /// Coordinated through `<data_dir>/sweep.stamp`: its `flock` elects one sweeper among
     /// the processes sharing the directory, its mtime records the last sweep.
     fn sweep_if_due(&self, now: f64, interval: f64, threads: usize) -> StoreResult<Option<Report>> {
-        let Some(claim) = sweep::claim(&self.shared.data_dir, now, interval)? else {
+        let last = &self.shared.last_unstamped_sweep;
+        let Some(claim) = sweep::claim(&self.shared.data_dir, now, interval, last)? else {
             return Ok(None);
         };
         let report = self.walk(now, WalkMode::Sweep, threads);
@@ -378,33 +542,11 @@ impl Store for FileStore {
         report.map(Some)
     }
 
-    /// Ids of the legacy Beaker session files under the data dir (file names that are
-    /// valid ids; anything else is ignored). Lists the tree fresh, whatever was seen at
-    /// construction.
+    /// Ids of the legacy Beaker session files under the data dir (valid ids at their place
+    /// in Beaker's layout; anything else is ignored, no symlink is followed). Lists the
+    /// tree fresh, whatever was seen at construction.
     fn legacy_ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        let mut stack = vec![self.shared.data_dir.join(shard::LEGACY_DIR)];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(path);
-                } else if let Some(stem) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".cache"))
-                {
-                    if SessionId::parse(stem).is_some() {
-                        ids.push(stem.to_owned());
-                    }
-                }
-            }
-        }
-        ids.sort();
-        ids
+        sweep::legacy_ids(&self.shared.data_dir)
     }
 
     fn data_dir(&self) -> Option<&Path> {

@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
-use crate::lock::{LockKey, LockScope, ThreadLock};
+use crate::lock::{clone_if_free, lock, ForkLocal, LockKey, LockScope, ThreadLock};
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
@@ -29,7 +29,10 @@ struct Entry {
 struct Shared {
     cfg: StoreConfig,
     scope: LockScope,
-    data: Mutex<HashMap<SessionId, Entry>>,
+    /// Per fork generation: a forked child starts with a copy of its parent's sessions
+    /// (or none, if a parent thread held them at the fork), never with a mutex a vanished
+    /// thread holds.
+    data: ForkLocal<Mutex<HashMap<SessionId, Entry>>>,
 }
 
 /// Sessions kept in this process's memory.
@@ -46,6 +49,10 @@ pub struct MemoryHandle {
 }
 
 impl Shared {
+    fn data(&self) -> MutexGuard<'_, HashMap<SessionId, Entry>> {
+        lock(self.data.get_or_inherit(clone_if_free))
+    }
+
     fn expired(&self, now: f64, e: &Entry) -> bool {
         self.cfg
             .expiry
@@ -60,7 +67,7 @@ impl MemoryStore {
             shared: Arc::new(Shared {
                 cfg,
                 scope: LockScope::unique(),
-                data: Mutex::new(HashMap::new()),
+                data: ForkLocal::here(),
             }),
         }
     }
@@ -81,7 +88,7 @@ impl Store for MemoryStore {
             id: *id,
         };
         let (lock, _) = lock_thread(key, &self.shared.cfg)?;
-        let mut data = self.shared.data.lock();
+        let mut data = self.shared.data();
         let Some(entry) = data.get(id).cloned() else {
             return Ok(Opened::Missing);
         };
@@ -98,7 +105,7 @@ impl Store for MemoryStore {
     }
 
     fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
-        let mut data = self.shared.data.lock();
+        let mut data = self.shared.data();
         if data.contains_key(id) {
             return Err(StoreError::IdCollision);
         }
@@ -114,7 +121,7 @@ impl Store for MemoryStore {
     /// Counts (`Stats`), removes expired sessions (`Sweep`) or everything (`Clear`).
     fn walk(&self, now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
         let mut report = Report::default();
-        let mut data = self.shared.data.lock();
+        let mut data = self.shared.data();
         let before = data.len() as u64;
         report.records = before;
         for entry in data.values() {
@@ -129,7 +136,12 @@ impl Store for MemoryStore {
             WalkMode::Clear => data.clear(),
         }
         report.removed = before - data.len() as u64;
-        report.live = data.len() as u64;
+        // As the file store counts: the expired are not live, whether or not this walk
+        // removed them.
+        report.live = match mode {
+            WalkMode::Stats => before - report.expired,
+            WalkMode::Sweep | WalkMode::Clear => data.len() as u64,
+        };
         Ok(report)
     }
 }
@@ -157,14 +169,14 @@ impl SessionHandle for MemoryHandle {
             created: self.entry.created,
             last_access: expiry::save_time(Some(self.entry.last_access), now),
         };
-        self.store.data.lock().insert(self.id, entry);
+        self.store.data().insert(self.id, entry);
         Ok(())
     }
 
     fn touch(self: Box<Self>, now: f64) -> StoreResult<bool> {
         let due = (self.store.cfg.expiry).touch_due(Some(self.entry.last_access), now);
         if due {
-            if let Some(entry) = self.store.data.lock().get_mut(&self.id) {
+            if let Some(entry) = self.store.data().get_mut(&self.id) {
                 entry.last_access = now;
             }
         }
@@ -172,7 +184,7 @@ impl SessionHandle for MemoryHandle {
     }
 
     fn delete(self: Box<Self>) -> StoreResult<()> {
-        self.store.data.lock().remove(&self.id);
+        self.store.data().remove(&self.id);
         Ok(())
     }
 }
@@ -192,6 +204,7 @@ mod tests {
                 absolute: None,
             },
             lock_timeout: Duration::from_millis(50),
+            max_waiters: None,
         })
     }
 

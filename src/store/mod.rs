@@ -22,18 +22,19 @@ pub mod file;
 pub mod memory;
 pub mod redis;
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::Expiry;
-use crate::lock::{LockKey, ThreadLock};
+use crate::lock::{deadline_after, flock_bounded, Acquired, Flock, LockKey, ThreadLock};
 use crate::record::Keys;
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 
-pub use file::FileConfig;
+pub use file::{FileConfig, DEFAULT_MAX_SIZE};
 pub use redis::{RedisConfig, RedisTls};
 
 /// Settings every store has, fixed at `init_app`.
@@ -45,6 +46,9 @@ pub struct StoreConfig {
     pub expiry: Expiry,
     /// How long to wait for another request of the same session.
     pub lock_timeout: Duration,
+    /// How many requests may wait for one session behind its holder (`None`: no bound):
+    /// per process, and for the file backend also across processes (see `crate::lock`).
+    pub max_waiters: Option<usize>,
 }
 
 impl StoreConfig {
@@ -52,6 +56,13 @@ impl StoreConfig {
     pub fn lock_timed_out(&self) -> StoreError {
         StoreError::LockTimeout {
             waited: self.lock_timeout,
+        }
+    }
+
+    /// The error of a request refused because too many others wait for the session.
+    pub fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            max: self.max_waiters.unwrap_or(0),
         }
     }
 }
@@ -85,15 +96,25 @@ pub fn build(cfg: StoreConfig, backend: BackendConfig) -> StoreResult<Arc<dyn St
     Ok(match backend {
         BackendConfig::File(file) => Arc::new(file::FileStore::new(cfg, file)),
         BackendConfig::Memory => Arc::new(memory::MemoryStore::new(cfg)),
+        // Redis is reachable from other hosts: without a secret, whoever can write to it
+        // could plant records that would be unpickled.
+        BackendConfig::Redis(_) if !cfg.keys.is_keyed() => {
+            return Err(StoreError::Config(
+                "SESSION_TYPE='redis' needs a SECRET_KEY: records in Redis are authenticated \
+                 with a key derived from it"
+                    .to_owned(),
+            ))
+        }
         BackendConfig::Redis(redis) => Arc::new(redis::RedisStore::new(cfg, redis)?),
     })
 }
 
 /// Forgets every per-process state of every backend (in-process locks, kept descriptors,
 /// pooled connections). Called in a child right after `fork`.
+/// Takes no lock: it makes this process a new fork generation (`crate::lock::ForkLocal`),
+/// and each of those states is replaced lazily, on its next use.
 pub fn reset_after_fork() {
     crate::lock::reset_after_fork();
-    redis::reset_after_fork();
 }
 
 /// What `Store::open` found.
@@ -108,6 +129,9 @@ pub enum Opened<H> {
     Corrupt,
     /// The record was written by a newer format version; left in place.
     Newer,
+    /// A legacy (Beaker) file that this process must not unpickle: not a regular file, not
+    /// owned by this process's user, or writable by group or others. Left in place, unread.
+    Untrusted,
 }
 
 impl<H> Opened<H> {
@@ -119,6 +143,7 @@ impl<H> Opened<H> {
             Opened::Expired => Opened::Expired,
             Opened::Corrupt => Opened::Corrupt,
             Opened::Newer => Opened::Newer,
+            Opened::Untrusted => Opened::Untrusted,
         }
     }
 }
@@ -204,14 +229,33 @@ pub trait SessionHandle: Send {
     fn delete(self: Box<Self>) -> StoreResult<()>;
 }
 
-/// The lock preamble of every backend's `open`: waits (bounded by the lock timeout) for the
-/// in-process lock of `key`, and returns it with the deadline that bounds the rest of the
-/// wait (the cross-process half: `flock`, Redis `SET NX`).
+/// The lock preamble of every backend's `open`: waits (bounded by the lock timeout, and
+/// refused at once past `max_waiters` waiting threads) for the in-process lock of `key`,
+/// and returns it with the deadline that bounds the rest of the wait (the cross-process
+/// half: `lock_file`, Redis `SET NX`).
 pub fn lock_thread(key: LockKey, cfg: &StoreConfig) -> StoreResult<(ThreadLock, Instant)> {
-    let deadline = Instant::now() + cfg.lock_timeout;
-    match ThreadLock::acquire(key, deadline) {
-        Some(lock) => Ok((lock, deadline)),
-        None => Err(cfg.lock_timed_out()),
+    let deadline = deadline_after(cfg.lock_timeout);
+    match ThreadLock::acquire_bounded(key, deadline, cfg.max_waiters) {
+        Acquired::Locked(lock) => Ok((lock, deadline)),
+        Acquired::TimedOut => Err(cfg.lock_timed_out()),
+        Acquired::Busy => Err(cfg.busy()),
+    }
+}
+
+/// The cross-process half for a file-backed session: an exclusive `flock` on `file` (the
+/// record at `path`) by `deadline`, refused at once when `max_waiters` processes already
+/// wait for it.
+pub fn lock_file(
+    file: &File,
+    path: &Path,
+    deadline: Instant,
+    cfg: &StoreConfig,
+) -> StoreResult<()> {
+    match flock_bounded(file, deadline, cfg.max_waiters) {
+        Ok(Flock::Locked) => Ok(()),
+        Ok(Flock::TimedOut) => Err(cfg.lock_timed_out()),
+        Ok(Flock::Busy) => Err(cfg.busy()),
+        Err(e) => Err(StoreError::io("lock", path, e)),
     }
 }
 

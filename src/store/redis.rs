@@ -3,14 +3,12 @@
 //! replaces a value atomically, so the two-slot scheme is not needed), same per-session lock
 //! semantics, expiry enforced twice: by the keys' TTL and by the shared check on read.
 //!
-//! * Keys: `<prefix>s:<sha256(id)>` holds the record, `<prefix>l:<sha256(id)>` the lock,
-//!   `<prefix>a:<sha256(id)>` the time of the last touch. The id never appears in a key, so
-//!   `KEYS`/`SCAN` output cannot be replayed as cookies.
+//! * Keys (`keys`): `s:` the record, `l:` the lock, `a:` the last touch, each under the
+//!   prefix and a digest of the id.
 //! * Lock: `SET lock <token> NX PX <ttl>`, retried with back-off until the deadline; saves,
-//!   touches and deletes run as Lua scripts that first check the token (a request whose lock
-//!   expired cannot overwrite a newer holder's data) and release the lock in the same round
-//!   trip; a bare release is a compare-and-delete. Threads of one process queue on the
-//!   in-process `ThreadLock` first, so only one of them polls Redis.
+//!   touches, deletes and releases run as Lua scripts that check the token (`scripts`).
+//!   Threads of one process queue on the in-process `ThreadLock` first, so only one of them
+//!   polls Redis.
 //! * Last access, on the injected clock like every backend: the later of the record's save
 //!   time and the last touch time. A touch writes its `now` to the `a:` key (with the same
 //!   TTL as the record, whose TTL it refreshes); a save deletes the `a:` key (its save time
@@ -20,9 +18,16 @@
 //!   is never used as a clock.
 //! * TTL: `Expiry::ttl_ms` (the idle timeout, capped by what remains of the absolute
 //!   lifetime), set on save and, once per touch interval, on read.
-//! * `walk` counts `s:` keys as records; `Clear` deletes the `s:` and `a:` keys.
+//! * `walk` counts `s:` keys as records; `Clear` deletes the `s:` and `a:` keys (only keys
+//!   that are ours: `keys`).
+//! * Orphaned locks (`orphans`): a lock that a timed-out command may have left behind is
+//!   released in the background once Redis answers again.
+//! * TTLs are clamped to `MAX_TTL_MS` (Redis refuses larger expiry times).
 
+mod keys;
+mod orphans;
 mod pool;
+mod scripts;
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -31,7 +36,7 @@ use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
-use crate::lock::{LockKey, LockScope, ThreadLock};
+use crate::lock::{generation, ForkLocal, LockKey, LockScope, ThreadLock};
 use crate::record::{self, Keys, HEADER_LEN};
 use crate::report::{Report, WalkMode};
 use crate::shard;
@@ -40,8 +45,26 @@ use crate::store::{
     lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
 };
 
-pub use pool::reset_after_fork;
+pub use keys::glob_escape;
+use orphans::Orphans;
 use pool::Pool;
+use scripts::{DELETE_LUA, RELEASE_LUA, SAVE_LUA, TOUCH_LUA};
+
+/// The longest TTL given to Redis (100 years in ms): `PX` refuses expiry times past
+/// ~2^63 ms, and an idle timeout or lock TTL beyond this is "never" in practice.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 86_400 * 1000;
+
+/// A TTL in ms for Redis: `ms` clamped to `MAX_TTL_MS` (0 stays 0: no TTL).
+fn clamp_ttl(ms: u64) -> u64 {
+    ms.min(MAX_TTL_MS)
+}
+
+/// `duration` in ms, at least 1, at most `MAX_TTL_MS` (never wraps).
+pub fn ttl_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_TTL_MS)
+}
 
 /// Settings of the Redis backend.
 #[derive(Clone, Debug)]
@@ -99,36 +122,9 @@ fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
         .map_err(|e| StoreError::Config(format!("invalid Redis TLS settings: {e}")))
 }
 
-// KEYS: lock, record, last touch. ARGV: token, record, TTL in ms (0: none).
-const SAVE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[2], ARGV[2])
-end
-redis.call('DEL', KEYS[3], KEYS[1])
-return 1";
-
-// KEYS: lock, record, last touch. ARGV: token, TTL in ms, now.
-const TOUCH_LUA: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('PEXPIRE', KEYS[2], ARGV[2]) == 1 then
-  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
-end
-redis.call('DEL', KEYS[1])
-return 1";
-
-// KEYS: lock, record, last touch. ARGV: token.
-const DELETE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
-return 1";
-
-// KEYS: lock. ARGV: token.
-const RELEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+/// The replies of the lock pipeline: the `SET NX` (set if we got the lock), the record,
+/// the last touch.
+type LockReply = (Option<String>, Option<Vec<u8>>, Option<String>);
 
 struct Shared {
     cfg: StoreConfig,
@@ -140,6 +136,7 @@ struct Shared {
     touch: Script,
     delete: Script,
     release: Script,
+    orphans: ForkLocal<Orphans>,
 }
 
 /// Sessions in Redis.
@@ -158,6 +155,7 @@ pub struct RedisHandle {
     last_access: f64,
     seq: u64,
     released: bool,
+    generation: u64,
     _lock: ThreadLock,
 }
 
@@ -183,14 +181,10 @@ fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
 }
 
 impl Shared {
-    fn key(&self, kind: &str, digest: &str) -> String {
-        format!("{}{kind}:{digest}", self.prefix)
-    }
-
     /// Takes the session lock and reads the record and its last touch, in one round trip
     /// when uncontended; retried with back-off until `deadline`.
     fn lock_and_read(
-        &self,
+        self: &Arc<Self>,
         digest: &str,
         token: &str,
         deadline: Instant,
@@ -200,23 +194,31 @@ impl Shared {
             self.key("s", digest),
             self.key("a", digest),
         );
+        self.adopt_orphan(&lock)?;
         let mut backoff = Duration::from_micros(200);
         loop {
-            let (got, value, touched): (Option<String>, Option<Vec<u8>>, Option<String>) =
-                self.pool.run(|c| {
-                    redis::pipe()
-                        .cmd("SET")
-                        .arg(&lock)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(self.lock_ttl_ms)
-                        .cmd("GET")
-                        .arg(&data)
-                        .cmd("GET")
-                        .arg(&access)
-                        .query(c)
-                })?;
+            let reply: StoreResult<LockReply> = self.pool.run(|c| {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&lock)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.lock_ttl_ms)
+                    .cmd("GET")
+                    .arg(&data)
+                    .cmd("GET")
+                    .arg(&access)
+                    .query(c)
+            });
+            let (got, value, touched) = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // The SET NX may have reached Redis (a timeout, a dropped reply).
+                    self.orphan(lock, token.to_owned());
+                    return Err(e);
+                }
+            };
             if got.is_some() {
                 return Ok((value, touched));
             }
@@ -227,38 +229,6 @@ impl Shared {
             std::thread::sleep(backoff.min(left));
             backoff = (backoff * 2).min(Duration::from_millis(5));
         }
-    }
-
-    /// Every key matching `pattern`, a `SCAN` batch at a time (never blocks the server).
-    fn scan(
-        &self,
-        pattern: &str,
-        mut each: impl FnMut(Vec<String>) -> StoreResult<()>,
-    ) -> StoreResult<()> {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self.pool.run(|c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)
-            })?;
-            each(keys)?;
-            cursor = next;
-            if cursor == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    fn delete_keys(&self, keys: &[String]) -> StoreResult<u64> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        self.pool.run(|c| redis::cmd("DEL").arg(keys).query(c))
     }
 }
 
@@ -275,7 +245,7 @@ impl RedisStore {
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 cfg,
-                lock_ttl_ms: rcfg.lock_ttl.as_millis() as u64,
+                lock_ttl_ms: ttl_ms(rcfg.lock_ttl),
                 scope,
                 pool: Pool::new(client, rcfg.connect_timeout, rcfg.io_timeout),
                 prefix: rcfg.prefix,
@@ -283,6 +253,7 @@ impl RedisStore {
                 touch: Script::new(TOUCH_LUA),
                 delete: Script::new(DELETE_LUA),
                 release: Script::new(RELEASE_LUA),
+                orphans: ForkLocal::here(),
             }),
         })
     }
@@ -317,6 +288,7 @@ impl Store for RedisStore {
             last_access: now,
             seq: 0,
             released: false,
+            generation: generation(),
             _lock: thread_lock,
         };
         let Some(value) = value else {
@@ -352,7 +324,7 @@ impl Store for RedisStore {
     fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
         let shared = &self.shared;
         let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
-        let ttl = shared.cfg.expiry.ttl_ms(created, now);
+        let ttl = clamp_ttl(shared.cfg.expiry.ttl_ms(created, now));
         let key = shared.key("s", &shard::digest(id));
         let stored: Option<String> = shared.pool.run(|c| {
             let mut cmd = redis::cmd("SET");
@@ -370,7 +342,7 @@ impl Store for RedisStore {
     fn walk(&self, _now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
         let shared = &self.shared;
         let mut report = Report::default();
-        shared.scan(&format!("{}s:*", shared.prefix), |keys| {
+        shared.scan("s", |keys| {
             report.records += keys.len() as u64;
             if mode == WalkMode::Clear {
                 report.removed += shared.delete_keys(&keys)?;
@@ -380,8 +352,7 @@ impl Store for RedisStore {
             Ok(())
         })?;
         if mode == WalkMode::Clear {
-            let pattern = format!("{}a:*", shared.prefix);
-            shared.scan(&pattern, |keys| shared.delete_keys(&keys).map(drop))?;
+            shared.scan("a", |keys| shared.delete_keys(&keys).map(drop))?;
         }
         Ok(report)
     }
@@ -397,15 +368,24 @@ impl RedisHandle {
     /// afterwards whatever the outcome (released by the script, or no longer ours).
     fn run(&mut self, script: &Script, args: &[&[u8]]) -> StoreResult<()> {
         let keys = ["l", "s", "a"].map(|kind| self.store.key(kind, &self.digest));
-        let ok: i64 = self.store.pool.run(|c| {
+        let ok: StoreResult<i64> = self.store.pool.run(|c| {
             let mut invocation = script.key(&keys[..]);
             invocation.arg(&self.token);
             for arg in args {
                 invocation.arg(*arg);
             }
             invocation.invoke(c)
-        })?;
+        });
         self.released = true;
+        let ok = match ok {
+            Ok(ok) => ok,
+            Err(e) => {
+                // The script may not have run: the lock may still hold our token.
+                let [lock, ..] = keys;
+                self.store.orphan(lock, self.token.clone());
+                return Err(e);
+            }
+        };
         match ok {
             1 => Ok(()),
             _ => Err(StoreError::LockLost),
@@ -418,19 +398,24 @@ impl RedisHandle {
         self.run(&store.delete, &[])
     }
 
-    /// Releases the lock (compare-and-delete). Errors are ignored: the lock expires anyway.
+    /// Releases the lock (compare-and-delete). On failure the lock becomes an orphan,
+    /// released in the background once Redis answers. Nothing in a forked child: the lock
+    /// is the parent's.
     fn release(&mut self) {
-        if std::mem::replace(&mut self.released, true) {
+        if std::mem::replace(&mut self.released, true) || self.generation != generation() {
             return;
         }
         let lock = self.store.key("l", &self.digest);
-        let _ = self.store.pool.run(|c| {
+        let released = self.store.pool.run(|c| {
             self.store
                 .release
                 .key(&lock)
                 .arg(&self.token)
                 .invoke::<i64>(c)
         });
+        if released.is_err() {
+            self.store.orphan(lock, self.token.clone());
+        }
     }
 }
 
@@ -463,14 +448,14 @@ impl SessionHandle for RedisHandle {
             now,
             payload,
         );
-        let ttl = store.cfg.expiry.ttl_ms(self.created, now).to_string();
+        let ttl = clamp_ttl(store.cfg.expiry.ttl_ms(self.created, now)).to_string();
         self.run(&store.save, &[&value, ttl.as_bytes()])
     }
 
     /// Touches and releases in one round trip; a bare release when no touch is due.
     fn touch(mut self: Box<Self>, now: f64) -> StoreResult<bool> {
         let store = Arc::clone(&self.store);
-        let ttl = store.cfg.expiry.ttl_ms(self.created, now);
+        let ttl = clamp_ttl(store.cfg.expiry.ttl_ms(self.created, now));
         if !store.cfg.expiry.touch_due(Some(self.last_access), now) || ttl == 0 {
             self.release();
             return Ok(false);

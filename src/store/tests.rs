@@ -18,6 +18,7 @@ fn config(idle: Option<f64>, absolute: Option<f64>) -> StoreConfig {
         keys: Keys::new(&[b"secret".to_vec()]),
         expiry: Expiry { idle, absolute },
         lock_timeout: Duration::from_millis(100),
+        max_waiters: None,
     }
 }
 
@@ -28,6 +29,8 @@ fn both(idle: Option<f64>, absolute: Option<f64>) -> (tempfile::TempDir, Vec<Arc
     let file = BackendConfig::File(FileConfig {
         data_dir: dir.path().join("data"),
         read_legacy: true,
+        max_size: crate::store::DEFAULT_MAX_SIZE,
+        generate_key: false,
     });
     let stores = vec![
         build(config(idle, absolute), file).unwrap(),
@@ -43,6 +46,7 @@ fn status<H>(o: &Opened<H>) -> &'static str {
         Opened::Expired => "Expired",
         Opened::Corrupt => "Corrupt",
         Opened::Newer => "Newer",
+        Opened::Untrusted => "Untrusted",
     }
 }
 
@@ -217,7 +221,12 @@ fn walks_count_and_sweep_expired_sessions() {
         s.create(&live, b"x", t, t).unwrap();
         s.create(&old, b"y", t - 1000.0, t - 1000.0).unwrap();
         let stats = s.walk(t, WalkMode::Stats, 0).unwrap();
-        assert_eq!((stats.records, stats.expired), (2, 1), "{:?}", s.kind());
+        assert_eq!(
+            (stats.records, stats.expired, stats.live),
+            (2, 1, 1),
+            "{:?}",
+            s.kind()
+        );
         let swept = s.sweep_if_due(t, 0.0, 1).unwrap().unwrap();
         assert_eq!((swept.expired, swept.live), (1, 1), "{:?}", s.kind());
         let cleared = s.walk(t, WalkMode::Clear, 1).unwrap();
@@ -280,6 +289,8 @@ fn two_file_stores_on_one_directory_exclude_each_other_in_process() {
         BackendConfig::File(FileConfig {
             data_dir: dir.path().to_path_buf(),
             read_legacy: false,
+            max_size: crate::store::DEFAULT_MAX_SIZE,
+            generate_key: false,
         })
     };
     let a = build(config(None, None), file()).unwrap();

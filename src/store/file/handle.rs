@@ -2,11 +2,13 @@
 //! (migrating a legacy session on its first save), touching by mtime, deleting, and handing
 //! the unlocked descriptor to the cache when released. Split from `file.rs`, which opens.
 
-use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
-use super::record_io::{check_len, create_file, fill_new, pin_mtime, to_system_time};
+use super::dir;
+use super::record_io::{check_len, fill_new, pin_mtime, to_system_time};
+use super::tree::Found;
 use super::{FileHandle, Origin, SMALL_WRITE};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
@@ -34,7 +36,7 @@ impl FileHandle {
                 seq,
                 slot_size,
             } if HEADER_LEN + payload.len() <= slot_size => {
-                let keys = &self.store.cfg.keys;
+                let keys = self.store.keys.signing()?;
                 let header = record::encode_header(keys, &self.id, seq + 1, created, now, payload);
                 let target = 1 - slot;
                 self.write_slot(&header, payload, (target * slot_size) as u64, now)?;
@@ -50,8 +52,8 @@ impl FileHandle {
                 // process must then see `nlink == 0` and move to the new record, never load
                 // the stale legacy session.
                 let legacy_file = self.install(payload, created, now, 1)?;
-                if let Some(old) = self.legacy_path.take() {
-                    let _ = fs::remove_file(old);
+                if let Some(old) = self.legacy.take() {
+                    let _ = dir::unlink(&*old.dir, &old.name);
                 }
                 drop(legacy_file);
             }
@@ -94,17 +96,30 @@ impl FileHandle {
         seq: u64,
     ) -> StoreResult<LockedFile> {
         let suffix = SessionId::generate()?.to_hex();
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(format!(".{}{}", &suffix[..8], shard::TMP_SUFFIX));
-        let tmp = self.path.with_file_name(name);
-        let keys = &self.store.cfg.keys;
+        let tmp_name = format!("{}.{}{}", self.name, &suffix[..8], shard::TMP_SUFFIX);
+        let tmp = self.path.with_file_name(&tmp_name);
+        let keys = self.store.keys.signing()?;
         let slot = record::encode_slot(keys, &self.id, seq, created, now, payload);
         let slot_size = record::slot_size_for(payload.len());
-        let locked = LockedFile::new(create_file(&tmp)?);
+        // The record's shard: known for a record; for a legacy session, reached (and
+        // created, 0700) from the data dir without following symlinks.
+        let shard = match &self.shard {
+            Some(fd) => Arc::clone(fd),
+            None => match self.store.tree.shard(shard::shard_of(&self.name), true) {
+                Ok(Found::Dir(fd)) => fd,
+                Ok(_) => {
+                    let e = io::Error::new(
+                        ErrorKind::NotADirectory,
+                        "a symlink or a file is where the shard directory belongs \
+                         (never followed)",
+                    );
+                    return Err(StoreError::io("create", &tmp, e));
+                }
+                Err(e) => return Err(StoreError::io("create", &tmp, e)),
+            },
+        };
+        let created_file = dir::create_file(&*shard, &tmp_name);
+        let locked = LockedFile::new(created_file.map_err(|e| StoreError::io("create", &tmp, e))?);
         let result = (|| {
             let file = locked
                 .file()
@@ -117,12 +132,14 @@ impl FileHandle {
                 return Err(StoreError::io("lock", &tmp, busy));
             }
             fill_new(file, &tmp, &slot, slot_size, now)?;
-            fs::rename(&tmp, &self.path).map_err(|e| StoreError::io("rename", &self.path, e))
+            dir::rename(&*shard, &tmp_name, &self.name)
+                .map_err(|e| StoreError::io("rename", &self.path, e))
         })();
         if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir::unlink(&*shard, &tmp_name);
             return Err(e);
         }
+        self.shard = Some(shard);
         let old = std::mem::replace(&mut self.file, locked);
         self.origin = Origin::Record {
             slot: 0,
@@ -154,11 +171,15 @@ impl FileHandle {
     /// Removes the session's record (or legacy file); the lock goes with the handle.
     fn remove(&mut self) -> StoreResult<()> {
         self.reusable = false;
-        let target = self.legacy_path.as_deref().unwrap_or(&self.path);
-        match fs::remove_file(target) {
+        let (dir, name, path) = match (&self.legacy, &self.shard) {
+            (Some(legacy), _) => (&legacy.dir, legacy.name.as_str(), &legacy.path),
+            (None, Some(shard)) => (shard, self.name.as_str(), &self.path),
+            (None, None) => return Ok(()),
+        };
+        match dir::unlink(&**dir, name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("remove", target, e)),
+            Err(e) => Err(StoreError::io("remove", path, e)),
         }
     }
 }

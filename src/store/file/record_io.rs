@@ -1,11 +1,11 @@
-//! The file store's system calls, kept apart from its locking and lifecycle logic: opening
-//! without following symlinks, creating private files and directories whatever the umask,
-//! reading a record's two slots with as few `pread`s as possible, and the one rule that
+//! The file store's record I/O, kept apart from its locking and lifecycle logic (opening and
+//! creating files and directories, confined to the data dir, is `dir.rs`'s): reading a
+//! record's two slots with as few `pread`s as possible, and the one rule that
 //! turns a record file into a last access (`last_access`), shared by `open` and the sweeper.
 
-use std::fs::{self, File, Metadata, OpenOptions, Permissions};
+use std::fs::{File, Metadata};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,15 +20,6 @@ const SMALL_RECORD: u64 = 256 << 10;
 /// How far the kernel's clock may run ahead of the injected one before a write pins the
 /// file's mtime to the injected time (see `pin_mtime`).
 const CLOCK_SLACK: f64 = 1.0;
-
-/// Opens an existing file read-write without following a symlink at the last component.
-pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
 
 /// Epoch seconds as a `SystemTime` (non-finite or negative values give the epoch).
 pub(crate) fn to_system_time(secs: f64) -> SystemTime {
@@ -65,42 +56,6 @@ pub(crate) fn pin_mtime(file: &File, path: &Path, now: f64) -> StoreResult<()> {
     }
     file.set_modified(to_system_time(now))
         .map_err(|e| StoreError::io("touch", path, e))
-}
-
-/// Creates `dir` and its parents with mode 0700, set explicitly.
-fn make_dirs(dir: &Path) -> StoreResult<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StoreError::io("create directory", dir, e))
-}
-
-/// Creates a new file (`O_EXCL`), mode 0600, creating missing parent directories (0700).
-pub(crate) fn create_file(path: &Path) -> StoreResult<File> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-    };
-    let file = match open() {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                make_dirs(parent)?;
-                // Directories made by us get 0700 whatever the umask.
-                let _ = fs::set_permissions(parent, Permissions::from_mode(0o700));
-            }
-            open().map_err(|e| StoreError::io("create", path, e))?
-        }
-        other => other.map_err(|e| StoreError::io("create", path, e))?,
-    };
-    file.set_permissions(Permissions::from_mode(0o600))
-        .map_err(|e| StoreError::io("chmod", path, e))?;
-    Ok(file)
 }
 
 /// Writes a whole new record file (slot 0 = `slot`, slot 1 empty) into an open, empty file
@@ -146,23 +101,35 @@ pub(crate) enum ReadError {
 }
 
 /// Reads both slot headers, and the payload of the newest slot that verifies.
+///
+/// Nothing is allocated from a length read in the file before it is bounded: the file's
+/// size (from `fstat`) decides whether it is read whole (small records only) or as two
+/// 64-byte headers, and a header's `payload_len` must fit its slot *and* be at most
+/// `max_payload` (the store's maximum session size) before its payload is read. A planted
+/// multi-gigabyte (sparse) file with a plausible header therefore costs at most
+/// `max_payload` bytes of memory and one pass of the tag over them, then reads as corrupt.
 pub(crate) fn read_record(
     file: &File,
     meta: &Metadata,
     keys: &Keys,
     id: &SessionId,
+    max_payload: usize,
 ) -> Result<RecordRead, ReadError> {
     let len = meta.len();
-    if len < 2 * HEADER_LEN as u64
+    if !meta.file_type().is_file()
+        || len < 2 * HEADER_LEN as u64
         || len % 2 != 0
         || len > 2 * (u64::from(u32::MAX) + HEADER_LEN as u64)
     {
         return Err(ReadError::Corrupt);
     }
-    let slot_size = (len / 2) as usize;
-    let (heads, whole) = read_heads(file, len, slot_size).map_err(ReadError::Io)?;
+    let slot_size = usize::try_from(len / 2).map_err(|_| ReadError::Corrupt)?;
+    let (heads, whole) = read_heads(file, len, slot_size).map_err(eof_is_corrupt)?;
     let mut io_error = None;
     let choice = record::choose(keys, id, [&heads[0], &heads[1]], slot_size, |i, h| {
+        if h.payload_len > max_payload {
+            return None;
+        }
         let start = i * slot_size + HEADER_LEN;
         match &whole {
             Some(all) => Some(all.get(start..start + h.payload_len)?.to_vec()),
@@ -177,7 +144,7 @@ pub(crate) fn read_record(
         }
     });
     if let Some(e) = io_error {
-        return Err(ReadError::Io(e));
+        return Err(eof_is_corrupt(e));
     }
     match choice {
         Choice::Valid(slot, h, payload) => Ok(RecordRead {
@@ -190,6 +157,16 @@ pub(crate) fn read_record(
         }),
         Choice::Newer(_) => Err(ReadError::Newer),
         Choice::Corrupt => Err(ReadError::Corrupt),
+    }
+}
+
+/// A file shorter than its `fstat` said (truncated under us by someone who does not take
+/// the lock) is corrupt, not an I/O failure of the store.
+fn eof_is_corrupt(e: io::Error) -> ReadError {
+    if e.kind() == ErrorKind::UnexpectedEof {
+        ReadError::Corrupt
+    } else {
+        ReadError::Io(e)
     }
 }
 

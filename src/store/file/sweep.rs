@@ -3,11 +3,21 @@
 //! past the idle timeout) and reports what it saw. The same walk serves `stats` (count only)
 //! and `clear` (remove everything).
 //!
-//! Cost is one `readdir` per shard and one `stat` per file; a record is opened only when its
-//! mtime says it may have expired (or an absolute lifetime needs its creation time), so a
-//! sweep costs about what `find DIR -mmin +N -delete` does. Expiry is decided by the same
-//! rule as `FileStore::open` (`Expiry`, `record_io::last_access`). Shards are handed to worker
-//! threads (scoped, so nothing outlives the call and nothing is left behind across a fork).
+//! Confinement: the walk never leaves the data directory. It goes down from the data
+//! directory's descriptor one name at a time (`dir.rs`: `O_DIRECTORY | O_NOFOLLOW`), so a
+//! symlink where a directory belongs (`fbs1`, a shard, `container_file/` or below) is
+//! counted (`Report::symlinks`) and skipped, never followed; and it removes only entries whose
+//! names this package (or, in the legacy trees, Beaker) writes there (`shard::classify`,
+//! `shard::legacy_session_id`, `shard::is_legacy_lock`), with `unlinkat` in the directory it
+//! listed. Anything else is counted (`Report::foreign`) and left alone.
+//!
+//! Cost is one `readdir` per shard and one `lstat` per file; in `Sweep` mode a record is
+//! opened only when its mtime says it may have expired (or an absolute lifetime needs its
+//! creation time), so a sweep costs about what `find DIR -mmin +N -delete` does; `Stats`
+//! reads every record's headers, so that a garbled record counts as corrupt at once.
+//! Expiry is decided by the same rule as `FileStore::open` (`Expiry`, `expiry::last_access`).
+//! Shards are handed to worker threads (scoped, so nothing outlives the call and nothing is
+//! left behind across a fork).
 //!
 //! Safety: a record is removed only while holding its `flock` (taken without waiting: a
 //! locked record is in use, hence live), and files younger than `GRACE` seconds are never
@@ -19,31 +29,35 @@
 //! would live on in the child (which never runs this thread's destructors), blocking the
 //! record's session, or every later sweep, for as long as the child lives.
 
-use std::fs::{self, File, Metadata};
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use fs4::fs_std::FileExt as LockExt;
 
-use super::record_io::{self, create_file, mtime, open_rw, to_system_time};
+use super::dir::{self, Entry, Kind, Sub};
+use super::record_io::{mtime, to_system_time};
 use crate::error::{StoreError, StoreResult};
-use crate::expiry::Expiry;
+use crate::expiry::{self, Expiry};
 use crate::lock::{try_flock, LockedFile};
 use crate::record::{self, HeaderError, HEADER_LEN};
 use crate::report::{Report, WalkMode as Mode};
-use crate::shard;
+use crate::shard::{self, Name};
 
 /// Files younger than this (seconds) are never treated as orphaned or torn.
 pub const GRACE: f64 = 60.0;
 
-fn remove(report: &mut Report, path: &Path, len: u64) {
-    match fs::remove_file(path) {
+/// Removes `name` from `dir` (a symlink itself, never its target), counting it.
+fn remove(report: &mut Report, dir: &OwnedFd, name: &str, len: u64) {
+    match dir::unlink(dir, name) {
         Ok(()) => {
             report.removed += 1;
             report.bytes_freed += len;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(_) => report.errors += 1,
     }
 }
@@ -60,14 +74,17 @@ fn read_times(file: &File, len: u64) -> Times {
     if len < 2 * HEADER_LEN as u64 || len % 2 != 0 {
         return Times::Garbage;
     }
+    let slot_size = len / 2;
     let mut best: Option<record::SlotHeader> = None;
     let mut newer = false;
-    for offset in [0, len / 2] {
+    for offset in [0, slot_size] {
         let mut head = [0u8; HEADER_LEN];
         if file.read_exact_at(&mut head, offset).is_err() {
             return Times::Garbage;
         }
         match record::parse_header(&head) {
+            // A payload that cannot fit its slot: not a header this package wrote.
+            Ok(h) if (HEADER_LEN + h.payload_len) as u64 > slot_size => {}
             Ok(h) if best.is_none_or(|b| h.seq > b.seq) => best = Some(h),
             Ok(_) | Err(HeaderError::Garbage) => {}
             Err(HeaderError::Newer(_)) => newer = true,
@@ -90,44 +107,91 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn record(&self, path: &Path, meta: &Metadata, report: &mut Report) {
-        let len = meta.len();
-        let age = self.now - mtime(meta);
-        if path
-            .as_os_str()
-            .to_string_lossy()
-            .ends_with(shard::TMP_SUFFIX)
-        {
-            if self.mode == Mode::Clear || age > GRACE {
-                report.temp += 1;
-                if self.mode != Mode::Stats {
-                    remove(report, path, len);
-                }
-            }
+    /// One entry of a shard directory (`dir`, named `shard_name`).
+    fn entry(&self, dir: &OwnedFd, shard_name: &str, name: &str, report: &mut Report) {
+        let class = shard::classify(shard_name, name);
+        if class == Name::Foreign {
+            report.foreign += 1;
             return;
         }
+        let entry = match dir::stat_at(dir, name) {
+            Ok(Some(e)) => e,
+            Ok(None) => return, // removed meanwhile
+            Err(_) => {
+                report.errors += 1;
+                return;
+            }
+        };
+        match (entry.kind, class) {
+            (Kind::File, Name::Temp) => self.temp(dir, name, &entry, report),
+            (Kind::File, _) => self.record(dir, name, &entry, report),
+            // At one of our names, the link itself can go; it is never followed.
+            (Kind::Symlink, _) => {
+                report.symlinks += 1;
+                if self.mode != Mode::Stats {
+                    remove(report, dir, name, 0);
+                }
+            }
+            // A directory at a record's name: removed if empty, otherwise reported.
+            (Kind::Dir, _) => {
+                if self.mode == Mode::Stats {
+                    report.corrupt += 1;
+                    return;
+                }
+                match dir::remove_empty_dir(dir, name) {
+                    Ok(()) => {
+                        report.corrupt += 1;
+                        report.removed += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(_) => report.foreign += 1,
+                }
+            }
+            // A FIFO, socket or device node at a record's name: unusable; the name is ours.
+            (Kind::Other, _) => {
+                report.corrupt += 1;
+                if self.mode != Mode::Stats {
+                    remove(report, dir, name, 0);
+                }
+            }
+        }
+    }
+
+    fn temp(&self, dir: &OwnedFd, name: &str, entry: &Entry, report: &mut Report) {
+        let age = self.now - entry.mtime;
+        if self.mode == Mode::Clear || age > GRACE {
+            report.temp += 1;
+            if self.mode != Mode::Stats {
+                remove(report, dir, name, entry.len);
+            }
+        }
+    }
+
+    fn record(&self, dir: &OwnedFd, name: &str, entry: &Entry, report: &mut Report) {
+        let len = entry.len;
         report.records += 1;
         report.bytes += len;
         report.add_size(len);
         if self.mode == Mode::Clear {
-            remove(report, path, len);
+            remove(report, dir, name, len);
             return;
         }
-        // Fast path: the mtime is at most the last access (`record_io::last_access`), so a
-        // recent mtime proves the record is within its idle timeout, and without an absolute
-        // lifetime that is all.
-        let idle_fresh = !self.expiry.is_expired(self.now, None, Some(mtime(meta)));
-        if idle_fresh && self.expiry.absolute.is_none() {
+        // Fast path of a sweep: the mtime is at most the last access
+        // (`record_io::last_access`), so a recent mtime proves the record is within its idle
+        // timeout, and without an absolute lifetime that is all. `Stats` reads every header,
+        // so that a record overwritten with garbage counts as corrupt at once.
+        let idle_fresh = !self.expiry.is_expired(self.now, None, Some(entry.mtime));
+        if self.mode == Mode::Sweep && idle_fresh && self.expiry.absolute.is_none() {
             report.live += 1;
             return;
         }
-        self.examine(path, report);
+        self.examine(dir, name, report);
     }
 
     /// The slow path of `record`: locks the record (without waiting: a locked record is in
     /// use, hence live), then decides from its header and mtime as `FileStore::open` would.
-    fn examine(&self, path: &Path, report: &mut Report) {
-        let Ok(locked) = open_rw(path).map(LockedFile::new) else {
+    fn examine(&self, dir: &OwnedFd, name: &str, report: &mut Report) {
+        let Ok(locked) = dir::open_file(dir, name).map(LockedFile::new) else {
             report.errors += 1;
             return;
         };
@@ -153,14 +217,14 @@ impl Walker<'_> {
         let age = self.now - mtime(&meta);
         match read_times(file, len) {
             Times::Known { created, saved_at } => {
-                let last_access = record_io::last_access(saved_at, &meta);
+                let last_access = expiry::last_access(saved_at, Some(mtime(&meta)));
                 if self
                     .expiry
                     .is_expired(self.now, Some(created), Some(last_access))
                 {
                     report.expired += 1;
                     if self.mode == Mode::Sweep {
-                        remove(report, path, len);
+                        remove(report, dir, name, len);
                     }
                 } else {
                     report.live += 1;
@@ -170,72 +234,198 @@ impl Walker<'_> {
             Times::Garbage if age > GRACE => {
                 report.corrupt += 1;
                 if self.mode == Mode::Sweep {
-                    remove(report, path, len);
+                    remove(report, dir, name, len);
                 }
+            }
+            // A record being created (empty, or its first slot not yet complete) is not
+            // garbage; anything else of a record's size is, however young (counted only:
+            // `FileStore::open` removes it on its next use, a sweep once past `GRACE`).
+            Times::Garbage
+                if self.mode == Mode::Stats && len >= 2 * HEADER_LEN as u64 && len % 2 == 0 =>
+            {
+                report.corrupt += 1
             }
             Times::Garbage => report.live += 1,
         }
     }
 
-    fn shard(&self, dir: &Path, report: &mut Report) {
-        let Ok(entries) = fs::read_dir(dir) else {
+    fn shard(&self, dir: &OwnedFd, shard_name: &str, report: &mut Report) {
+        let Ok(names) = dir::names(dir) else {
             report.errors += 1;
             return;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.metadata() {
-                Ok(meta) if meta.is_file() => self.record(&path, &meta, report),
-                Ok(_) => {}
-                Err(_) => report.errors += 1,
+        for name in names {
+            self.entry(dir, shard_name, &name, report);
+        }
+    }
+
+    /// The shard directories under `fbs1/`, opened without following symlinks.
+    fn shards(&self, root: &OwnedFd, report: &mut Report) -> Vec<(String, OwnedFd)> {
+        let Some(records) = open_sub(root, shard::RECORDS_DIR, report) else {
+            return Vec::new();
+        };
+        let Ok(names) = dir::names(&records) else {
+            report.errors += 1;
+            return Vec::new();
+        };
+        let mut shards = Vec::new();
+        for name in names {
+            if !shard::is_shard_name(&name) {
+                report.foreign += 1;
+            } else if let Some(fd) = open_sub(&records, &name, report) {
+                shards.push((name, fd));
             }
         }
+        shards
     }
 
     /// Legacy files: Beaker rewrote a session file on every access, so its mtime is the
     /// last access; lock files are never used by us.
-    fn legacy(&self, root: &Path, report: &mut Report) {
-        let mut stack = vec![
-            root.join(shard::LEGACY_DIR),
-            root.join("container_file_lock"),
-        ];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
+    fn legacy(&self, root: &OwnedFd, report: &mut Report) {
+        visit_legacy(
+            root,
+            shard::LEGACY_DIR,
+            |prefix, name| shard::legacy_session_id(prefix, name).is_some(),
+            self.mode,
+            report,
+            |dir, name, entry, report| {
+                report.legacy += 1;
+                // Beaker rewrote the file on every access: its mtime is the last one.
+                let old = self.expiry.is_expired(self.now, None, Some(entry.mtime));
+                if old {
+                    report.legacy_expired += 1;
+                }
+                if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
+                    remove(report, dir, name, entry.len);
+                }
+            },
+        );
+        visit_legacy(
+            root,
+            shard::LEGACY_LOCK_DIR,
+            shard::is_legacy_lock,
+            self.mode,
+            report,
+            |dir, name, entry, report| {
+                report.legacy_locks += 1;
+                let age = self.now - entry.mtime;
+                let old = self.expiry.idle.map_or(age > GRACE, |t| age > t);
+                if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
+                    remove(report, dir, name, entry.len);
+                }
+            },
+        );
+    }
+}
+
+/// Opens directory `name` of `parent` without following a symlink; counts what is there
+/// instead when it is not a directory.
+fn open_sub(parent: &OwnedFd, name: &str, report: &mut Report) -> Option<OwnedFd> {
+    match dir::subdir(parent, name) {
+        Ok(Sub::Dir(fd)) => Some(fd),
+        Ok(Sub::Missing) => None,
+        Ok(Sub::Symlink) => {
+            report.symlinks += 1;
+            None
+        }
+        Ok(Sub::NotDir) => {
+            report.foreign += 1;
+            None
+        }
+        Err(_) => {
+            report.errors += 1;
+            None
+        }
+    }
+}
+
+/// Walks Beaker's layout under `root/top/<c>/<cc>/`, calling `visit` for each regular file
+/// whose name `accepts` (given `cc`). Symlinks are never followed: in place of a directory
+/// they are counted and skipped, at an accepted file name counted and (unless `Stats`)
+/// removed. Everything else is counted as foreign and left alone.
+fn visit_legacy(
+    root: &OwnedFd,
+    top: &str,
+    accepts: impl Fn(&str, &str) -> bool,
+    mode: Mode,
+    report: &mut Report,
+    mut visit: impl FnMut(&OwnedFd, &str, &Entry, &mut Report),
+) {
+    let Some(top) = open_sub(root, top, report) else {
+        return;
+    };
+    let Ok(level1) = dir::names(&top) else {
+        report.errors += 1;
+        return;
+    };
+    for n1 in level1 {
+        if n1.len() != 1 {
+            report.foreign += 1;
+            continue;
+        }
+        let Some(d1) = open_sub(&top, &n1, report) else {
+            continue;
+        };
+        let Ok(level2) = dir::names(&d1) else {
+            report.errors += 1;
+            continue;
+        };
+        for n2 in level2 {
+            if n2.len() != 2 || !n2.starts_with(&n1) {
+                report.foreign += 1;
+                continue;
+            }
+            let Some(d2) = open_sub(&d1, &n2, report) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(meta) = entry.metadata() else {
-                    report.errors += 1;
-                    continue;
-                };
-                if meta.is_dir() {
-                    stack.push(path);
+            let Ok(files) = dir::names(&d2) else {
+                report.errors += 1;
+                continue;
+            };
+            for name in files {
+                if !accepts(&n2, &name) {
+                    report.foreign += 1;
                     continue;
                 }
-                let len = meta.len();
-                let age = self.now - mtime(&meta);
-                let name = path.as_os_str().to_string_lossy();
-                if name.ends_with(".lock") {
-                    report.legacy_locks += 1;
-                    let old = self.expiry.idle.map_or(age > GRACE, |t| age > t);
-                    if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
-                        remove(report, &path, len);
+                match dir::stat_at(&d2, &name) {
+                    Ok(Some(e)) if e.kind == Kind::File => visit(&d2, &name, &e, report),
+                    Ok(Some(e)) if e.kind == Kind::Symlink => {
+                        report.symlinks += 1;
+                        if mode != Mode::Stats {
+                            remove(report, &d2, &name, 0);
+                        }
                     }
-                } else if name.ends_with(".cache") {
-                    report.legacy += 1;
-                    // Beaker rewrote the file on every access: its mtime is the last one.
-                    let old = self.expiry.is_expired(self.now, None, Some(mtime(&meta)));
-                    if old {
-                        report.legacy_expired += 1;
-                    }
-                    if self.mode == Mode::Clear || (self.mode == Mode::Sweep && old) {
-                        remove(report, &path, len);
-                    }
+                    Ok(Some(_)) => report.foreign += 1,
+                    Ok(None) => {}
+                    Err(_) => report.errors += 1,
                 }
             }
         }
     }
+}
+
+/// Ids of the legacy Beaker session files under `data_dir` (valid ids at their place in
+/// Beaker's layout), found without following symlinks.
+pub(crate) fn legacy_ids(data_dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    let Ok(root) = dir::open_root(data_dir) else {
+        return ids;
+    };
+    let mut report = Report::default();
+    visit_legacy(
+        &root,
+        shard::LEGACY_DIR,
+        |prefix, name| shard::legacy_session_id(prefix, name).is_some(),
+        Mode::Stats,
+        &mut report,
+        |_, name, _, _| {
+            if let Some(stem) = name.strip_suffix(".cache") {
+                ids.push(stem.to_owned());
+            }
+        },
+    );
+    ids.sort();
+    ids
 }
 
 /// Name of the file that coordinates automatic sweeps between processes.
@@ -253,20 +443,73 @@ impl Drop for Claim {
     }
 }
 
+/// Opens (or creates, 0600) the stamp; `None` when something else is at its name (a
+/// directory that is not empty, a FIFO, a socket): the caller then sweeps without it. An
+/// empty directory or a symlink there is removed (the link, never its target) and replaced
+/// by the stamp.
+fn open_stamp(root: &OwnedFd) -> std::io::Result<Option<File>> {
+    for _ in 0..3 {
+        match dir::open_file(root, STAMP) {
+            Ok(f) if f.metadata()?.is_file() => return Ok(Some(f)),
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => match dir::create_file(root, STAMP) {
+                Ok(f) => return Ok(Some(f)),
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            },
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR)) => {
+                if dir::remove_empty_dir(root, STAMP).is_err() {
+                    return Ok(None);
+                }
+            }
+            // A symlink (the link itself goes; its target is never touched).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP)) => {
+                if dir::unlink(root, STAMP).is_err() {
+                    return Ok(None);
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Claims the next automatic sweep: `Some` if no other process holds the stamp's lock and
 /// the last sweep (the stamp's mtime) is at least `interval` seconds old. The stamp's mtime
 /// is set to `now` on success, so other processes skip until the next interval. Creates the
 /// data dir (0700) and the stamp (0600) if needed.
-pub fn claim(data_dir: &Path, now: f64, interval: f64) -> StoreResult<Option<Claim>> {
+///
+/// When something that is not a file occupies the stamp's name (a planted directory), the
+/// sweep still runs: the data directory's own `flock` elects the sweeper and `last` (this
+/// process's last sweep, as `f64` bits) spaces the sweeps, so each process sweeps at most
+/// once per interval; the walk reports the obstacle (`Report::foreign` or `symlinks`).
+pub fn claim(
+    data_dir: &Path,
+    now: f64,
+    interval: f64,
+    last: &AtomicU64,
+) -> StoreResult<Option<Claim>> {
     let path = data_dir.join(STAMP);
-    let file = match open_rw(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_file(&path) {
-            Ok(f) => f,
-            // Another process created it first: use theirs.
-            Err(_) => open_rw(&path).map_err(|e| StoreError::io("open", &path, e))?,
-        },
-        Err(e) => return Err(StoreError::io("open", &path, e)),
+    let root = match dir::open_root(data_dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            dir::make_root(data_dir).map_err(|e| StoreError::io("create directory", data_dir, e))?
+        }
+        Err(e) => return Err(StoreError::io("open", data_dir, e)),
+    };
+    let Some(file) = open_stamp(&root).map_err(|e| StoreError::io("open", &path, e))? else {
+        let file = dir::as_file(root);
+        if !try_flock(&file).map_err(|e| StoreError::io("lock", data_dir, e))? {
+            return Ok(None);
+        }
+        let previous = f64::from_bits(last.load(Ordering::Relaxed));
+        if previous > 0.0 && now - previous < interval {
+            return Ok(None);
+        }
+        last.store(now.to_bits(), Ordering::Relaxed);
+        return Ok(Some(Claim { file }));
     };
     if !try_flock(&file).map_err(|e| StoreError::io("lock", &path, e))? {
         return Ok(None);
@@ -288,17 +531,23 @@ pub fn claim(data_dir: &Path, now: f64, interval: f64) -> StoreResult<Option<Cla
 /// Walks the store under `data_dir` with `threads` workers (at least one).
 pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usize) -> Report {
     let walker = Walker { expiry, now, mode };
-    let records = data_dir.join(shard::RECORDS_DIR);
-    let shards: Vec<PathBuf> = match fs::read_dir(&records) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let next = AtomicUsize::new(0);
     let mut total = Report::default();
+    let root = match dir::open_root(data_dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return total,
+        Err(_) => {
+            total.errors += 1;
+            return total;
+        }
+    };
+    // Something other than a file at the stamp's name (see `claim`).
+    match dir::stat_at(&root, STAMP) {
+        Ok(Some(e)) if e.kind == Kind::Symlink => total.symlinks += 1,
+        Ok(Some(e)) if e.kind != Kind::File => total.foreign += 1,
+        _ => {}
+    }
+    let shards = walker.shards(&root, &mut total);
+    let next = AtomicUsize::new(0);
     let workers = threads.clamp(1, shards.len().max(1));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -307,8 +556,10 @@ pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usi
                     let mut report = Report::default();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(dir) = shards.get(i) else { break };
-                        walker.shard(dir, &mut report);
+                        let Some((name, dir)) = shards.get(i) else {
+                            break;
+                        };
+                        walker.shard(dir, name, &mut report);
                     }
                     report
                 })
@@ -321,6 +572,6 @@ pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usi
             }
         }
     });
-    walker.legacy(data_dir, &mut total);
+    walker.legacy(&root, &mut total);
     total
 }

@@ -43,6 +43,7 @@ fn config() -> StoreConfig {
         keys: Keys::new(&[]),
         expiry: Expiry::default(),
         lock_timeout: LONG,
+        max_waiters: None,
     }
 }
 
@@ -50,6 +51,8 @@ fn files(dir: &Path) -> FileConfig {
     FileConfig {
         data_dir: dir.to_path_buf(),
         read_legacy: true,
+        max_size: crate::store::DEFAULT_MAX_SIZE,
+        generate_key: false,
     }
 }
 
@@ -81,6 +84,7 @@ fn outcome(o: &Opened<FileHandle>) -> &'static str {
         Opened::Expired => "Expired",
         Opened::Corrupt => "Corrupt",
         Opened::Newer => "Newer",
+        Opened::Untrusted => "Untrusted",
     }
 }
 
@@ -919,6 +923,7 @@ fn lock_wait_is_bounded_by_lock_timeout() {
     let impatient = FileStore::new(
         StoreConfig {
             lock_timeout: SHORT,
+            max_waiters: None,
             ..config()
         },
         files(dir.path()),
@@ -997,6 +1002,7 @@ fn a_foreign_flock_makes_open_time_out_until_it_is_released() {
     let s = FileStore::new(
         StoreConfig {
             lock_timeout: SHORT,
+            max_waiters: None,
             ..config()
         },
         files(dir.path()),
@@ -1236,16 +1242,16 @@ fn deleting_a_legacy_session_removes_the_legacy_file() {
 }
 
 #[test]
-fn legacy_reading_can_be_disabled_and_is_decided_at_construction() {
+fn legacy_reading_can_be_disabled_and_follows_the_tree() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    // Built before the legacy tree exists: never looks for it.
+    // Built before the legacy tree exists (a rolling deploy): reads it once it appears.
     let early = store(&data);
     let data = legacy_data_dir(root.path());
-    assert!(!early.legacy_present());
+    assert!(early.legacy_present());
     assert_eq!(
         outcome_of(early.open_file(&legacy_id('a', 1), now())),
-        "Missing"
+        "Found"
     );
     let off = FileStore::new(
         config(),
@@ -1322,3 +1328,6 @@ fn create_makes_a_missing_data_dir_0700() {
         assert_eq!(mode(&d), 0o700, "{d:?}");
     }
 }
+
+#[path = "confinement_tests.rs"]
+mod confinement;

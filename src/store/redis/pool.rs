@@ -1,25 +1,19 @@
 //! The Redis backend's connections: a small pool of blocking connections with bounded
 //! connect and I/O timeouts, so a request never waits on Redis for longer than configured.
-//! After `fork` (see `reset_after_fork`) a child drops the connections it inherited: their
-//! sockets are shared with the parent.
+//! The idle connections are per fork generation (`crate::lock::ForkLocal`): a forked child
+//! never uses (nor waits on the mutex of) what it inherited, whose sockets are shared with
+//! the parent; a connection taken out before a fork is never given back after it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use redis::{Client, Connection, RedisError};
 
 use crate::error::{StoreError, StoreResult};
+use crate::lock::{clear_if_free, generation, lock, ForkLocal};
 
 /// Idle connections kept per store.
 const POOL_MAX: usize = 32;
-
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Makes every pool drop the connections it inherited (called in a child after `fork`).
-pub fn reset_after_fork() {
-    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
-}
 
 /// The error of a failed command or connection.
 pub fn unavailable(e: &RedisError) -> StoreError {
@@ -29,7 +23,7 @@ pub fn unavailable(e: &RedisError) -> StoreError {
 /// Pooled connections to one server.
 pub struct Pool {
     client: Client,
-    idle: Mutex<(u64, Vec<Connection>)>,
+    idle: ForkLocal<Mutex<Vec<Connection>>>,
     connect_timeout: Duration,
     io_timeout: Duration,
 }
@@ -39,7 +33,7 @@ impl Pool {
     pub fn new(client: Client, connect_timeout: Duration, io_timeout: Duration) -> Self {
         Pool {
             client,
-            idle: Mutex::new((FORK_GENERATION.load(Ordering::SeqCst), Vec::new())),
+            idle: ForkLocal::here(),
             connect_timeout,
             io_timeout,
         }
@@ -58,30 +52,32 @@ impl Pool {
         Ok(con)
     }
 
-    /// A pooled connection if there is one (second value: true), else a new one.
-    fn get(&self) -> StoreResult<(Connection, bool)> {
-        let generation = FORK_GENERATION.load(Ordering::SeqCst);
-        let reused = {
-            let mut idle = self.idle.lock();
-            if idle.0 != generation {
-                // Inherited across fork: the socket is shared with the parent.
-                idle.1.clear();
-                idle.0 = generation;
-            }
-            idle.1.pop()
-        };
+    /// This generation's idle connections (those inherited across a fork are dropped if
+    /// their mutex is free, else left alone: never waited for).
+    fn idle(&self) -> &Mutex<Vec<Connection>> {
+        self.idle.get_or_retire(clear_if_free)
+    }
+
+    /// A pooled connection if there is one (second value: true), else a new one; with the
+    /// fork generation it belongs to.
+    fn get(&self) -> StoreResult<(Connection, bool, u64)> {
+        let generation = generation();
+        let reused = lock(self.idle()).pop();
         match reused {
-            Some(con) => Ok((con, true)),
-            None => Ok((self.connect()?, false)),
+            Some(con) => Ok((con, true, generation)),
+            None => Ok((self.connect()?, false, generation)),
         }
     }
 
     /// Returns a connection whose last command succeeded to the idle pool (unless a fork
     /// happened meanwhile, or the pool is full).
-    fn give_back(&self, con: Connection) {
-        let mut idle = self.idle.lock();
-        if idle.0 == FORK_GENERATION.load(Ordering::SeqCst) && idle.1.len() < POOL_MAX {
-            idle.1.push(con);
+    fn give_back(&self, con: Connection, born: u64) {
+        if born != generation() {
+            return;
+        }
+        let mut idle = lock(self.idle());
+        if idle.len() < POOL_MAX {
+            idle.push(con);
         }
     }
 
@@ -93,10 +89,10 @@ impl Pool {
     /// connections are as old) and `f` runs once more on a new connection. Timeouts are
     /// never retried, so a request stays bounded by the configured timeouts.
     pub fn run<T>(&self, f: impl Fn(&mut Connection) -> redis::RedisResult<T>) -> StoreResult<T> {
-        let (mut con, pooled) = self.get()?;
+        let (mut con, pooled, born) = self.get()?;
         let err = match f(&mut con) {
             Ok(v) => {
-                self.give_back(con);
+                self.give_back(con, born);
                 return Ok(v);
             }
             Err(e) => e,
@@ -105,10 +101,10 @@ impl Pool {
         if !(pooled && err.is_connection_dropped() && !err.is_timeout()) {
             return Err(unavailable(&err));
         }
-        self.idle.lock().1.clear();
+        lock(self.idle()).clear();
         let mut con = self.connect()?;
         let v = f(&mut con).map_err(|e| unavailable(&e))?;
-        self.give_back(con);
+        self.give_back(con, born);
         Ok(v)
     }
 }

@@ -1,0 +1,123 @@
+"""The session object with ``SESSION_TIME_KEYS = True``: :class:`TimeKeysSession`.
+
+The original package kept the two time keys (``_creation_time``, ``_accessed_time``) inside
+the session's mapping; :class:`~flask_beaker_session.beaker_session.BeakerSession` keeps them
+outside it by default. This subclass restores the original's mapping; what is stored, the
+lock and the Beaker API are the base class's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .beaker_session import BeakerSession
+from .codec import TIME_KEYS, loads
+from .stored import Outcome
+
+__all__ = ["TimeKeysSession"]
+
+_CREATED, _ACCESSED = TIME_KEYS
+_TIME_KEY_SET = frozenset(TIME_KEYS)
+#: ``dict.get``'s answer for a missing key (no user value can be this object).
+_ABSENT: Any = object()
+
+
+class TimeKeysSession(BeakerSession):
+    """The session with ``SESSION_TIME_KEYS = True``: the original package's mapping, in
+    which ``_creation_time`` and ``_accessed_time`` are keys like the user's (listed first,
+    counted by ``len``, returned by ``items()``, removed by ``clear()``).
+
+    Reads that return the creation time (``[]``, :meth:`get`, :meth:`items`,
+    :meth:`values`, :meth:`copy` and what is built on them: ``dict(session)``, JSON) count
+    as reading the session's identity.
+    """
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        BeakerSession._load(self)
+        if dict.__contains__(self, _CREATED):
+            return  # a new session (_fill_fresh)
+        # Time keys first (as in a new session and the original package), so that
+        # iteration order and popitem() do not change from one request to the next.
+        data = dict(dict.items(self))
+        dict.clear(self)
+        dict.__setitem__(self, _CREATED, self._created)
+        dict.__setitem__(self, _ACCESSED, self._accessed)
+        dict.update(self, data)
+
+    def _fill_fresh(self, now: float) -> None:
+        BeakerSession._fill_fresh(self, now)
+        dict.__setitem__(self, _CREATED, now)
+        dict.__setitem__(self, _ACCESSED, now)
+
+    def _creation_time(self) -> Any:
+        return dict.get(self, _CREATED, 0.0)
+
+    def persist(self, now: float) -> Outcome:
+        data = {k: v for k, v in dict.items(self) if k not in _TIME_KEY_SET}
+        # After clear() the key is gone: the session keeps its creation time.
+        created = dict.get(self, _CREATED, self._created)
+        self.outcome = self._stored.persist(data, self.modified, created, now)
+        return self.outcome
+
+    def revert(self) -> None:
+        self._load()
+        times = {k: dict.get(self, k, _ABSENT) for k in TIME_KEYS}
+        dict.clear(self)
+        dict.update(self, {k: v for k, v in times.items() if v is not _ABSENT})
+        if self._snapshot is not None:
+            dict.update(self, loads(self._snapshot))
+        self.modified = True
+
+    def _pin(self) -> None:
+        self._load()
+        self._stored.keep = True
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        if key == _CREATED:
+            self._stored.keep = True
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._load()
+        dict.__setitem__(self, key, value)
+        self.modified = True
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        if key == _CREATED:
+            self._stored.keep = True
+        return dict.get(self, key, default)
+
+    def items(self) -> Any:
+        self._pin()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._pin()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._pin()
+        return dict(dict.items(self))
+
+    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        self._pin()
+        return dict(dict.items(self)) | dict(other)
+
+    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        self._pin()
+        return dict(other) | dict(dict.items(self))
+
+    def __reduce__(self) -> Any:
+        self._pin()
+        return (dict, (dict(dict.items(self)),))
