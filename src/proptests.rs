@@ -284,7 +284,9 @@ proptest! {
                     prop_assert_eq!(h.seq, 8);
                 }
             }
-            Choice::Newer(_) | Choice::Corrupt => prop_assert!(!new_intact),
+            Choice::Newer(_) | Choice::Unauthenticated | Choice::Corrupt => {
+                prop_assert!(!new_intact)
+            }
         }
     }
 }
@@ -338,7 +340,7 @@ proptest! {
                     prop_assert_eq!(&h.payload[..], b"version two");
                 }
             }
-            Opened::Corrupt | Opened::Missing => {
+            Opened::Corrupt | Opened::Unauthenticated | Opened::Missing => {
                 prop_assert!(bytes != pristine);
                 // A record found corrupt is removed.
                 prop_assert!(!path.exists());

@@ -220,6 +220,10 @@ pub enum Choice {
     Valid(usize, SlotHeader, Vec<u8>),
     /// No valid slot; at least one was written by a newer format version.
     Newer(u16),
+    /// No valid slot, but at least one is whole and well-formed and only its tag fails under
+    /// every key: most likely written with another key (workers or hosts with different
+    /// `SECRET_KEY`s, a key changed without a fallback), or forged.
+    Unauthenticated,
     /// No valid slot.
     Corrupt,
 }
@@ -248,16 +252,20 @@ where
         }
     }
     candidates.sort_by_key(|c| std::cmp::Reverse(c.1.seq));
+    let mut whole = false;
     for (i, header) in candidates {
         if let Some(payload) = payload_of(i, &header) {
-            if payload.len() == header.payload_len && verify(keys, heads[i], &header, id, &payload)
-            {
-                return Choice::Valid(i, header, payload);
+            if payload.len() == header.payload_len {
+                if verify(keys, heads[i], &header, id, &payload) {
+                    return Choice::Valid(i, header, payload);
+                }
+                whole = true;
             }
         }
     }
     match newer {
         Some(v) => Choice::Newer(v),
+        None if whole => Choice::Unauthenticated,
         None => Choice::Corrupt,
     }
 }

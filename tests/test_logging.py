@@ -278,3 +278,22 @@ def test_unwritable_data_dir_is_reported_at_init(
         assert any("is not writable by this process" in r.getMessage() for r in logs.records)
     finally:
         subprocess.run(["umount", str(data_dir)], check=False)
+
+
+def test_garbled_and_foreign_key_records_are_told_apart(
+    make_app: MakeApp, data_dir: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A garbled record is reported as corrupt; a whole record whose tag fails (written
+    under another SECRET_KEY) names the likely causes instead."""
+    app = make_app()
+    garbled = new_session(app, a="1")
+    garble(data_dir)
+    foreign = new_session(build_app(data_dir, SECRET_KEY="another-worker's-key"), a="2")
+    logs.clear()
+    assert visit(app, garbled) == "None"
+    assert visit(app, foreign) == "None"
+    (corrupt,) = ours(logs, logging.WARNING, "torn or garbled")
+    assert "different key" not in corrupt
+    (unauthentic,) = ours(logs, logging.WARNING, "written with a different key")
+    assert "SECRET_KEY" in unauthentic
+    assert record_files(data_dir) == []

@@ -63,13 +63,16 @@ class OpenStatus:
     Invalid: ClassVar[OpenStatus]
     #: The session was past its idle timeout or absolute lifetime; it has been removed.
     Expired: ClassVar[OpenStatus]
-    #: The record was torn, garbled or not authentic; it has been removed.
+    #: The record was torn or garbled; it has been removed.
     Corrupt: ClassVar[OpenStatus]
     #: The record was written by a newer format version; left in place.
     Newer: ClassVar[OpenStatus]
     #: A legacy (Beaker) file not trusted to be unpickled (not a regular file, owned by
     #: another user, or writable by group or others); left in place, unread.
     Untrusted: ClassVar[OpenStatus]
+    #: The record was whole but its tag failed under every key: written with a different
+    #: key (or altered); it has been removed.
+    Unauthenticated: ClassVar[OpenStatus]
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     def __int__(self) -> int: ...

@@ -46,6 +46,7 @@ logger = logging.getLogger("flask_beaker_session")
 
 #: Message kinds logged once (then at DEBUG).
 CORRUPT = "corrupt"
+UNAUTHENTICATED = "unauthenticated"
 NEWER = "newer"
 LOCK_TIMEOUT = "lock-timeout"
 LEGACY = "legacy"

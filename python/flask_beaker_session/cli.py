@@ -257,7 +257,7 @@ def migrate_command() -> None:
                 continue
             if handle is None:
                 expired += status == _core.OpenStatus.Expired
-                failed += status == _core.OpenStatus.Corrupt
+                failed += status in (_core.OpenStatus.Corrupt, _core.OpenStatus.Unauthenticated)
                 untrusted += status == _core.OpenStatus.Untrusted
                 continue
             try:

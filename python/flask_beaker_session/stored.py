@@ -27,7 +27,7 @@ import pickle
 from typing import Any, NamedTuple
 
 from . import _core
-from ._log import CORRUPT, LEGACY, NEWER, PROCESS, Once, log_id
+from ._log import CORRUPT, LEGACY, NEWER, PROCESS, UNAUTHENTICATED, Once, log_id
 from .codec import Decoded, PayloadError, decode, encode, loads, same, unchanged
 from .store import AppState
 
@@ -35,6 +35,7 @@ __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
 
 _RECORD = _core.PayloadKind.Record
 _CORRUPT = _core.OpenStatus.Corrupt
+_UNAUTHENTICATED = _core.OpenStatus.Unauthenticated
 _NEWER = _core.OpenStatus.Newer
 _UNTRUSTED = _core.OpenStatus.Untrusted
 
@@ -176,13 +177,21 @@ class StoredSession:
                 self.app.once.log(
                     CORRUPT,
                     logging.WARNING,
-                    "session %s: record removed, a new session was started: it failed its "
-                    "integrity check, so it is corrupt or was written with a different key. "
-                    "If this happens to many sessions, records are being written with "
-                    "another key: workers or hosts with different SECRET_KEY values, a "
-                    "SECRET_KEY generated at start-up (e.g. os.urandom() in the app: each "
-                    "worker gets its own), SECRET_KEY changed without the old one in "
-                    "SECRET_KEY_FALLBACKS, or, without SECRET_KEY, %s deleted or replaced",
+                    "session %s: corrupt record (torn or garbled) removed; a new session "
+                    "was started",
+                    log_id(value),
+                )
+            elif status == _UNAUTHENTICATED:
+                self.app.once.log(
+                    UNAUTHENTICATED,
+                    logging.WARNING,
+                    "session %s: record removed, a new session was started: it is whole but "
+                    "was written with a different key (or altered). If this happens to many "
+                    "sessions, records are being written with another key: workers or hosts "
+                    "with different SECRET_KEY values, a SECRET_KEY generated at start-up "
+                    "(e.g. os.urandom() in the app: each worker gets its own), SECRET_KEY "
+                    "changed without the old one in SECRET_KEY_FALLBACKS, or, without "
+                    "SECRET_KEY, %s deleted or replaced",
                     log_id(value),
                     self._key_file(),
                 )

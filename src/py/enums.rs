@@ -49,6 +49,7 @@ pub enum PyOpenStatus {
     Corrupt,
     Newer,
     Untrusted,
+    Unauthenticated,
 }
 
 impl PyOpenStatus {
@@ -59,6 +60,7 @@ impl PyOpenStatus {
             Opened::Missing => (PyOpenStatus::Missing, None),
             Opened::Expired => (PyOpenStatus::Expired, None),
             Opened::Corrupt => (PyOpenStatus::Corrupt, None),
+            Opened::Unauthenticated => (PyOpenStatus::Unauthenticated, None),
             Opened::Newer => (PyOpenStatus::Newer, None),
             Opened::Untrusted => (PyOpenStatus::Untrusted, None),
         }

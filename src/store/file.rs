@@ -287,7 +287,7 @@ impl FileStore {
         // No generated key yet: nothing we wrote can verify (planted, or the key was lost).
         let Some(keys) = self.shared.keys.existing()? else {
             let _ = dir::unlink(&*shard, name);
-            return Ok(Step::Done(Opened::Corrupt));
+            return Ok(Step::Done(Opened::Unauthenticated));
         };
         let read = match read_record(file, &meta, keys, id, self.shared.max_size) {
             Ok(r) => r,
@@ -296,6 +296,10 @@ impl FileStore {
             Err(ReadError::Corrupt) => {
                 let _ = dir::unlink(&*shard, name);
                 return Ok(Step::Done(Opened::Corrupt));
+            }
+            Err(ReadError::Unauthenticated) => {
+                let _ = dir::unlink(&*shard, name);
+                return Ok(Step::Done(Opened::Unauthenticated));
             }
         };
         let last_access = record_io::last_access(read.saved_at, &meta);

@@ -125,8 +125,11 @@ pub enum Opened<H> {
     Missing,
     /// The session was past its idle timeout or absolute lifetime; it has been removed.
     Expired,
-    /// The record was torn, garbled or not authentic; it has been removed.
+    /// The record was torn or garbled; it has been removed.
     Corrupt,
+    /// The record is whole but its tag fails under every key (written with another key, or
+    /// forged); it has been removed.
+    Unauthenticated,
     /// The record was written by a newer format version; left in place.
     Newer,
     /// A legacy (Beaker) file that this process must not unpickle: not a regular file, not
@@ -142,6 +145,7 @@ impl<H> Opened<H> {
             Opened::Missing => Opened::Missing,
             Opened::Expired => Opened::Expired,
             Opened::Corrupt => Opened::Corrupt,
+            Opened::Unauthenticated => Opened::Unauthenticated,
             Opened::Newer => Opened::Newer,
             Opened::Untrusted => Opened::Untrusted,
         }

@@ -164,6 +164,7 @@ enum Decoded {
     Valid(record::SlotHeader),
     Newer,
     Corrupt,
+    Unauthenticated,
 }
 
 fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
@@ -172,7 +173,7 @@ fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
             if record::verify(keys, value, &h, id, &value[HEADER_LEN..]) {
                 Decoded::Valid(h)
             } else {
-                Decoded::Corrupt
+                Decoded::Unauthenticated
             }
         }
         Ok(_) | Err(record::HeaderError::Garbage) => Decoded::Corrupt,
@@ -304,6 +305,10 @@ impl Store for RedisStore {
             Decoded::Corrupt => {
                 handle.remove()?;
                 return Ok(Opened::Corrupt);
+            }
+            Decoded::Unauthenticated => {
+                handle.remove()?;
+                return Ok(Opened::Unauthenticated);
             }
         };
         let touched = touched.and_then(|t| t.parse::<f64>().ok());

@@ -47,6 +47,7 @@ fn status<H>(o: &Opened<H>) -> &'static str {
         Opened::Corrupt => "Corrupt",
         Opened::Newer => "Newer",
         Opened::Untrusted => "Untrusted",
+        Opened::Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -97,6 +97,7 @@ pub(crate) struct RecordRead {
 pub(crate) enum ReadError {
     Io(io::Error),
     Corrupt,
+    Unauthenticated,
     Newer,
 }
 
@@ -156,6 +157,7 @@ pub(crate) fn read_record(
             payload,
         }),
         Choice::Newer(_) => Err(ReadError::Newer),
+        Choice::Unauthenticated => Err(ReadError::Unauthenticated),
         Choice::Corrupt => Err(ReadError::Corrupt),
     }
 }

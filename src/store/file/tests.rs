@@ -85,6 +85,7 @@ fn outcome(o: &Opened<FileHandle>) -> &'static str {
         Opened::Corrupt => "Corrupt",
         Opened::Newer => "Newer",
         Opened::Untrusted => "Untrusted",
+        Opened::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -553,7 +554,9 @@ fn both_slots_damaged_is_corrupt_and_removed() {
         xor_byte(&path, (HEADER_LEN + 1) as u64);
         xor_byte(&path, (size + 20) as u64); // slot 1's seq
         let s = store(dir.path());
-        assert_eq!(outcome_of(s.open_file(&id, t)), "Corrupt");
+        // Both slots whole but neither tag verifies: as far as the store can tell, written
+        // with another key (or altered); removed like a garbled record.
+        assert_eq!(outcome_of(s.open_file(&id, t)), "Unauthenticated");
         assert!(!exists(&path));
         assert_eq!(outcome_of(s.open_file(&id, t)), "Missing");
     }
@@ -652,7 +655,11 @@ fn records_are_bound_to_the_secret_key_with_fallbacks() {
         ("key B", keyed(dir.path(), &[b"key B"])),
         ("no key", store(dir.path())),
     ] {
-        assert_eq!(outcome_of(other.open_file(&id, t)), "Corrupt", "{what}");
+        assert_eq!(
+            outcome_of(other.open_file(&id, t)),
+            "Unauthenticated",
+            "{what}"
+        );
         assert!(!exists(&path), "{what}");
         plant(&path, &bytes);
     }
@@ -676,7 +683,7 @@ fn an_unkeyed_record_is_rejected_by_a_keyed_store() {
     let t = now();
     store(dir.path()).create(&id, b"planted", t, t).unwrap();
     let k = keyed(dir.path(), &[b"secret"]);
-    assert_eq!(outcome_of(k.open_file(&id, t)), "Corrupt");
+    assert_eq!(outcome_of(k.open_file(&id, t)), "Unauthenticated");
     assert!(!exists(&k.record_path(&id)));
 }
 
@@ -691,7 +698,7 @@ fn a_record_moved_to_another_ids_path_is_corrupt() {
         let target = s.record_path(&victim);
         fs::create_dir_all(target.parent().unwrap()).unwrap();
         fs::rename(s.record_path(&attacker), &target).unwrap();
-        assert_eq!(outcome_of(s.open_file(&victim, t)), "Corrupt");
+        assert_eq!(outcome_of(s.open_file(&victim, t)), "Unauthenticated");
         assert!(!exists(&target));
     }
 }
