@@ -126,6 +126,36 @@ def _seconds(created: Any) -> float:
     return float(created if created is not None else 0.0)
 
 
+#: How an unusable stored session is reported (once per app and kind, repeats at DEBUG);
+#: ``id`` is the session's log id, ``key`` where the generated key lives.
+_UNUSABLE: dict[_core.OpenStatus, tuple[str, str]] = {
+    _CORRUPT: (
+        CORRUPT,
+        "session %(id)s: corrupt record (torn or garbled) removed; a new session was started",
+    ),
+    _UNAUTHENTICATED: (
+        UNAUTHENTICATED,
+        "session %(id)s: record removed, a new session was started: it is whole but was "
+        "written with a different key (or altered). If this happens to many sessions, "
+        "records are being written with another key: workers or hosts with different "
+        "SECRET_KEY values, a SECRET_KEY generated at start-up (e.g. os.urandom() in the "
+        "app: each worker gets its own), SECRET_KEY changed without the old one in "
+        "SECRET_KEY_FALLBACKS, or, without SECRET_KEY, %(key)s deleted or replaced",
+    ),
+    _UNTRUSTED: (
+        "untrusted-legacy",
+        "session %(id)s: legacy (Beaker) session file not read: it is not a regular file owned "
+        "by this process's user and writable only by it (see SECURITY.md); a new session "
+        "was started",
+    ),
+    _NEWER: (
+        NEWER,
+        "session %(id)s: record written by a newer version of flask-beaker-session; a new "
+        "session was started",
+    ),
+}
+
+
 class StoredSession:
     """Where one request's session is stored, and the lock held on it."""
 
@@ -173,45 +203,10 @@ class StoredSession:
                 loaded = self._adopt(handle, now)
                 if loaded is not None:
                     return loaded
-            elif status == _CORRUPT:
-                self.app.once.log(
-                    CORRUPT,
-                    logging.WARNING,
-                    "session %s: corrupt record (torn or garbled) removed; a new session "
-                    "was started",
-                    log_id(value),
-                )
-            elif status == _UNAUTHENTICATED:
-                self.app.once.log(
-                    UNAUTHENTICATED,
-                    logging.WARNING,
-                    "session %s: record removed, a new session was started: it is whole but "
-                    "was written with a different key (or altered). If this happens to many "
-                    "sessions, records are being written with another key: workers or hosts "
-                    "with different SECRET_KEY values, a SECRET_KEY generated at start-up "
-                    "(e.g. os.urandom() in the app: each worker gets its own), SECRET_KEY "
-                    "changed without the old one in SECRET_KEY_FALLBACKS, or, without "
-                    "SECRET_KEY, %s deleted or replaced",
-                    log_id(value),
-                    self._key_file(),
-                )
-            elif status == _UNTRUSTED:
-                self.app.once.log(
-                    "untrusted-legacy",
-                    logging.WARNING,
-                    "session %s: legacy (Beaker) session file not read: it is not a regular "
-                    "file owned by this process's user and writable only by it (see "
-                    "SECURITY.md); a new session was started",
-                    log_id(value),
-                )
-            elif status == _NEWER:
-                self.app.once.log(
-                    NEWER,
-                    logging.WARNING,
-                    "session %s: record written by a newer version of "
-                    "flask-beaker-session; a new session was started",
-                    log_id(value),
-                )
+            elif status in _UNUSABLE:
+                kind, message = _UNUSABLE[status]
+                args = {"id": log_id(value), "key": self._key_file()}
+                self.app.once.log(kind, logging.WARNING, message, args)
         self.start_fresh()
         return None
 

@@ -138,14 +138,18 @@ impl ThreadLock {
     }
 }
 
-fn forget(table: &Mutex<Table>, key: &LockKey) {
+/// Drops one holder or waiter of `key` from the table; returns how many remain.
+fn forget(table: &Mutex<Table>, key: &LockKey) -> usize {
     let mut table = lock(table);
-    if let Some(slot) = table.get_mut(key) {
-        slot.1 -= 1;
-        if slot.1 == 0 {
-            table.remove(key);
-        }
+    let Some(slot) = table.get_mut(key) else {
+        return 0;
+    };
+    slot.1 -= 1;
+    let left = slot.1;
+    if left == 0 {
+        table.remove(key);
     }
+    left
 }
 
 impl Drop for ThreadLock {
@@ -155,9 +159,14 @@ impl Drop for ThreadLock {
             // that does not exist here. The child's table does not know this entry anyway.
             return;
         }
+        // Counted out first: a thread that registers after this finds no entry and makes
+        // its own. Waking is a syscall with the standard library's condvar, so it is done
+        // only for a waiter that registered before.
+        let waiting = forget(self.table, &self.key);
         *lock(&self.entry.held) = false;
-        self.entry.freed.notify_one();
-        forget(self.table, &self.key);
+        if waiting > 0 {
+            self.entry.freed.notify_one();
+        }
     }
 }
 

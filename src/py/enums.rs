@@ -13,9 +13,10 @@ use crate::store::{BackendKind, Opened, PayloadKind};
     module = "flask_beaker_session._core",
     eq,
     eq_int,
+    hash,
     frozen
 )]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyBackendKind {
     File,
     Memory,
@@ -38,9 +39,10 @@ impl From<BackendKind> for PyBackendKind {
     module = "flask_beaker_session._core",
     eq,
     eq_int,
+    hash,
     frozen
 )]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyOpenStatus {
     Found,
     Missing,
@@ -73,9 +75,10 @@ impl PyOpenStatus {
     module = "flask_beaker_session._core",
     eq,
     eq_int,
+    hash,
     frozen
 )]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyPayloadKind {
     Record,
     Legacy,
@@ -99,9 +102,10 @@ impl From<PayloadKind> for PyPayloadKind {
     from_py_object,
     eq,
     eq_int,
+    hash,
     frozen
 )]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyWalkMode {
     Stats,
     Sweep,

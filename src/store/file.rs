@@ -448,9 +448,10 @@ impl FileStore {
     }
 
     /// Creates the record file `name` (never overwriting, never through a symlink) in its
-    /// shard, creating the directories it needs (0700). A cached shard is checked first
-    /// (`tree::Tree::still_current`), so a record is never created in a removed or
-    /// replaced data directory.
+    /// shard, creating the directories it needs (0700). A shard found removed is looked up
+    /// again from the path, and the cache is re-checked at most once a second
+    /// (`tree::Tree::recheck_due`), so records go to a data directory replaced under its
+    /// path within a second.
     fn create_record(&self, name: &str, path: &Path) -> StoreResult<(Arc<OwnedFd>, File)> {
         let tree = &self.shared.tree;
         let mut fresh = false;
@@ -467,7 +468,7 @@ impl FileStore {
                 }
                 Err(e) => return Err(StoreError::io("create", path, e)),
             };
-            if !fresh && !tree.still_current(Some(&shard)) {
+            if !fresh && tree.recheck_due() && !tree.still_current(Some(&shard)) {
                 fresh = true;
                 continue;
             }

@@ -6,16 +6,19 @@
 //! Cached descriptors are directories: they hold no lock and their offset is never used, so
 //! a forked child may go on using what it inherited. They are re-validated where a stale one
 //! would matter, at no cost on the request path of an existing session: when a record is not
-//! found (the data directory may have been removed, or replaced under its path) and before a
-//! record is created. The cache's mutex is only ever taken with a bounded wait, falling back
+//! found (the data directory may have been removed, or replaced under its path), when a
+//! create finds its shard gone, and, at most once a second, before a record is created (a
+//! data directory moved away and replaced by another keeps its descriptors valid; checking
+//! it on every creation would cost every new session two syscalls). The cache's mutex is only ever taken with a bounded wait, falling back
 //! to an uncached walk, so a child forked while a parent thread held it never blocks.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -24,6 +27,12 @@ use crate::shard;
 
 /// How long a request waits for the cache before walking without it.
 const CACHE_WAIT: Duration = Duration::from_millis(1);
+/// How often, at most, a creation re-checks that the cached data directory is still the one
+/// at the configured path (milliseconds).
+const RECHECK_MS: u64 = 1000;
+
+/// The origin of the coarse monotonic clock of `Tree::recheck_due`.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// What a lookup of a directory of the store found.
 pub(crate) enum Found {
@@ -46,6 +55,8 @@ struct Cached {
 pub(crate) struct Tree {
     path: Arc<Path>,
     cache: Mutex<Cached>,
+    /// When (ms after `EPOCH`) a creation next re-checks the cache (`recheck_due`).
+    next_check: AtomicU64,
 }
 
 fn found(sub: Sub) -> Found {
@@ -61,6 +72,7 @@ impl Tree {
         Tree {
             path,
             cache: Mutex::new(Cached::default()),
+            next_check: AtomicU64::new(0),
         }
     }
 
@@ -149,6 +161,23 @@ impl Tree {
         }
         self.forget();
         false
+    }
+
+    /// Whether a creation should re-check the cache now (`still_current`): true at most
+    /// once per `RECHECK_MS` (lock-free, so it is fork-safe).
+    pub(crate) fn recheck_due(&self) -> bool {
+        let now = u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_check.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_check
+                .compare_exchange(
+                    next,
+                    now.saturating_add(RECHECK_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Drops every cached descriptor.
