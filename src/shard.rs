@@ -27,6 +27,8 @@ use crate::sid::SessionId;
 pub const RECORDS_DIR: &str = "fbs1";
 /// Hex characters of the digest that name a record's shard directory (256 shards).
 pub const SHARD_CHARS: usize = 2;
+/// Length of a record's name: the hex SHA-256 of its id.
+pub const RECORD_NAME_LEN: usize = 64;
 /// Suffix of temporary files; anything ending with it is a leftover once no save runs.
 pub const TMP_SUFFIX: &str = ".tmp";
 /// Beaker's file-backend directory (legacy records).
@@ -84,14 +86,16 @@ pub fn classify(shard: &str, name: &str) -> Name {
     if !name.starts_with(shard) {
         return Name::Foreign;
     }
-    if lower_hex(name, 64) {
+    if lower_hex(name, RECORD_NAME_LEN) {
         return Name::Record;
     }
     match name
         .strip_suffix(TMP_SUFFIX)
         .and_then(|n| n.split_once('.'))
     {
-        Some((record, random)) if lower_hex(record, 64) && lower_hex(random, 8) => Name::Temp,
+        Some((record, random)) if lower_hex(record, RECORD_NAME_LEN) && lower_hex(random, 8) => {
+            Name::Temp
+        }
         _ => Name::Foreign,
     }
 }

@@ -16,10 +16,21 @@ from collections.abc import Callable
 
 from . import _core
 
-__all__ = ["generation", "on_fork_in_child"]
+__all__ = ["FORKS", "Forks", "generation", "on_fork_in_child"]
 
 _callbacks: list[Callable[[], None]] = []
-_generation = 0
+
+
+class Forks:
+    """The fork count of this process, as an attribute: code on the request path compares
+    it with a remembered value without a function call."""
+
+    #: How many forks led to this process (0 in the process that imported the package).
+    generation = 0
+
+
+#: This process's fork count.
+FORKS = Forks()
 
 
 def on_fork_in_child(callback: Callable[[], None]) -> Callable[[], None]:
@@ -37,12 +48,11 @@ def generation() -> int:
     Comparing it with a remembered value tells "am I in a new child?" without a system
     call (``getpid()``), cheap enough for every request.
     """
-    return _generation
+    return FORKS.generation
 
 
 def _after_fork_in_child() -> None:
-    global _generation
-    _generation += 1
+    FORKS.generation += 1
     _core.reset_after_fork()
     for callback in list(_callbacks):
         callback()

@@ -55,39 +55,41 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     answered by ``[]``, :meth:`get` and ``in`` without being keys of it.
     """
 
+    # Defaults at class level: one session object per request, so setting each of these in
+    # __init__ would cost every request the assignments.
+
+    #: Whether the session was used (and so loaded) in this request.
+    loaded = False
+    #: Set by :meth:`finish`: no lock is held any more, none will be taken.
+    finished = False
+    #: The data as loaded (pickled), for revert(); it survives regenerate_id() and is set
+    #: for legacy sessions too.
+    _snapshot: bytes | None = None
+    #: The values of ``_creation_time`` and ``_accessed_time`` (set by loading).
+    _created: Any = None
+    _accessed: Any = None
+    #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
+    #: whenever the :data:`flask.session` proxy is used.
+    modified = False
+    accessed = False
+    #: What the end of the request did with the stored session (None before), for
+    #: :meth:`~flask_beaker_session.session_interface.BeakerSessionInterface.should_set_cookie`.
+    outcome: Outcome | None = None
+    #: Whether the stored session was ``permanent`` when loaded: a save that changes it
+    #: must re-send the cookie with the other kind of expiry.
+    was_permanent = False
+
     def __init__(self, app: AppState, cookie_value: str | None) -> None:
         super().__init__()
         self._app = app
         self._stored = StoredSession(app, cookie_value)
-        self._loaded = False
-        #: The data as loaded (pickled), for revert(); it survives regenerate_id() and is
-        #: set for legacy sessions too.
-        self._snapshot: bytes | None = None
-        #: The values of ``_creation_time`` and ``_accessed_time`` (set by loading).
-        self._created: Any = None
-        self._accessed: Any = None
-        #: Flask's flags: ``modified`` is set by any mutating method; ``accessed`` by Flask
-        #: whenever the :data:`flask.session` proxy is used.
-        self.modified = False
-        self.accessed = False
-        #: What the end of the request did with the stored session (None before), for
-        #: :meth:`~flask_beaker_session.session_interface.BeakerSessionInterface.should_set_cookie`.
-        self.outcome: Outcome | None = None
-        #: Whether the stored session was ``permanent`` when loaded: a save that changes it
-        #: must re-send the cookie with the other kind of expiry.
-        self.was_permanent = False
 
     # -- loading -----------------------------------------------------------------------
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the session was used (and so loaded) in this request."""
-        return self._loaded
-
     def _load(self) -> None:
-        if self._loaded:
+        if self.loaded:
             return
-        self._loaded = True
+        self.loaded = True
         # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
         # that to the session class (as its SecureCookieSession does on reads).
         self.accessed = True
@@ -121,7 +123,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def finish(self) -> None:
         """Ends the request's use of the store: releases the lock; a first use after this
         (in a streamed body) reads without locking."""
-        self._stored.finished = True
+        self.finished = self._stored.finished = True
         self._stored.release()
 
     def release(self) -> None:

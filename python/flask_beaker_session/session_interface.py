@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from flask.sessions import SessionInterface, SessionMixin
 
 from . import _core
+from ._fork import FORKS
 from .beaker_session import BeakerSession
 from .config import COOKIE_NAME, PERSISTENT_COOKIE_SECONDS, SessionConfig
 from .errors import LockTimeoutError, StoreUnavailableError
@@ -94,9 +95,11 @@ class BeakerSessionInterface(SessionInterface):
     # -- request start -----------------------------------------------------------------
 
     def open_session(self, app: Flask, request: Request) -> BeakerSession:
-        # No I/O here: the session loads itself on first use.
-        if self.sweeper is not None:
-            self.sweeper.ensure_started()
+        # No I/O here: the session loads itself on first use. The sweeper's thread is
+        # started at the first request of each process (compared without a call).
+        sweeper = self.sweeper
+        if sweeper is not None and sweeper.started_in != FORKS.generation:
+            sweeper.ensure_started()
         environ = request.environ
         value = _cookie_value(environ.get("HTTP_COOKIE"), self.get_cookie_name(app))
         session = self.session_class(self.state, value)
@@ -141,19 +144,19 @@ class BeakerSessionInterface(SessionInterface):
         outcome = session.outcome
         if outcome is Outcome.CREATED:
             return True
-        if outcome is Outcome.SAVED and session.was_permanent != bool(
-            dict.get(session, "_permanent", False)
-        ):
+        # (dict.get: ``session.permanent`` without two Python calls per request)
+        permanent = bool(dict.get(session, "_permanent", False))
+        if outcome is Outcome.UNCHANGED:
+            return permanent and bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
+        if outcome not in _WRITTEN:
+            return False
+        if permanent != session.was_permanent:
             # Made permanent or not any more: the cookie's kind of expiry changes (as
             # Flask re-sends a modified session's cookie).
             return True
-        if outcome is Outcome.UNCHANGED or outcome in _WRITTEN:
-            # (dict.get: ``session.permanent`` without two Python calls per request)
-            persistent = dict.get(session, "_permanent", False) or (
-                outcome is not Outcome.UNCHANGED and self.config.expires is False
-            )
-            return bool(persistent) and bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
-        return False
+        return (permanent or self.config.expires is False) and bool(
+            app.config.get("SESSION_REFRESH_EACH_REQUEST", True)
+        )
 
     def _cookie_attributes(self, app: Flask) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -232,4 +235,5 @@ def release_request_sessions(environ: dict[str, Any]) -> None:
     """Releases every session lock taken for a request (called at teardown)."""
     sessions: Iterable[BeakerSession] = environ.pop(_ENVIRON_KEY, ())
     for session in sessions:
-        session.release()
+        if not session.finished:  # save_session released it already
+            session.release()

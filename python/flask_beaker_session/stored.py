@@ -159,33 +159,37 @@ _UNUSABLE: dict[_core.OpenStatus, tuple[str, str]] = {
 class StoredSession:
     """Where one request's session is stored, and the lock held on it."""
 
+    # Defaults at class level: one session object per request, so setting each of these in
+    # __init__ would cost every request the assignments.
+
+    #: The session's id: the stored one, or a fresh one from the store (set by load).
+    id: str | None = None
+    #: Id of the record this session was loaded from (None: new, or regenerated).
+    stored_id: str | None = None
+    #: The open, locked record (locking mode) from load until persist.
+    handle: _core.Handle | None = None
+    #: The payload as loaded or last written; None when the next persist must write
+    #: (a new, regenerated or legacy session).
+    payload: bytes | None = None
+    #: Time of the previous request that used the session (None: new).
+    last_access: float | None = None
+    #: Records to remove once the session is stored under its new id.
+    _retired: tuple[_core.Handle, ...] = ()
+    _retired_ids: tuple[str, ...] = ()
+    #: Whether the session is stored even without data: set when its identity (id,
+    #: creation time) is read, and for a stored session found without data (an earlier
+    #: request read its identity); reset by ``clear()`` and ``delete()``.
+    keep = False
+    #: Set once the response's session was persisted: a first use after that (inside a
+    #: streamed body) reads without keeping the lock, as nothing more will be saved and
+    #: the lock must not be held while the body streams.
+    finished = False
+
     def __init__(self, app: AppState, cookie_value: str | None) -> None:
         #: The application's store, clock and log.
         self.app = app
         #: The id the request's cookie carried (None: no cookie); used only to look up.
         self.cookie_value = cookie_value
-        #: The session's id: the stored one, or a fresh one from the store (set by load).
-        self.id: str | None = None
-        #: Id of the record this session was loaded from (None: new, or regenerated).
-        self.stored_id: str | None = None
-        #: The open, locked record (locking mode) from load until persist.
-        self.handle: _core.Handle | None = None
-        #: The payload as loaded or last written; None when the next persist must write
-        #: (a new, regenerated or legacy session).
-        self.payload: bytes | None = None
-        #: Time of the previous request that used the session (None: new).
-        self.last_access: float | None = None
-        #: Records to remove once the session is stored under its new id.
-        self._retired: list[_core.Handle] = []
-        self._retired_ids: list[str] = []
-        #: Whether the session is stored even without data: set when its identity (id,
-        #: creation time) is read, and for a stored session found without data (an earlier
-        #: request read its identity); reset by ``clear()`` and ``delete()``.
-        self.keep = False
-        #: Set once the response's session was persisted: a first use after that (inside a
-        #: streamed body) reads without keeping the lock, as nothing more will be saved and
-        #: the lock must not be held while the body streams.
-        self.finished = False
 
     @property
     def is_new(self) -> bool:
@@ -274,10 +278,10 @@ class StoredSession:
     def regenerate(self) -> None:
         """Moves the data to a new id; the old record goes once the new one is stored."""
         if self.handle is not None:
-            self._retired.append(self.handle)
+            self._retired += (self.handle,)
             self.handle = None
         elif self.stored_id is not None:
-            self._retired_ids.append(self.stored_id)
+            self._retired_ids += (self.stored_id,)
         self.stored_id = None
         self.id = self.app.store.new_id()
         self.payload = None
@@ -285,14 +289,14 @@ class StoredSession:
     def release(self) -> None:
         """Gives up every lock held (idempotent; at save and at teardown)."""
         if self.handle is None and not self._retired:
-            self._retired_ids = []
+            self._retired_ids = ()
             return
         for handle in [self.handle, *self._retired]:
             if handle is not None:
                 handle.release()
         self.handle = None
-        self._retired = []
-        self._retired_ids = []
+        self._retired = ()
+        self._retired_ids = ()
 
     # -- persisting ----------------------------------------------------------------------
 
@@ -341,12 +345,12 @@ class StoredSession:
         """Removes the records a regenerate() left behind (after the new one exists)."""
         for old in self._retired:
             old.delete()
-        self._retired = []
+        self._retired = ()
         for sid in self._retired_ids:
             _, handle = self.app.store.open(sid, now)
             if handle is not None:
                 handle.delete()
-        self._retired_ids = []
+        self._retired_ids = ()
 
     def _merge(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
         """Non-locking mode: applies the keys this request changed to the data stored now.

@@ -72,7 +72,9 @@ class AutoSweeper:
         self.clock = clock
         #: The counts of the last sweep this process ran, or None.
         self.last_report: _core.Report | None = None
-        self._generation = -1
+        #: The fork generation (``_fork.FORKS.generation``) whose process runs the thread
+        #: (-1: none yet); compared on every request, so it is a plain attribute.
+        self.started_in = -1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         _sweepers.add(self)
@@ -80,12 +82,12 @@ class AutoSweeper:
     def ensure_started(self) -> None:
         """Starts this process's thread if it has none (cheap when it has)."""
         generation = _fork.generation()
-        if self._generation == generation:
+        if self.started_in == generation:
             return
         with self._lock:
-            if self._generation == generation:
+            if self.started_in == generation:
                 return
-            self._generation = generation
+            self.started_in = generation
             self._stop = threading.Event()
             thread = threading.Thread(
                 target=self._run, name="flask-beaker-session-sweeper", daemon=True

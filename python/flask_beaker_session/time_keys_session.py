@@ -33,7 +33,7 @@ class TimeKeysSession(BeakerSession):
     """
 
     def _load(self) -> None:
-        if self._loaded:
+        if self.loaded:
             return
         BeakerSession._load(self)
         if dict.__contains__(self, _CREATED):

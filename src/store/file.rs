@@ -48,10 +48,14 @@ use crate::store::{
 
 use record_io::{check_len, fill_new, read_record, ReadError};
 
-/// The record's name in its shard: the last component of its path (the id's digest).
+/// The record's name in its shard: the last component of its path (the id's digest), taken
+/// as the path's last `RECORD_NAME_LEN` bytes (this runs on every request; parsing the path
+/// into components cost more than the rest of the lookup).
 fn record_name(path: &Path) -> &str {
-    path.file_name()
-        .and_then(|n| n.to_str())
+    let bytes = path.as_os_str().as_encoded_bytes();
+    bytes
+        .get(bytes.len().saturating_sub(shard::RECORD_NAME_LEN)..)
+        .and_then(|name| std::str::from_utf8(name).ok())
         .unwrap_or_default()
 }
 
