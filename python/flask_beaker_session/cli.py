@@ -271,7 +271,7 @@ def migrate_command() -> None:
                 if decoded is None:
                     expired += 1
                     continue
-                data, created, _last = decoded
+                data, created = decoded.data, decoded.created
                 if legacy:
                     if data:
                         try:

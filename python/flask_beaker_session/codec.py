@@ -51,6 +51,8 @@ class Decoded(NamedTuple):
     created: float | None
     #: Time of the last request that used the session, if known.
     last_access: float | None
+    #: Whether it came from a legacy (Beaker) file, to be rewritten in our format.
+    legacy: bool = False
 
 
 class PayloadError(ValueError):
@@ -115,21 +117,28 @@ def decode(
     :raises PayloadError: the payload cannot be used (a stored value that cannot be loaded
         must never lock its user out: the caller starts a new session).
     """
+    # One comparison of the kind on the common path: each is a call into the native module.
+    record = kind == _RECORD
     try:
         data = pickle.loads(payload)
-        if kind == _WRAPPED:
+        if not record and kind == _WRAPPED:
             data = data["session"]
         if not isinstance(data, dict):
             raise TypeError(f"stored session is a {type(data).__name__}")
     except Exception as exc:
         raise PayloadError(exc) from exc
-    if kind == _RECORD:
+    if record:
         # The common case, kept short: it runs on every request that uses a session.
         if type(data) is dict and not (data.keys() & _TIME_KEY_SET):
             return Decoded(data, created, last_access)
         for key in TIME_KEYS:
             data.pop(key, None)
         return Decoded(data, _seconds(created), _seconds(last_access))
+    created = data.pop("_creation_time", created)
+    last_access = data.pop("_accessed_time", last_access)
+    for key in _BEAKER_INTERNAL:
+        data.pop(key, None)
+    return Decoded(data, _seconds(created), _seconds(last_access), legacy=True)
     created = data.pop("_creation_time", created)
     last_access = data.pop("_accessed_time", last_access)
     for key in _BEAKER_INTERNAL:

@@ -33,7 +33,6 @@ from .store import AppState
 
 __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
 
-_RECORD = _core.PayloadKind.Record
 _CORRUPT = _core.OpenStatus.Corrupt
 _UNAUTHENTICATED = _core.OpenStatus.Unauthenticated
 _NEWER = _core.OpenStatus.Newer
@@ -83,10 +82,9 @@ def decode_or_remove(
     cannot be loaded must never lock its user out), and a legacy session expired by the
     times kept inside its pickle, which the core could not see when it opened the file.
     """
-    kind = handle.kind
     try:
         decoded = decode(
-            kind,
+            handle.kind,
             handle.payload if payload is None else payload,
             handle.created,
             handle.last_access,
@@ -101,7 +99,7 @@ def decode_or_remove(
         )
         handle.delete()
         return None
-    if kind != _RECORD and store.expired(now, decoded.created, decoded.last_access):
+    if decoded.legacy and store.expired(now, decoded.created, decoded.last_access):
         handle.delete()
         return None
     return decoded
@@ -221,10 +219,10 @@ class StoredSession:
 
     def _adopt(self, handle: _core.Handle, now: float) -> Loaded | None:
         payload = handle.payload
-        legacy = handle.kind != _RECORD
         decoded = decode_or_remove(handle, self.app.store, now, self.app.once, payload)
         if decoded is None:
             return None
+        legacy = decoded.legacy
         if legacy:
             self.app.once.log(
                 LEGACY,
