@@ -98,10 +98,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         if loaded is None:
             self._fill_fresh(now)
             return
-        self._created = loaded.created if loaded.created else now
+        data, created, self._snapshot = loaded
+        self._created = created if created else now
         self._accessed = now
-        dict.update(self, loaded.data)
-        self._snapshot = loaded.snapshot
+        dict.update(self, data)
         self.was_permanent = bool(dict.get(self, "_permanent", False))
 
     def _fill_fresh(self, now: float) -> None:

@@ -130,7 +130,9 @@ def decode(
     if record:
         # The common case, kept short: it runs on every request that uses a session.
         if type(data) is dict and not (data.keys() & _TIME_KEY_SET):
-            return Decoded(data, created, last_access)
+            # tuple.__new__ directly: a NamedTuple's own constructor is a Python-level
+            # call, and this runs on every request that uses a session.
+            return tuple.__new__(Decoded, (data, created, last_access, False))
         for key in TIME_KEYS:
             data.pop(key, None)
         return Decoded(data, _seconds(created), _seconds(last_access))

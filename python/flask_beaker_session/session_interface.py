@@ -171,18 +171,6 @@ class BeakerSessionInterface(SessionInterface):
             attributes["partitioned"] = True
         return attributes
 
-    def _write_cookie(self, app: Flask, session: BeakerSession, response: Response) -> None:
-        """The one place a session cookie is set or expired."""
-        if session.outcome is Outcome.DELETED:
-            response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
-        elif self.should_set_cookie(app, session):
-            response.set_cookie(
-                self.get_cookie_name(app),
-                session.id,
-                expires=self.get_expiration_time(app, session),
-                **self._cookie_attributes(app),
-            )
-
     # -- request end -------------------------------------------------------------------
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
@@ -199,7 +187,16 @@ class BeakerSessionInterface(SessionInterface):
                 # Flask's error handlers do not run for errors raised here.
                 retry_later(response, exc)
                 return
-            self._write_cookie(app, session, response)
+            # The one place a session cookie is set or expired.
+            if session.outcome is Outcome.DELETED:
+                response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
+            elif self.should_set_cookie(app, session):
+                response.set_cookie(
+                    self.get_cookie_name(app),
+                    session.id,
+                    expires=self.get_expiration_time(app, session),
+                    **self._cookie_attributes(app),
+                )
         finally:
             session.finish()
 

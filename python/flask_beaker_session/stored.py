@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import pickle
-from typing import Any, NamedTuple
+from typing import Any, Optional
 
 from . import _core
 from ._log import CORRUPT, LEGACY, NEWER, PROCESS, UNAUTHENTICATED, Once, log_id
@@ -58,15 +58,11 @@ class Outcome(enum.Enum):
     DELETED = "deleted"
 
 
-class Loaded(NamedTuple):
-    """A stored session as :meth:`StoredSession.load` found it."""
-
-    #: The user's keys.
-    data: dict[str, Any]
-    #: Creation time, if known.
-    created: float | None
-    #: The data as loaded, pickled (for ``revert()``); None if it cannot be pickled.
-    snapshot: bytes | None
+#: A stored session as :meth:`StoredSession.load` found it: the user's keys, the creation
+#: time if known, and the data as loaded, pickled (for ``revert()``; None if it cannot be
+#: pickled). A plain tuple: it is built on every request that uses a session, and a
+#: NamedTuple's constructor is a Python-level call.
+Loaded = tuple[dict[str, Any], Optional[float], Optional[bytes]]
 
 
 def decode_or_remove(
@@ -202,10 +198,42 @@ class StoredSession:
         if value is not None:
             status, handle = self.app.store.open(value, now)
             if handle is not None:
-                loaded = self._adopt(handle, now)
-                if loaded is not None:
-                    return loaded
-            elif status in _UNUSABLE:
+                payload = handle.payload
+                decoded = decode_or_remove(handle, self.app.store, now, self.app.once, payload)
+                if decoded is None:
+                    self.start_fresh()
+                    return None
+                legacy = decoded.legacy
+                if legacy:
+                    self.app.once.log(
+                        LEGACY,
+                        logging.INFO,
+                        "session %s: migrating a session stored by the original package "
+                        "(Beaker) to this package's format",
+                        log_id(handle.id),
+                    )
+                self.id = self.stored_id = handle.id
+                if self.app.config.locking and not self.finished:
+                    self.handle = handle
+                else:
+                    # Non-locking mode: the lock is held only while reading; changes are
+                    # merged into the stored data at persist time.
+                    handle.release()
+                self.last_access = decoded.last_access
+                # Legacy sessions are rewritten in our format by the first save.
+                self.payload = None if legacy else payload
+                # Stored without data: some request read its id (the original package
+                # stored every session it handed out), so it stays until cleared, deleted
+                # or expired.
+                self.keep = not decoded.data
+                snapshot: bytes | None = payload
+                if legacy:
+                    try:
+                        snapshot = pickle.dumps(decoded.data, pickle.HIGHEST_PROTOCOL)
+                    except Exception:  # the first save reports it, naming the key
+                        snapshot = None
+                return decoded.data, decoded.created, snapshot
+            if status in _UNUSABLE:
                 kind, message = _UNUSABLE[status]
                 args = {"id": log_id(value), "key": self._key_file()}
                 self.app.once.log(kind, logging.WARNING, message, args)
@@ -216,41 +244,6 @@ class StoredSession:
         """Where the generated key lives (for messages)."""
         data_dir = self.app.store.data_dir
         return str(data_dir / "session.key") if data_dir is not None else "the key file"
-
-    def _adopt(self, handle: _core.Handle, now: float) -> Loaded | None:
-        payload = handle.payload
-        decoded = decode_or_remove(handle, self.app.store, now, self.app.once, payload)
-        if decoded is None:
-            return None
-        legacy = decoded.legacy
-        if legacy:
-            self.app.once.log(
-                LEGACY,
-                logging.INFO,
-                "session %s: migrating a session stored by the original package (Beaker) "
-                "to this package's format",
-                log_id(handle.id),
-            )
-        self.id = self.stored_id = handle.id
-        if self.app.config.locking and not self.finished:
-            self.handle = handle
-        else:
-            # Non-locking mode: the lock is held only while reading; changes are merged
-            # into the stored data at persist time.
-            handle.release()
-        self.last_access = decoded.last_access
-        # Legacy sessions are rewritten in our format by the first save.
-        self.payload = None if legacy else payload
-        # Stored without data: some request read its id (the original package stored
-        # every session it handed out), so it stays until cleared, deleted or expired.
-        self.keep = not decoded.data
-        snapshot: bytes | None = payload
-        if legacy:
-            try:
-                snapshot = pickle.dumps(decoded.data, pickle.HIGHEST_PROTOCOL)
-            except Exception:  # the first save reports it, naming the key
-                snapshot = None
-        return Loaded(decoded.data, decoded.created, snapshot)
 
     def start_fresh(self) -> None:
         """Moves to a new, empty, unstored session."""
