@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from . import _core
 
-__all__ = ["FORKS", "Forks", "generation", "on_fork_in_child"]
+__all__ = ["FORKS", "Forks", "on_fork_in_child"]
 
 _callbacks: list[Callable[[], None]] = []
 
@@ -40,15 +40,6 @@ def on_fork_in_child(callback: Callable[[], None]) -> Callable[[], None]:
     """
     _callbacks.append(callback)
     return callback
-
-
-def generation() -> int:
-    """How many forks led to this process (0 in the process that imported the package).
-
-    Comparing it with a remembered value tells "am I in a new child?" without a system
-    call (``getpid()``), cheap enough for every request.
-    """
-    return FORKS.generation
 
 
 def _after_fork_in_child() -> None:

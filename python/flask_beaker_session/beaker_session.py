@@ -18,8 +18,9 @@ without data, as the original package does (:attr:`StoredSession.keep
 <flask_beaker_session.stored.StoredSession.keep>`).
 
 The session interface talks to it through a small surface: :attr:`~BeakerSession.loaded`,
-:meth:`~BeakerSession.persist`, :attr:`~BeakerSession.outcome`, :meth:`~BeakerSession.finish`
-and :meth:`~BeakerSession.release`.
+:attr:`~BeakerSession.finished`, :meth:`~BeakerSession.persist`, :attr:`~BeakerSession.outcome`,
+:attr:`~BeakerSession.was_permanent`, :meth:`~BeakerSession.finish` and
+:meth:`~BeakerSession.release` (and the public :attr:`id`, :attr:`created`, ``permanent``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         """Ends the request's use of the store: releases the lock; a first use after this
         (in a streamed body) reads without locking."""
         self.finished = self._stored.finished = True
-        self._stored.release()
+        if self.loaded:  # nothing is held by a session that was never used
+            self._stored.release()
 
     def release(self) -> None:
         """Releases the locks held for this session (at teardown)."""

@@ -141,11 +141,6 @@ def decode(
     for key in _BEAKER_INTERNAL:
         data.pop(key, None)
     return Decoded(data, _seconds(created), _seconds(last_access), legacy=True)
-    created = data.pop("_creation_time", created)
-    last_access = data.pop("_accessed_time", last_access)
-    for key in _BEAKER_INTERNAL:
-        data.pop(key, None)
-    return Decoded(data, _seconds(created), _seconds(last_access))
 
 
 def unchanged(loaded: bytes | None, modified: bool, data: dict[str, Any]) -> bytes | None:

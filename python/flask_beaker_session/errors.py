@@ -1,9 +1,11 @@
 """Exceptions raised by flask-beaker-session.
 
 :class:`ConfigurationError` is the original package's only exception and keeps its name and
-base class. :class:`LockTimeoutError` is new: the Rust core raises it (it imports this class,
-so there is exactly one owner) when a request waited longer than ``SESSION_LOCK_TIMEOUT`` for
-another request of the same session.
+base class. The others are new: the Rust core raises :class:`LockTimeoutError` (a request
+waited longer than ``SESSION_LOCK_TIMEOUT`` for another request of the same session, or too
+many already wait) and :class:`StoreUnavailableError` (it imports these classes, so each has
+exactly one owner); :class:`SessionTooLargeError` refuses a session over
+``SESSION_MAX_SIZE``.
 """
 
 from __future__ import annotations

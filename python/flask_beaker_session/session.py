@@ -8,7 +8,8 @@
 
 ``init_app`` reads and validates the configuration once, installs
 :class:`~flask_beaker_session.session_interface.BeakerSessionInterface` on the app, and
-registers the teardown that releases session locks and the 503 response for lock timeouts.
+registers the teardown that releases session locks, the 503 responses for lock timeouts and
+an unavailable store, and the ``flask beaker-session`` commands.
 For the file backend it creates the data dir (0700) if it is missing, so that a path that
 cannot be used fails here rather than at the first save; it keeps no file open and starts
 no thread, so it is safe before a pre-fork server forks.

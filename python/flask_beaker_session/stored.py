@@ -382,7 +382,7 @@ class StoredSession:
             if not merged and not self.keep:
                 handle.delete()
                 return self._deleted()
-            merged_payload = encode(merged, self.app.config.max_size)
+            merged_payload = encode(merged, limit)
             handle.save(merged_payload, now, _seconds(created))
             self.payload = merged_payload
             return Outcome.SAVED

@@ -81,7 +81,7 @@ class AutoSweeper:
 
     def ensure_started(self) -> None:
         """Starts this process's thread if it has none (cheap when it has)."""
-        generation = _fork.generation()
+        generation = _fork.FORKS.generation
         if self.started_in == generation:
             return
         with self._lock:

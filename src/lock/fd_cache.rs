@@ -49,9 +49,7 @@ fn drop_unlinked(cache: &mut Cache) {
 
 /// Takes the idle file of `path`, if one is kept.
 pub fn take(path: &Path) -> Option<File> {
-    let mut cache = cache();
-    drop_unlinked(&mut cache);
-    cache.files.remove(path)
+    cache().files.remove(path)
 }
 
 /// Keeps an unlocked file for a later request on `path`.
@@ -64,11 +62,6 @@ pub fn put(path: PathBuf, file: File) {
         }
     }
     cache.files.insert(path, file);
-}
-
-/// Drops the kept file of `path` (for code that just unlinked it).
-pub fn forget(path: &Path) {
-    cache().files.remove(path);
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `Handle` as a Python class: one open, locked session. Frozen (shared between threads
-//! without "Already borrowed" errors); the core's handle sits behind a mutex taken only
-//! while the GIL is released, and is consumed exactly once (`save`, `touch`, `delete`;
+//! without "Already borrowed" errors); the core's handle sits behind a mutex, held only
+//! for the length of one call (the GIL is released around the store operations), and is consumed exactly once (`save`, `touch`, `delete`;
 //! `release` drops it), so the lock is never given up twice.
 
 use parking_lot::Mutex;

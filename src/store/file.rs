@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use crate::error::{StoreError, StoreResult};
 use crate::legacy;
-use crate::lock::{fd_cache, LockKey, LockScope, LockedFile, ThreadLock};
+use crate::lock::{fd_cache, flock_bounded, Flock, LockKey, LockScope, LockedFile, ThreadLock};
 use crate::record;
 use crate::report::{Report, WalkMode};
 use crate::shard;
@@ -57,6 +57,18 @@ fn record_name(path: &Path) -> &str {
         .get(bytes.len().saturating_sub(shard::RECORD_NAME_LEN)..)
         .and_then(|name| std::str::from_utf8(name).ok())
         .unwrap_or_default()
+}
+
+/// The cross-process half for a file-backed session: an exclusive `flock` on `file` (the
+/// record at `path`) by `deadline`, refused at once when `max_waiters` processes already
+/// wait for it.
+fn lock_file(file: &File, path: &Path, deadline: Instant, cfg: &StoreConfig) -> StoreResult<()> {
+    match flock_bounded(file, deadline, cfg.max_waiters) {
+        Ok(Flock::Locked) => Ok(()),
+        Ok(Flock::TimedOut) => Err(cfg.lock_timed_out()),
+        Ok(Flock::Busy) => Err(cfg.busy()),
+        Err(e) => Err(StoreError::io("lock", path, e)),
+    }
 }
 
 /// Legacy files larger than this are not read (Beaker sessions are small; this bounds the
@@ -225,7 +237,7 @@ impl FileStore {
     fn hold(&self, file: File, path: &Path, deadline: Instant) -> StoreResult<Option<Held>> {
         let locked = LockedFile::new(file);
         let file = locked.file().map_err(|e| StoreError::io("open", path, e))?;
-        crate::store::lock_file(file, path, deadline, &self.shared.cfg)?;
+        lock_file(file, path, deadline, &self.shared.cfg)?;
         let meta = file
             .metadata()
             .map_err(|e| StoreError::io("stat", path, e))?;

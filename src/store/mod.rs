@@ -22,14 +22,13 @@ pub mod file;
 pub mod memory;
 pub mod redis;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::Expiry;
-use crate::lock::{deadline_after, flock_bounded, Acquired, Flock, LockKey, ThreadLock};
+use crate::lock::{deadline_after, Acquired, LockKey, ThreadLock};
 use crate::record::Keys;
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
@@ -236,30 +235,13 @@ pub trait SessionHandle: Send {
 /// The lock preamble of every backend's `open`: waits (bounded by the lock timeout, and
 /// refused at once past `max_waiters` waiting threads) for the in-process lock of `key`,
 /// and returns it with the deadline that bounds the rest of the wait (the cross-process
-/// half: `lock_file`, Redis `SET NX`).
+/// half: the file store's `flock`, Redis `SET NX`).
 pub fn lock_thread(key: LockKey, cfg: &StoreConfig) -> StoreResult<(ThreadLock, Instant)> {
     let deadline = deadline_after(cfg.lock_timeout);
     match ThreadLock::acquire_bounded(key, deadline, cfg.max_waiters) {
         Acquired::Locked(lock) => Ok((lock, deadline)),
         Acquired::TimedOut => Err(cfg.lock_timed_out()),
         Acquired::Busy => Err(cfg.busy()),
-    }
-}
-
-/// The cross-process half for a file-backed session: an exclusive `flock` on `file` (the
-/// record at `path`) by `deadline`, refused at once when `max_waiters` processes already
-/// wait for it.
-pub fn lock_file(
-    file: &File,
-    path: &Path,
-    deadline: Instant,
-    cfg: &StoreConfig,
-) -> StoreResult<()> {
-    match flock_bounded(file, deadline, cfg.max_waiters) {
-        Ok(Flock::Locked) => Ok(()),
-        Ok(Flock::TimedOut) => Err(cfg.lock_timed_out()),
-        Ok(Flock::Busy) => Err(cfg.busy()),
-        Err(e) => Err(StoreError::io("lock", path, e)),
     }
 }
 

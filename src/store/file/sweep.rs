@@ -39,9 +39,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use fs4::fs_std::FileExt as LockExt;
 
 use super::dir::{self, Entry, Kind, Sub};
-use super::record_io::{mtime, to_system_time};
+use super::record_io::{self, mtime, to_system_time};
 use crate::error::{StoreError, StoreResult};
-use crate::expiry::{self, Expiry};
+use crate::expiry::Expiry;
 use crate::lock::{try_flock, LockedFile};
 use crate::record::{self, HeaderError, HEADER_LEN};
 use crate::report::{Report, WalkMode as Mode};
@@ -217,7 +217,7 @@ impl Walker<'_> {
         let age = self.now - mtime(&meta);
         match read_times(file, len) {
             Times::Known { created, saved_at } => {
-                let last_access = expiry::last_access(saved_at, Some(mtime(&meta)));
+                let last_access = record_io::last_access(saved_at, &meta);
                 if self
                     .expiry
                     .is_expired(self.now, Some(created), Some(last_access))
