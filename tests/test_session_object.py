@@ -300,6 +300,27 @@ def test_time_keys_and_beaker_attributes(run: Runner, clock: FakeClock) -> None:
     assert r2["accessed"] <= r3["last"] <= r3["accessed"]
 
 
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"SESSION_TIME_KEYS": True}, {"SESSION_LOCKING": False}],
+    ids=["default", "time-keys", "non-locking"],
+)
+def test_creation_time_set_to_a_non_number(make_app: MakeApp, config: dict[str, Any]) -> None:
+    """A view may store anything under ``_creation_time``: the session is still saved
+    (new, rewritten in place, and merged), the creation time counting as unknown."""
+    run = Runner(make_app(**config))
+
+    def garble(s: Any) -> None:
+        s["_creation_time"] = "not a time"
+        s["n"] = s.get("n", 0) + 1
+
+    run(garble)  # a new session
+    sid = cookie_of(run.client)
+    run(garble)  # a stored one: saved in place (merged when not locking)
+    assert cookie_of(run.client) == sid
+    assert run(lambda s: s["n"]) == 2
+
+
 def test_id_of_new_session_is_stable_within_request(run: Runner) -> None:
     """A new session's id is fixed at first use and becomes the cookie."""
 

@@ -80,10 +80,14 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     #: must re-send the cookie with the other kind of expiry.
     was_permanent = False
 
+    #: The stored side (lock, id, record), created by the first use: a request whose view
+    #: never touches the session builds nothing more than this object (SPEC §5).
+    _stored: StoredSession
+
     def __init__(self, app: AppState, cookie_value: str | None) -> None:
         super().__init__()
         self._app = app
-        self._stored = StoredSession(app, cookie_value)
+        self._cookie_value = cookie_value
 
     # -- loading -----------------------------------------------------------------------
 
@@ -94,20 +98,31 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
         # that to the session class (as its SecureCookieSession does on reads).
         self.accessed = True
+        stored = self._stored = StoredSession(self._app, self._cookie_value)
+        if self.finished:  # first used inside a streamed body: read without locking
+            stored.finished = True
         now = self._app.clock()
-        loaded = self._stored.load(now)
+        loaded = stored.load(now)
         if loaded is None:
             self._fill_fresh(now)
             return
         data, created, self._snapshot = loaded
         self._created = created if created else now
         self._accessed = now
-        dict.update(self, data)
+        self._fill_loaded(data)
         self.was_permanent = bool(dict.get(self, "_permanent", False))
 
     def _fill_fresh(self, now: float) -> None:
         self._snapshot = None
         self._created = self._accessed = now
+
+    def _fill_loaded(self, data: dict[str, Any]) -> None:
+        """Puts the loaded user keys into the mapping (the time keys stay outside it)."""
+        dict.update(self, data)
+
+    def _read_all(self) -> None:
+        """Loads before a read that returns every value (``items()``, ``copy()`` …)."""
+        self._load()
 
     # -- the interface's side ----------------------------------------------------------
 
@@ -124,13 +139,15 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def finish(self) -> None:
         """Ends the request's use of the store: releases the lock; a first use after this
         (in a streamed body) reads without locking."""
-        self.finished = self._stored.finished = True
-        if self.loaded:  # nothing is held by a session that was never used
+        self.finished = True
+        if self.loaded:  # nothing is held (or even built) for a session never used
+            self._stored.finished = True
             self._stored.release()
 
     def release(self) -> None:
         """Releases the locks held for this session (at teardown)."""
-        self._stored.release()
+        if self.loaded:
+            self._stored.release()
 
     # -- Beaker API --------------------------------------------------------------------
 
@@ -276,11 +293,11 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
 
     def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        self._load()
+        self._read_all()
         return dict(dict.items(self)) | dict(other)
 
     def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        self._load()
+        self._read_all()
         return dict(other) | dict(dict.items(self))
 
     def __ior__(self, other: Any) -> BeakerSession:
@@ -289,7 +306,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def __reduce__(self) -> Any:
         # Pickling the session object itself gives a plain dict (no store, no lock).
-        self._load()
+        self._read_all()
         return (dict, (dict(dict.items(self)),))
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -304,11 +321,11 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         return dict.keys(self)
 
     def values(self) -> Any:
-        self._load()
+        self._read_all()
         return dict.values(self)
 
     def items(self) -> Any:
-        self._load()
+        self._read_all()
         return dict.items(self)
 
     @classmethod
@@ -318,7 +335,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
 
     def copy(self) -> dict[str, Any]:
         """A plain ``dict`` copy of the data."""
-        self._load()
+        self._read_all()
         return dict(dict.items(self))
 
     def clear(self) -> None:

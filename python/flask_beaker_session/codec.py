@@ -97,7 +97,9 @@ def loads(payload: bytes) -> dict[str, Any]:
     return data
 
 
-def _seconds(value: Any) -> float | None:
+def seconds(value: Any) -> float | None:
+    """A time key's value as epoch seconds; None if it is not a number (a legacy pickle, or
+    a view, may hold anything under ``_creation_time``)."""
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -135,12 +137,12 @@ def decode(
             return tuple.__new__(Decoded, (data, created, last_access, False))
         for key in TIME_KEYS:
             data.pop(key, None)
-        return Decoded(data, _seconds(created), _seconds(last_access))
+        return Decoded(data, seconds(created), seconds(last_access))
     created = data.pop("_creation_time", created)
     last_access = data.pop("_accessed_time", last_access)
     for key in _BEAKER_INTERNAL:
         data.pop(key, None)
-    return Decoded(data, _seconds(created), _seconds(last_access), legacy=True)
+    return Decoded(data, seconds(created), seconds(last_access), legacy=True)
 
 
 def unchanged(loaded: bytes | None, modified: bool, data: dict[str, Any]) -> bytes | None:

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from . import _core
 from ._log import CORRUPT, LEGACY, NEWER, PROCESS, UNAUTHENTICATED, Once, log_id
-from .codec import Decoded, PayloadError, decode, encode, loads, same, unchanged
+from .codec import Decoded, PayloadError, decode, encode, loads, same, seconds, unchanged
 from .store import AppState
 
 __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
@@ -113,11 +113,6 @@ def merge(stored: dict[str, Any], baseline: dict[str, Any], mine: dict[str, Any]
         elif key not in baseline or not same(mine[key], baseline[key]):
             merged[key] = mine[key]
     return merged
-
-
-def _seconds(created: Any) -> float:
-    """The session's ``_creation_time`` as a number (0.0 when the user removed it)."""
-    return float(created if created is not None else 0.0)
 
 
 #: How an unusable stored session is reported (once per app and kind, repeats at DEBUG);
@@ -295,12 +290,15 @@ class StoredSession:
         """Stores ``data`` (the user's keys) and releases the lock; says what it did.
 
         ``modified`` is the session's flag (unset: the pickle may be skipped when the data
-        provably did not change); ``created`` is its ``_creation_time`` as the user left it.
-        If the store fails, the exception propagates; :meth:`release` (which
-        ``save_session`` always calls) then gives up whatever lock is still held.
+        provably did not change); ``created`` is its ``_creation_time`` as the user left it
+        (anything: a value that is not a number counts as unknown, and a session created
+        without a known creation time is created now). If the store fails, the exception
+        propagates; :meth:`release` (which ``save_session`` always calls) then gives up
+        whatever lock is still held.
         """
+        created_at = seconds(created)
         if self.handle is None and self.stored_id is not None:
-            return self._merge(data, modified, created, now)
+            return self._merge(data, modified, created_at, now)
         handle = self.handle
         if handle is not None:
             if not data and not self.keep:
@@ -311,7 +309,7 @@ class StoredSession:
             payload = unchanged(self.payload, modified, data) or encode(data, limit)
             # Save or touch, and release the lock in the same native call.
             if payload != self.payload:
-                handle.save(payload, now, created)
+                handle.save(payload, now, created_at)
                 self.handle = None
                 self.payload = payload
                 return Outcome.SAVED
@@ -323,7 +321,7 @@ class StoredSession:
             return self._deleted()
         payload = encode(data, self.app.config.max_size)
         assert self.id is not None
-        self.app.store.create(self.id, payload, _seconds(created), now)
+        self.app.store.create(self.id, payload, now if created_at is None else created_at, now)
         self._retire(now)
         self.payload = payload
         return Outcome.CREATED
@@ -343,7 +341,9 @@ class StoredSession:
                 handle.delete()
         self._retired_ids = ()
 
-    def _merge(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
+    def _merge(
+        self, data: dict[str, Any], modified: bool, created: float | None, now: float
+    ) -> Outcome:
         """Non-locking mode: applies the keys this request changed to the data stored now.
 
         Keys changed by concurrent requests of the same session survive; for a key changed
@@ -383,7 +383,7 @@ class StoredSession:
                 handle.delete()
                 return self._deleted()
             merged_payload = encode(merged, limit)
-            handle.save(merged_payload, now, _seconds(created))
+            handle.save(merged_payload, now, created)
             self.payload = merged_payload
             return Outcome.SAVED
         finally:

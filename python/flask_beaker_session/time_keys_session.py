@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .beaker_session import BeakerSession
+from .beaker_session import _ABSENT, _ACCESSED, _CREATED, _TIME_KEY_SET, BeakerSession
 from .codec import TIME_KEYS, loads
 from .stored import Outcome
 
 __all__ = ["TimeKeysSession"]
-
-_CREATED, _ACCESSED = TIME_KEYS
-_TIME_KEY_SET = frozenset(TIME_KEYS)
-#: ``dict.get``'s answer for a missing key (no user value can be this object).
-_ABSENT: Any = object()
 
 
 class TimeKeysSession(BeakerSession):
@@ -32,24 +27,22 @@ class TimeKeysSession(BeakerSession):
     as reading the session's identity.
     """
 
-    def _load(self) -> None:
-        if self.loaded:
-            return
-        BeakerSession._load(self)
-        if dict.__contains__(self, _CREATED):
-            return  # a new session (_fill_fresh)
-        # Time keys first (as in a new session and the original package), so that
-        # iteration order and popitem() do not change from one request to the next.
-        data = dict(dict.items(self))
-        dict.clear(self)
-        dict.__setitem__(self, _CREATED, self._created)
-        dict.__setitem__(self, _ACCESSED, self._accessed)
-        dict.update(self, data)
-
     def _fill_fresh(self, now: float) -> None:
         BeakerSession._fill_fresh(self, now)
         dict.__setitem__(self, _CREATED, now)
         dict.__setitem__(self, _ACCESSED, now)
+
+    def _fill_loaded(self, data: dict[str, Any]) -> None:
+        # Time keys first (as in a new session and the original package), so that
+        # iteration order and popitem() do not change from one request to the next.
+        dict.__setitem__(self, _CREATED, self._created)
+        dict.__setitem__(self, _ACCESSED, self._accessed)
+        dict.update(self, data)
+
+    def _read_all(self) -> None:
+        # Every value includes the creation time: reading them reads the identity.
+        self._load()
+        self._stored.keep = True
 
     def _creation_time(self) -> Any:
         return dict.get(self, _CREATED, 0.0)
@@ -69,10 +62,6 @@ class TimeKeysSession(BeakerSession):
         if self._snapshot is not None:
             dict.update(self, loads(self._snapshot))
         self.modified = True
-
-    def _pin(self) -> None:
-        self._load()
-        self._stored.keep = True
 
     def __missing__(self, key: str) -> Any:
         raise KeyError(key)
@@ -97,27 +86,3 @@ class TimeKeysSession(BeakerSession):
         if key == _CREATED:
             self._stored.keep = True
         return dict.get(self, key, default)
-
-    def items(self) -> Any:
-        self._pin()
-        return dict.items(self)
-
-    def values(self) -> Any:
-        self._pin()
-        return dict.values(self)
-
-    def copy(self) -> dict[str, Any]:
-        self._pin()
-        return dict(dict.items(self))
-
-    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        self._pin()
-        return dict(dict.items(self)) | dict(other)
-
-    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        self._pin()
-        return dict(other) | dict(dict.items(self))
-
-    def __reduce__(self) -> Any:
-        self._pin()
-        return (dict, (dict(dict.items(self)),))
