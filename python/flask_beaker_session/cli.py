@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from flask.cli import AppGroup
 
 from . import _core
 from ._log import log_id, logger
-from .codec import encode
+from .codec import PayloadError, encode
 from .config import CREATED_DATA_DIRS, _redacted
 from .errors import LockTimeoutError, SessionTooLargeError, StoreUnavailableError
 from .session_interface import BeakerSessionInterface
@@ -262,12 +261,19 @@ def migrate_command() -> None:
                 continue
             try:
                 legacy = handle.kind != _core.PayloadKind.Record
-                if legacy and not _loadable(handle):
+                try:
+                    decoded = decode_or_remove(handle, store, now, keep_unloadable_legacy=True)
+                except PayloadError as exc:
                     # Its classes are not importable here (but may be in the app, which
                     # migrates it on first use): removing it would log its user out.
+                    logger.warning(
+                        "legacy session %s cannot be unpickled by this command (%s); "
+                        "left for the application to migrate on first use",
+                        log_id(handle.id),
+                        exc,
+                    )
                     skipped += 1
                     continue
-                decoded = decode_or_remove(handle, store, now)
                 if decoded is None:
                     expired += 1
                     continue
@@ -307,19 +313,3 @@ def migrate_command() -> None:
             "files owned by this user and writable only by it (see SECURITY.md)",
             untrusted,
         )
-
-
-def _loadable(handle: _core.Handle) -> bool:
-    """Whether a legacy payload unpickles in this process (logs why not)."""
-    try:
-        pickle.loads(handle.payload)
-    except Exception as exc:
-        logger.warning(
-            "legacy session %s cannot be unpickled by this command (%s: %s); "
-            "left for the application to migrate on first use",
-            log_id(handle.id),
-            type(exc).__name__,
-            exc,
-        )
-        return False
-    return True

@@ -60,10 +60,13 @@ class PayloadError(ValueError):
     is gone, it is garbled) or is not a dict. ``str()`` is ``"<Type>: <message>"`` of the
     underlying error, which is kept in :attr:`cause`."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(self, cause: Exception, *, unpickled: bool = True) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
-        #: The error unpickling raised.
+        #: The error unpickling (or checking the result) raised.
         self.cause = cause
+        #: Whether the payload unpickled (and its shape was wrong): False when unpickling
+        #: itself failed, e.g. for a class this process cannot import.
+        self.unpickled = unpickled
 
 
 def encode(data: dict[str, Any], max_size: int | None = None) -> bytes:
@@ -123,6 +126,9 @@ def decode(
     record = kind == _RECORD
     try:
         data = pickle.loads(payload)
+    except Exception as exc:
+        raise PayloadError(exc, unpickled=False) from exc
+    try:
         if not record and kind == _WRAPPED:
             data = data["session"]
         if not isinstance(data, dict):

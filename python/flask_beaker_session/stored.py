@@ -36,6 +36,7 @@ __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
 _CORRUPT = _core.OpenStatus.Corrupt
 _UNAUTHENTICATED = _core.OpenStatus.Unauthenticated
 _NEWER = _core.OpenStatus.Newer
+_RECORD = _core.PayloadKind.Record
 _UNTRUSTED = _core.OpenStatus.Untrusted
 
 
@@ -71,12 +72,17 @@ def decode_or_remove(
     now: float,
     once: Once = PROCESS,
     payload: bytes | None = None,
+    keep_unloadable_legacy: bool = False,
 ) -> Decoded | None:
     """Decodes an opened record; None, after removing it, if it cannot be used.
 
     Removed: a payload that does not decode (logged once as corrupt: a stored value that
     cannot be loaded must never lock its user out), and a legacy session expired by the
     times kept inside its pickle, which the core could not see when it opened the file.
+
+    :raises PayloadError: with ``keep_unloadable_legacy``, for a legacy payload that does
+        not unpickle in this process, left in place (``migrate``: its classes may be
+        importable in the application, which migrates it on first use).
     """
     try:
         decoded = decode(
@@ -86,6 +92,8 @@ def decode_or_remove(
             handle.last_access,
         )
     except PayloadError as exc:
+        if keep_unloadable_legacy and not exc.unpickled and handle.kind != _RECORD:
+            raise
         once.log(
             CORRUPT,
             logging.WARNING,
