@@ -215,7 +215,8 @@ class StoredSession:
                         "(Beaker) to this package's format",
                         log_id(handle.id),
                     )
-                self.id = self.stored_id = handle.id
+                # The cookie value: the core opened exactly the id it spells.
+                self.id = self.stored_id = value
                 if self.app.config.locking and not self.finished:
                     self.handle = handle
                 else:

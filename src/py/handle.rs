@@ -10,12 +10,15 @@ use pyo3::types::PyBytes;
 use super::enums::PyPayloadKind;
 use super::errors::guarded;
 use crate::error::{StoreError, StoreResult};
+use crate::sid::SessionId;
 use crate::store::{Loaded, SessionHandle};
 
 /// A locked, open session.
 #[pyclass(name = "Handle", module = "flask_beaker_session._core", frozen)]
 pub struct PyHandle {
-    id: String,
+    /// Formatted only when Python asks (the request path names the session by the cookie
+    /// value it opened it with).
+    id: SessionId,
     loaded: Loaded,
     inner: Mutex<Option<Box<dyn SessionHandle>>>,
 }
@@ -24,7 +27,7 @@ impl PyHandle {
     /// Wraps an open session.
     pub fn new(handle: Box<dyn SessionHandle>) -> Self {
         PyHandle {
-            id: handle.id().to_hex(),
+            id: *handle.id(),
             loaded: handle.loaded(),
             inner: Mutex::new(Some(handle)),
         }
@@ -39,8 +42,8 @@ impl PyHandle {
 #[pymethods]
 impl PyHandle {
     #[getter]
-    fn id(&self) -> &str {
-        &self.id
+    fn id(&self) -> String {
+        self.id.to_hex()
     }
 
     #[getter]
