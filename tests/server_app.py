@@ -10,6 +10,9 @@ calls ``init_app``, in the master before it forks):
 * ``FBS_MAX_WAITERS``: ``SESSION_MAX_WAITERS`` (a number, or ``none``; default: the
   package's default).
 * ``FBS_GATE_DIR``: directory of the gate files the holding routes wait for.
+* ``FBS_METRICS``: ``"1"`` for ``SESSION_METRICS`` (and a ``/metrics`` route that serves
+  every worker's metrics, aggregated by ``prometheus_client``'s multiprocess mode: set
+  ``PROMETHEUS_MULTIPROC_DIR`` too).
 * ``FBS_WARMUP_FILE``: if set, the app serves one request to itself at import, storing a
   session (``{"n": 0, "warm": "yes"}``) whose id it writes to that file: with ``--preload``
   this touches the store, its locks and the sweeper in the master before the fork.
@@ -75,7 +78,19 @@ def create_app() -> Flask:
         app.config["SESSION_MAX_WAITERS"] = None if waiters == "none" else int(waiters)
     # No automatic sweep unless a test asks for one (it is on by default).
     app.config["SESSION_SWEEP_INTERVAL"] = float(os.environ.get("FBS_SWEEP") or 0)
+    app.config["SESSION_METRICS"] = os.environ.get("FBS_METRICS") == "1"
     fbs.init_app(app)
+
+    @app.route("/metrics")
+    def metrics() -> Response:
+        """Every worker's metrics (prometheus_client's multiprocess mode), as Prometheus
+        scrapes them."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.route("/inc")
     def inc() -> str:

@@ -38,6 +38,7 @@ __all__ = ["BeakerSession"]
 
 _CREATED, _ACCESSED = TIME_KEYS
 _TIME_KEY_SET = frozenset(TIME_KEYS)
+_CREATED_OUTCOME, _SAVED_OUTCOME = Outcome.CREATED, Outcome.SAVED
 #: ``dict.get``'s answer for a missing key (no user value can be this object).
 _ABSENT: Any = object()
 
@@ -135,6 +136,14 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
             dict(dict.items(self)), self.modified, self._created, now
         )
         return self.outcome
+
+    def written_size(self) -> int | None:
+        """Bytes of data the last :meth:`persist` wrote (None: it wrote no data)."""
+        outcome = self.outcome
+        if outcome is _CREATED_OUTCOME or outcome is _SAVED_OUTCOME:
+            payload = self._stored.payload
+            return None if payload is None else len(payload)
+        return None
 
     def finish(self) -> None:
         """Ends the request's use of the store: releases the lock; a first use after this

@@ -59,6 +59,11 @@ SESSION_READ_LEGACY = True
 #: ``_accessed_time`` listed and counted among the keys.
 SESSION_TIME_KEYS = False
 
+#: Count what the session layer does (opens, saves, lock waits, timeouts, outages, sweeps)
+#: in :mod:`flask_beaker_session.metrics`, exported to Prometheus when ``prometheus_client``
+#: is installed. Off: nothing is counted and the request path does not look at metrics.
+SESSION_METRICS = False
+
 #: Largest session accepted, in bytes of its pickled data (4 MiB). Saving a bigger one
 #: raises :class:`~flask_beaker_session.errors.SessionTooLargeError` naming both sizes (the
 #: request fails, the stored session is unchanged); a stored record announcing more is read
@@ -135,6 +140,7 @@ class SessionConfig:
     absolute_timeout: float | None = None
     locking: bool = True
     time_keys: bool = SESSION_TIME_KEYS
+    metrics: bool = SESSION_METRICS
     sweep_interval: float | None = SESSION_SWEEP_INTERVAL
     max_size: int = SESSION_MAX_SIZE
     redis_url: str = SESSION_REDIS_URL
@@ -444,6 +450,7 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         ),
         locking=_bool("SESSION_LOCKING", config.get("SESSION_LOCKING", SESSION_LOCKING)),
         time_keys=_bool("SESSION_TIME_KEYS", config.get("SESSION_TIME_KEYS", SESSION_TIME_KEYS)),
+        metrics=_bool("SESSION_METRICS", config.get("SESSION_METRICS", SESSION_METRICS)),
         redis_url=redis_url,
         redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
         redis_connect_timeout=_positive(

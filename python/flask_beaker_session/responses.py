@@ -29,18 +29,22 @@ Body = tuple[str, int, dict[str, str]]
 _RETRY = {"Retry-After": "1", "Content-Type": "text/plain; charset=utf-8"}
 
 
-def _once() -> Once:
-    """The current app's :class:`Once` (the process-wide one outside an app)."""
+def _state() -> AppState | None:
+    """The current app's session state (None outside an app, or for another interface)."""
     if has_app_context():
         state = getattr(current_app.session_interface, "state", None)
         if isinstance(state, AppState):
-            return state.once
-    return PROCESS
+            return state
+    return None
 
 
 def lock_timeout_response(error: LockTimeoutError) -> Body:
     """Another request of the same session held it too long (logged once per app)."""
-    _once().log(LOCK_TIMEOUT, logging.WARNING, "session lock timeout: %s", error)
+    state = _state()
+    once: Once = PROCESS if state is None else state.once
+    once.log(LOCK_TIMEOUT, logging.WARNING, "session lock timeout: %s", error)
+    if state is not None and state.metrics is not None:
+        state.metrics.count("lock_timeouts")
     return ("The session is busy with another request; please retry.", 503, _RETRY)
 
 
@@ -49,6 +53,9 @@ def unavailable_response(error: StoreUnavailableError) -> Body:
     process, with the number of failures left out meanwhile (an outage fails every request:
     one line each would flood the log)."""
     OUTAGES.log("unavailable", logging.ERROR, "session store unavailable: %s", error)
+    state = _state()
+    if state is not None and state.metrics is not None:
+        state.metrics.count("store_unavailable")
     return ("The session store is unavailable; please retry.", 503, _RETRY)
 
 

@@ -73,7 +73,7 @@ class BeakerSessionInterface(SessionInterface):
         self.state = AppState(config, clock)
         #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
         self.sweeper = (
-            AutoSweeper(self.state.store, config.sweep_interval, self.state.now)
+            AutoSweeper(self.state.store, config.sweep_interval, self.state.now, self.state.metrics)
             if config.sweep_interval
             else None
         )
@@ -182,13 +182,16 @@ class BeakerSessionInterface(SessionInterface):
             if not session.loaded or response.status_code >= 500:
                 return
             try:
-                session.persist(self.state.clock())
+                outcome = session.persist(self.state.clock())
             except (StoreUnavailableError, LockTimeoutError) as exc:
                 # Flask's error handlers do not run for errors raised here.
                 retry_later(response, exc)
                 return
+            metrics = self.state.metrics
+            if metrics is not None:
+                metrics.saved(outcome, session.written_size())
             # The one place a session cookie is set or expired.
-            if session.outcome is Outcome.DELETED:
+            if outcome is Outcome.DELETED:
                 response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
             elif self.should_set_cookie(app, session):
                 response.set_cookie(

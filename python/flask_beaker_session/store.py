@@ -22,6 +22,7 @@ from . import _core
 from ._log import Once
 from .config import SessionConfig
 from .errors import ConfigurationError
+from .metrics import process_metrics
 
 __all__ = ["AppState", "Clock", "build_store", "system_clock"]
 
@@ -98,6 +99,8 @@ class AppState:
         #: Where "now" comes from; read at each call of :meth:`now`, so replacing it takes
         #: effect for the next request and the next sweep.
         self.clock: Clock = clock
+        #: The process's metrics with ``SESSION_METRICS`` on, else None (nothing counted).
+        self.metrics = process_metrics() if config.metrics else None
 
     def now(self) -> float:
         """The current time (epoch seconds) by this application's clock."""

@@ -24,11 +24,13 @@ from __future__ import annotations
 import enum
 import logging
 import pickle
+from time import perf_counter
 from typing import Any, Optional
 
 from . import _core
 from ._log import CORRUPT, LEGACY, NEWER, PROCESS, UNAUTHENTICATED, Once, log_id
 from .codec import Decoded, PayloadError, decode, encode, loads, same, seconds, unchanged
+from .metrics import Metrics
 from .store import AppState
 
 __all__ = ["Loaded", "Outcome", "StoredSession", "decode_or_remove", "merge"]
@@ -73,6 +75,7 @@ def decode_or_remove(
     once: Once = PROCESS,
     payload: bytes | None = None,
     keep_unloadable_legacy: bool = False,
+    metrics: Metrics | None = None,
 ) -> Decoded | None:
     """Decodes an opened record; None, after removing it, if it cannot be used.
 
@@ -94,6 +97,8 @@ def decode_or_remove(
     except PayloadError as exc:
         if keep_unloadable_legacy and not exc.unpickled and handle.kind != _RECORD:
             raise
+        if metrics is not None:
+            metrics.count("corrupt_payloads")
         once.log(
             CORRUPT,
             logging.WARNING,
@@ -199,10 +204,19 @@ class StoredSession:
         """Opens the session the cookie names; None (with a fresh id) if there is none."""
         value = self.cookie_value
         if value is not None:
-            status, handle = self.app.store.open(value, now)
+            metrics = self.app.metrics
+            if metrics is None:
+                status, handle = self.app.store.open(value, now)
+            else:
+                started = perf_counter()
+                status, handle = self.app.store.open(value, now)
+                # (A found session is counted without hashing its status: a native call.)
+                metrics.opened(None if handle is not None else status, perf_counter() - started)
             if handle is not None:
                 payload = handle.payload
-                decoded = decode_or_remove(handle, self.app.store, now, self.app.once, payload)
+                decoded = decode_or_remove(
+                    handle, self.app.store, now, self.app.once, payload, metrics=metrics
+                )
                 if decoded is None:
                     self.start_fresh()
                     return None

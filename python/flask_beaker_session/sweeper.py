@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 
 from . import _core, _fork
 from ._log import PROCESS, logger
+from .metrics import Metrics
 from .store import Clock
 
 __all__ = ["AutoSweeper", "stop_all"]
@@ -63,13 +65,21 @@ def stop_all() -> None:
 class AutoSweeper:
     """Sweeps one store in the background of every process that uses it."""
 
-    def __init__(self, store: _core.Store, interval: float, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: _core.Store,
+        interval: float,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
         #: The store swept.
         self.store = store
         #: Seconds between sweeps.
         self.interval = interval
         #: Where "now" comes from (the app's clock, read at each sweep).
         self.clock = clock
+        #: Where each sweep is counted (``SESSION_METRICS``), or None.
+        self.metrics = metrics
         #: The counts of the last sweep this process ran, or None.
         self.last_report: _core.Report | None = None
         #: The fork generation (``_fork.FORKS.generation``) whose process runs the thread
@@ -107,8 +117,11 @@ class AutoSweeper:
     def sweep_once(self) -> _core.Report | None:
         """Sweeps now if no process did in the last interval; returns the counts."""
         # One thread: a background sweep must not compete with requests for every core.
+        started = time.perf_counter()
         report = self.store.sweep_if_due(self.clock(), self.interval, 1)
         if report is not None:
+            if self.metrics is not None:
+                self.metrics.swept(report, time.perf_counter() - started)
             self.last_report = report
             logger.info(
                 "swept %s: removed %d expired, %d corrupt, %d temporary; %d live",
