@@ -319,7 +319,8 @@ class StoredSession:
         propagates; :meth:`release` (which ``save_session`` always calls) then gives up
         whatever lock is still held.
         """
-        created_at = seconds(created)
+        # (The usual value is the float loading gave: no call for it.)
+        created_at = created if type(created) is float else seconds(created)
         if self.handle is None and self.stored_id is not None:
             return self._merge(data, modified, created_at, now)
         handle = self.handle
