@@ -77,6 +77,9 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     #: What the end of the request did with the stored session (None before), for
     #: :meth:`~flask_beaker_session.session_interface.BeakerSessionInterface.should_set_cookie`.
     outcome: Outcome | None = None
+    #: Whether ``_creation_time`` and ``_accessed_time`` are keys of the mapping
+    #: (:class:`~flask_beaker_session.time_keys_session.TimeKeysSession`).
+    _time_keys_in_mapping = False
     #: Whether the stored session was ``permanent`` when loaded: a save that changes it
     #: must re-send the cookie with the other kind of expiry.
     was_permanent = False
@@ -86,7 +89,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     _stored: StoredSession
 
     def __init__(self, app: AppState, cookie_value: str | None) -> None:
-        super().__init__()
+        # (No dict.__init__: the mapping starts empty, and it runs on every request.)
         self._app = app
         self._cookie_value = cookie_value
 
@@ -110,16 +113,17 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         data, created, self._snapshot = loaded
         self._created = created if created else now
         self._accessed = now
-        self._fill_loaded(data)
+        if self._time_keys_in_mapping:
+            # Time keys first (as in a new session and the original package), so that
+            # iteration order and popitem() do not change from one request to the next.
+            dict.__setitem__(self, _CREATED, self._created)
+            dict.__setitem__(self, _ACCESSED, now)
+        dict.update(self, data)
         self.was_permanent = bool(dict.get(self, "_permanent", False))
 
     def _fill_fresh(self, now: float) -> None:
         self._snapshot = None
         self._created = self._accessed = now
-
-    def _fill_loaded(self, data: dict[str, Any]) -> None:
-        """Puts the loaded user keys into the mapping (the time keys stay outside it)."""
-        dict.update(self, data)
 
     def _read_all(self) -> None:
         """Loads before a read that returns every value (``items()``, ``copy()`` …)."""

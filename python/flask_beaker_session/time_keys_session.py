@@ -27,17 +27,12 @@ class TimeKeysSession(BeakerSession):
     as reading the session's identity.
     """
 
+    _time_keys_in_mapping = True
+
     def _fill_fresh(self, now: float) -> None:
         BeakerSession._fill_fresh(self, now)
         dict.__setitem__(self, _CREATED, now)
         dict.__setitem__(self, _ACCESSED, now)
-
-    def _fill_loaded(self, data: dict[str, Any]) -> None:
-        # Time keys first (as in a new session and the original package), so that
-        # iteration order and popitem() do not change from one request to the next.
-        dict.__setitem__(self, _CREATED, self._created)
-        dict.__setitem__(self, _ACCESSED, self._accessed)
-        dict.update(self, data)
 
     def _read_all(self) -> None:
         # Every value includes the creation time: reading them reads the identity.
