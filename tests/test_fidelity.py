@@ -24,6 +24,7 @@ from flask import session as flask_session
 from flask_beaker_session import session as fbs
 from flask_beaker_session.errors import ConfigurationError
 from helpers import (
+    COOKIE,
     SID_RE,
     FakeClock,
     build_app,
@@ -683,3 +684,26 @@ def test_leaving_permanent_re_sends_a_browser_session_cookie(data_dir: Path) -> 
     cookie = client.get("/permanent/0").headers.get("Set-Cookie")
     assert cookie is not None and "Expires=" not in cookie
     assert "Expires=" in client.get("/permanent/1").headers["Set-Cookie"]
+
+
+def test_subclass_should_set_cookie_is_asked_for_unchanged_sessions(data_dir: Path) -> None:
+    """A subclass's ``should_set_cookie`` decides even for an unchanged, non-permanent
+    session (which the package's own hook answers without a call)."""
+    from flask_beaker_session.session_interface import BeakerSessionInterface
+
+    asked: list[bool] = []
+
+    class Always(BeakerSessionInterface):
+        def should_set_cookie(self, app: Flask, session: Any) -> bool:
+            asked.append(True)
+            return True
+
+    app = build_app(data_dir)
+    client = app.test_client()
+    client.get("/set/a/1")
+    sid = cookie_of(client)
+    assert client.get("/get/a").headers.getlist("Set-Cookie") == []  # the package's rule
+    app.session_interface = Always(app.session_interface.config)  # type: ignore[attr-defined]
+    reply = client_with(app, sid).get("/get/a")
+    assert reply.text == "1" and asked
+    assert any(h.startswith(f"{COOKIE}={sid}") for h in reply.headers.getlist("Set-Cookie"))

@@ -48,6 +48,7 @@ __all__ = ["BeakerSession", "BeakerSessionInterface", "release_request_sessions"
 _ENVIRON_KEY = "flask_beaker_session.sessions"
 #: Outcomes after which a refreshing (persistent) cookie is re-sent.
 _WRITTEN = (Outcome.SAVED, Outcome.TOUCHED)
+_UNCHANGED = Outcome.UNCHANGED
 
 
 class BeakerSessionInterface(SessionInterface):
@@ -71,6 +72,11 @@ class BeakerSessionInterface(SessionInterface):
             self.session_class = TimeKeysSession
         #: What this application's sessions share: the store, the clock, the log.
         self.state = AppState(config, clock)
+        #: Whether ``should_set_cookie`` is this class's own (not a subclass's): then an
+        #: unchanged, non-permanent session is answered without calling it.
+        self._own_should_set_cookie = (
+            type(self).should_set_cookie is BeakerSessionInterface.should_set_cookie
+        )
         #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
         self.sweeper = (
             AutoSweeper(self.state.store, config.sweep_interval, self.state.now, self.state.metrics)
@@ -190,6 +196,12 @@ class BeakerSessionInterface(SessionInterface):
             metrics = self.state.metrics
             if metrics is not None:
                 metrics.saved(outcome, session.written_size())
+            if (
+                outcome is _UNCHANGED
+                and self._own_should_set_cookie
+                and not dict.get(session, "_permanent", False)
+            ):
+                return  # the most common end of a request: no cookie (should_set_cookie)
             # The one place a session cookie is set or expired.
             if outcome is Outcome.DELETED:
                 response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
