@@ -142,7 +142,9 @@ class PostgresServer:
     def connections(self, application: str = "flask-beaker-session") -> int:
         """Client connections of ``application`` open now."""
         return int(
-            self.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'")
+            self.psql(
+                f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'"
+            )
         )
 
     def close(self) -> None:

@@ -127,7 +127,9 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> B
     pg = None
     if kind == "postgresql":
         pg = request.getfixturevalue("postgres_server")
-        config.update(SESSION_DATABASE_URL=pg.url(), SESSION_DATABASE_TABLE=table_for(tmp_path.name))
+        config.update(
+            SESSION_DATABASE_URL=pg.url(), SESSION_DATABASE_TABLE=table_for(tmp_path.name)
+        )
     return Backend(kind, tmp_path / "sessions", prefix, server, config, pg)
 
 

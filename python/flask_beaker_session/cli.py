@@ -3,8 +3,8 @@
 ``sweep`` removes expired sessions and leftovers (``--dry-run``: says what it would
 remove), ``stats`` describes the store, ``clear`` removes every session, ``migrate``
 converts the original package's Beaker files, ``init-db`` creates the PostgreSQL table
-(idempotent; a deploy step for roles that should not run DDL at request time). Each runs against the data directory of the
-app that ``flask`` loads, with that app's configuration.
+(idempotent; a deploy step for roles that should not run DDL at request time). Each runs
+against the data directory of the app that ``flask`` loads, with that app's configuration.
 
 ``stats --json`` prints one object, :data:`STATS_SCHEMA` (documented in the README); it
 never holds the sweep-only counts (``removed``, ``bytes_freed``).

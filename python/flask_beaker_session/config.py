@@ -451,7 +451,8 @@ def _identifier(key: str, value: Any, maximum: int, allow_none: bool) -> str | N
     """A table or schema name: letters, digits and ``_``, not starting with a digit."""
     if value is None and allow_none:
         return None
-    if not isinstance(value, str) or not re.fullmatch(rf"[A-Za-z_][A-Za-z0-9_]{{0,{maximum - 1}}}", value):
+    pattern = rf"[A-Za-z_][A-Za-z0-9_]{{0,{maximum - 1}}}"
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
         raise _fail(
             key,
             value,
@@ -563,12 +564,15 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         database_connect_timeout=_positive(
             config, "SESSION_DATABASE_CONNECT_TIMEOUT", SESSION_DATABASE_CONNECT_TIMEOUT, _DAY
         ),
-        database_timeout=_positive(config, "SESSION_DATABASE_TIMEOUT", SESSION_DATABASE_TIMEOUT, _DAY),
+        database_timeout=_positive(
+            config, "SESSION_DATABASE_TIMEOUT", SESSION_DATABASE_TIMEOUT, _DAY
+        ),
         database_lock_ttl=_positive(
             config, "SESSION_DATABASE_LOCK_TTL", SESSION_DATABASE_LOCK_TTL, _DAY
         ),
         database_create=_bool(
-            "SESSION_DATABASE_CREATE", config.get("SESSION_DATABASE_CREATE", SESSION_DATABASE_CREATE)
+            "SESSION_DATABASE_CREATE",
+            config.get("SESSION_DATABASE_CREATE", SESSION_DATABASE_CREATE),
         ),
         database_tls_ca_certs=_pem(
             config, "SESSION_DATABASE_TLS_CA_CERTS", "CA certificates", b"-----BEGIN CERTIFICATE"
