@@ -8,7 +8,9 @@ developer machine, but fail under CI (``CI`` set), where ``.ci/run`` installs th
 ``initdb`` refuses to run as root: then the cluster belongs to the ``postgres`` user
 (``runuser``), in a temp dir of its own under the system temp dir (pytest's are 0700 root).
 The server listens on a free port of 127.0.0.1 and on a Unix socket in that dir, trusts
-every local connection, and skips fsync (the data is thrown away).
+every local connection, and skips fsync (the data is thrown away). It also offers TLS with
+a certificate for 127.0.0.1 from a private CA (``ca_pem``; trustme), and ``other_ca_pem``
+is a CA that did not sign it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,27 @@ class PostgresServer:
         self.port = free_port()
         self._run([self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
                    "-E", "UTF8", "--no-sync", "--no-instructions"])  # fmt: skip
+        self.ca_pem, self.other_ca_pem = self._certificates()
+
+    def _certificates(self) -> tuple[Path, Path]:
+        """A server certificate for 127.0.0.1 in the data dir (owned by the server's
+        user, key 0600 as the server demands), and the PEM files of two CAs."""
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1")
+        ca_pem, other = self.workdir / "ca.pem", self.workdir / "other-ca.pem"
+        ca.cert_pem.write_to_path(str(ca_pem))
+        trustme.CA().cert_pem.write_to_path(str(other))
+        key, cert = self.data / "server.key", self.data / "server.crt"
+        issued.private_key_pem.write_to_path(str(key))
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        os.chmod(key, 0o600)
+        if self.as_user:
+            user = pwd.getpwnam("postgres")
+            for path in (key, cert):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        return ca_pem, other
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -90,7 +113,7 @@ class PostgresServer:
         options = (
             f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=300 -c shared_buffers=32MB"
+            "-c max_connections=300 -c shared_buffers=32MB -c ssl=on"
         )
         for _attempt in range(3):
             try:

@@ -103,9 +103,7 @@ def test_touch_writes_only_the_access_time(
     assert client.get("/get/a").text == "1"
 
 
-def test_init_db_is_idempotent(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
-) -> None:
+def test_init_db_is_idempotent(tmp_path: Path, postgres_server: PostgresServer, table: str) -> None:
     """``flask beaker-session init-db`` creates the table once; run again it changes
     nothing and says so; sessions work on the table it made."""
     app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_CREATE=False)
@@ -116,7 +114,9 @@ def test_init_db_is_idempotent(
     second = runner.invoke(args=["beaker-session", "init-db"])
     assert second.exit_code == 0, second.output
     assert "already exists" in second.output
-    assert postgres_server.psql(f"SELECT count(*) FROM pg_indexes WHERE tablename = '{table}'") == "2"
+    assert (
+        postgres_server.psql(f"SELECT count(*) FROM pg_indexes WHERE tablename = '{table}'") == "2"
+    )
     client = app.test_client()
     assert client.get("/inc").text == "1"
     assert client.get("/inc").text == "2"
@@ -274,6 +274,41 @@ def test_silent_server_gives_503_within_the_timeouts(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2.5
 
 
+def test_tls_verifies_the_server_certificate(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """sslmode=require with the CA that signed the server's certificate: sessions work
+    over TLS (pg_stat_ssl says so); with another CA (or the public ones): 503, never a
+    connection that skips the check."""
+    name = f"fbs-tls-{table}"
+    url = postgres_server.url().replace(
+        "sslmode=disable",
+        f"sslmode=require&application_name={name}&options=-c%20search_path%3Dpublic",
+    )
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=url,
+        SESSION_DATABASE_TLS_CA_CERTS=str(postgres_server.ca_pem),
+    )
+    client = app.test_client()
+    assert [client.get("/inc").text for _ in range(2)] == ["1", "2"]
+    assert postgres_server.psql(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        f"WHERE a.application_name = '{name}'"
+    ) == "t"  # fmt: skip
+    for ca in (str(postgres_server.other_ca_pem), None):
+        untrusted = pg_app(
+            tmp_path,
+            postgres_server,
+            table,
+            SESSION_DATABASE_URL=url,
+            SESSION_DATABASE_TLS_CA_CERTS=ca,
+        )
+        assert untrusted.test_client().get("/inc").status_code == 503
+
+
 def test_statement_timeout_gives_503(
     tmp_path: Path, postgres_server: PostgresServer, table: str
 ) -> None:
@@ -392,6 +427,7 @@ def test_worker_killed_mid_request_leaks_no_connection(
         port = int(proc.stdout.readline())
         sid = http_get(port, "/inc")[1]
         assert sid is not None
+
         def hold() -> None:
             with contextlib.suppress(OSError):  # the server dies under it
                 http_get(port, "/hold", sid, timeout=30)
@@ -483,7 +519,9 @@ def worker_pids(server: Server) -> set[int]:
     return pids
 
 
-def test_gunicorn_many_sessions(tmp_path: Path, postgres_server: PostgresServer, table: str) -> None:
+def test_gunicorn_many_sessions(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
     """gunicorn -w 4: MANY sessions created by 8 clients, each then incremented once
     more: every request a 200, every counter exactly 2, MANY rows."""
     with gunicorn(tmp_path, "-w", "4", env=pg_env(postgres_server, table)) as server:
