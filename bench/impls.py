@@ -35,8 +35,8 @@ SECRET_KEY = "bench-secret-key"
 REDIS_URL_ENV = "BENCH_REDIS_URL"
 #: The Redis client of Flask-Session's venv (ours talks to Redis from Rust).
 REDIS_CLIENT = "redis==8.1.0"
-#: Environment variable through which the runner hands its PostgreSQL cluster to the apps
-#: (``postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=disable``).
+#: Environment variable through which the runner hands its PostgreSQL cluster to the
+#: apps (``postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=disable``).
 POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
 
 
@@ -178,7 +178,9 @@ def postgres_url() -> str:
     """The runner's PostgreSQL cluster (``BENCH_POSTGRES_URL``)."""
     url = os.environ.get(POSTGRES_URL_ENV)
     if not url:
-        raise RuntimeError(f"{POSTGRES_URL_ENV} is not set (the runner starts PostgreSQL)")
+        raise RuntimeError(
+            f"{POSTGRES_URL_ENV} is not set (the runner starts PostgreSQL)"
+        )
     return url
 
 
@@ -212,7 +214,9 @@ def setup_flask_session_sqlalchemy(app: Flask, data_dir: str) -> None:
 
     url = postgres_url()
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        SQLALCHEMY_DATABASE_URI=url.replace(
+            "postgresql://", "postgresql+psycopg2://", 1
+        ),
         SESSION_TYPE="sqlalchemy",
         SESSION_SQLALCHEMY_TABLE=postgres_table("flask_session", data_dir),
         SESSION_PERMANENT=False,

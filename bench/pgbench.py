@@ -1,11 +1,11 @@
 """The PostgreSQL comparison's server (standard library only).
 
 ``server()``: a throwaway PostgreSQL cluster (``initdb`` in a temp dir, trust
-authentication, ``fsync=off``: the data is thrown away) on a free 127.0.0.1 port, its URL
-exported in ``BENCH_POSTGRES_URL`` while it runs, always stopped and removed. ``initdb``
-refuses to run as root: then the cluster belongs to the ``postgres`` user (``runuser``).
-The binaries are Debian's (``apt-get install postgresql``: ``/usr/lib/postgresql/*/bin``)
-or whatever ``PATH`` has.
+authentication, ``fsync=off``: the data is thrown away) on a free 127.0.0.1 port, its
+URL exported in ``BENCH_POSTGRES_URL`` while it runs, always stopped and removed.
+``initdb`` refuses to run as root: then the cluster belongs to the ``postgres`` user
+(``runuser``). The binaries are Debian's (``apt-get install postgresql``:
+``/usr/lib/postgresql/*/bin``) or whatever ``PATH`` has.
 """
 
 from __future__ import annotations
@@ -56,8 +56,28 @@ def server() -> Iterator[dict[str, Any]]:
             [*as_user, *args], capture_output=True, text=True, check=True, cwd=directory
         ).stdout
 
-    run(initdb, "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "--no-instructions")
-    run(pg_ctl, "-D", data, "-l", os.path.join(directory, "log"), "-o", settings, "-w", "start")
+    run(
+        initdb,
+        "-D",
+        data,
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "--no-sync",
+        "--no-instructions",
+    )
+    run(
+        pg_ctl,
+        "-D",
+        data,
+        "-l",
+        os.path.join(directory, "log"),
+        "-o",
+        settings,
+        "-w",
+        "start",
+    )
     previous = os.environ.get(POSTGRES_URL_ENV)
     try:
         url = f"postgresql://postgres@{HOST}:{port}/postgres?sslmode=disable"

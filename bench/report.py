@@ -596,22 +596,28 @@ def redis_markdown(results: dict[str, Any]) -> str:
 
 def postgres_markdown(results: dict[str, Any]) -> str:
     """The PostgreSQL comparison: ours' PostgreSQL store vs. ours' Redis store and
-    Flask-Session's SQLAlchemy backend on the same PostgreSQL (ratios: ours_postgres over
-    each)."""
+    Flask-Session's SQLAlchemy backend on the same PostgreSQL (ratios: ours_postgres
+    over each)."""
     pg = results["summary"]["postgres"]
-    names = [POSTGRES_OURS, *[n for n in results["postgres_impls"] if n != POSTGRES_OURS]]
+    names = [
+        POSTGRES_OURS,
+        *[n for n in results["postgres_impls"] if n != POSTGRES_OURS],
+    ]
     plan = results["plan"]
+    version = pg["server"]["version"]
+    rounds, requests = plan["redis_rounds"], plan["redis_requests"]
     return (
         "\n\n".join(
             [
                 run_line(results),
-                f"One throwaway PostgreSQL cluster ({pg['server']['version']}, 127.0.0.1, "
-                "`fsync=off`, `synchronous_commit=off`) shared by both PostgreSQL stores "
-                "(a table each); `ours_redis` on a `redis-server` of the same run.",
+                f"One throwaway PostgreSQL cluster ({version}, 127.0.0.1, "
+                "`fsync=off`, `synchronous_commit=off`) shared by both PostgreSQL "
+                "stores (a table each); `ours_redis` on a `redis-server` of the same "
+                "run.",
                 "Session overhead per request, Flask test client (µs; median of "
-                f"{plan['redis_rounds']} interleaved rounds of {plan['redis_requests']} "
-                "requests; ratios: ours_postgres / peer, median of per-round paired "
-                "ratios):\n\n" + micro_table(pg["micro"], names, POSTGRES_OURS, REDIS_ROWS),
+                f"{rounds} interleaved rounds of {requests} requests; ratios: "
+                "ours_postgres / peer, median of per-round paired ratios):\n\n"
+                + micro_table(pg["micro"], names, POSTGRES_OURS, REDIS_ROWS),
                 "gunicorn sync workers on 127.0.0.1 (client: 2 threads per worker, one "
                 f"connection per request, {plan['load_seconds']:g} s per run, "
                 f"{plan['redis_load_rounds']} round(s)):\n\n"

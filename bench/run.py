@@ -358,9 +358,15 @@ def run_postgres(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
     with redisbench.server(), pgbench.server() as server:
         log(f"{server['version']} on {server['url']}")
         micro = micro_rounds(
-            pythons, plan.redis_rounds, plan.redis_requests, "pg-micro", only=REDIS_SCENARIOS
+            pythons,
+            plan.redis_rounds,
+            plan.redis_requests,
+            "pg-micro",
+            only=REDIS_SCENARIOS,
         )
-        runs = run_gunicorn(pythons, plan, plan.redis_load_workers, plan.redis_load_rounds)
+        runs = run_gunicorn(
+            pythons, plan, plan.redis_load_workers, plan.redis_load_rounds
+        )
     return {"server": server, "micro": micro, "gunicorn": runs}
 
 
@@ -449,7 +455,10 @@ def main(argv: list[str]) -> int:
         skip |= {*FILE_PHASES, "redis"}
         names = []
         if not (pgbench.available() and redisbench.available()):
-            raise SystemExit("no PostgreSQL or redis-server (apt-get install postgresql redis-server)")
+            raise SystemExit(
+                "no PostgreSQL or redis-server "
+                "(apt-get install postgresql redis-server)"
+            )
     else:
         # Only on request: the PostgreSQL comparison needs its own venvs and servers.
         skip.add("postgres")
