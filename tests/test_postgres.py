@@ -152,6 +152,32 @@ def test_stats_sweep_clear_commands(
     assert postgres_server.psql(f'SELECT count(*) FROM "{table}"') == "0"
 
 
+def test_sweeper_thread_deletes_expired_rows(
+    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
+) -> None:
+    """The automatic sweeper's pass on PostgreSQL: expired rows deleted by the indexed
+    expiry column, live rows and a row locked by a live request kept."""
+    app = pg_app(tmp_path, postgres_server, table, SESSION_TIMEOUT=100, SESSION_SWEEP_INTERVAL=600)
+    clock.install(app)
+    old = [app.test_client() for _ in range(3)]
+    for client in old:
+        client.get("/inc")
+    clock.advance(150)
+    app.test_client().get("/inc")
+    sweeper = interface_of(app).sweeper
+    assert sweeper is not None
+    locked_sid = cookie_of(old[0])
+    assert locked_sid is not None
+    _, held = store_of(app).open(locked_sid, clock.now - 150)  # as a request from before
+    assert held is not None
+    try:
+        report = sweeper.sweep_once()
+    finally:
+        held.release()
+    assert report is not None and report.expired == report.removed == 2
+    assert postgres_server.psql(f'SELECT count(*) FROM "{table}"') == "2"
+
+
 def test_read_only_role_never_runs_ddl(
     tmp_path: Path, postgres_server: PostgresServer, table: str
 ) -> None:

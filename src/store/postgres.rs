@@ -266,8 +266,18 @@ fn expires_at(expiry: &Expiry, created: f64, last_access: f64) -> Option<f64> {
     }
 }
 
-fn count(row: &tokio_postgres::Row, i: usize) -> u64 {
-    u64::try_from(row.get::<_, i64>(i)).unwrap_or(0)
+/// Column `i` of `row` as `T`; a table whose columns were altered to other types is an
+/// unusable store (`StoreError::Unavailable`), never a panic.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> StoreResult<T> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Unavailable(format!("postgresql: unexpected column {i}: {e}")))
+}
+
+fn count(row: &tokio_postgres::Row, i: usize) -> StoreResult<u64> {
+    Ok(u64::try_from(column::<i64>(row, i)?).unwrap_or(0))
 }
 
 /// What the lock statement found.
@@ -327,11 +337,11 @@ impl Shared {
             let Some(row) = rows.first() else {
                 return Ok(Locked::Missing);
             };
-            if row.get::<_, bool>(0) {
+            if column::<bool>(row, 0)? {
                 if !orphan.is_empty() {
                     lock(self.orphans()).remove(digest);
                 }
-                return Ok(Locked::Got(row.get(1), row.get(2)));
+                return Ok(Locked::Got(column(row, 1)?, column(row, 2)?));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -349,13 +359,13 @@ impl Shared {
         let Some(row) = rows.first() else {
             return Ok(report);
         };
-        report.records = count(row, 0);
-        report.bytes = count(row, 1);
-        report.expired = count(row, 2);
+        report.records = count(row, 0)?;
+        report.bytes = count(row, 1)?;
+        report.expired = count(row, 2)?;
         report.live = report.records.saturating_sub(report.expired);
         let mut below = 0;
         for (i, slot) in report.sizes.iter_mut().take(SIZE_BUCKETS.len()).enumerate() {
-            let upto = count(row, 3 + i);
+            let upto = count(row, 3 + i)?;
             *slot = upto.saturating_sub(below);
             below = upto;
         }
@@ -372,7 +382,10 @@ impl Shared {
                 Some(now) => self.query(sql, &[(&now, Type::FLOAT8), (&BATCH, Type::INT8)])?,
                 None => self.query(sql, &[(&BATCH, Type::INT8)])?,
             };
-            let (n, bytes) = rows.first().map_or((0, 0), |r| (count(r, 0), count(r, 1)));
+            let (n, bytes) = match rows.first() {
+                Some(r) => (count(r, 0)?, count(r, 1)?),
+                None => (0, 0),
+            };
             rows_total += n;
             bytes_total += bytes;
             if n < BATCH as u64 {
@@ -522,6 +535,20 @@ impl Store for PostgresStore {
                 })
             }
         }
+    }
+
+    /// The sweeper thread's pass: only the indexed `DELETE`s (no count of the whole
+    /// table, which `walk` makes for `flask beaker-session sweep`). Concurrent sweeps of
+    /// several workers skip each other's rows (`SKIP LOCKED`), so none is coordinated.
+    fn sweep_if_due(&self, now: f64, _interval: f64, _: usize) -> StoreResult<Option<Report>> {
+        let shared = &self.shared;
+        let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
+        Ok(Some(Report {
+            expired: removed,
+            removed,
+            bytes_freed: bytes,
+            ..Report::default()
+        }))
     }
 
     fn init_schema(&self) -> StoreResult<Option<bool>> {

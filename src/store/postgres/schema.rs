@@ -100,7 +100,10 @@ impl Table {
             "SELECT to_regclass($1) IS NOT NULL",
             &[(&self.qualified, Type::TEXT)],
         )?;
-        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+        Ok(rows
+            .first()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .unwrap_or(false))
     }
 
     /// Creates the table and its index unless they exist (idempotent); true if the table
