@@ -519,19 +519,39 @@ def drive(server: Server, sid: str, count: int, keepalive: bool) -> Counter[int]
     return statuses
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-connect", "preload"])
 def test_gunicorn_shared_session_loses_no_update(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, preload: bool
 ) -> None:
     """gunicorn -w 4: 8 clients x 25 increments of ONE session spread over the workers:
-    every request a 200, the counter exactly 1 + 200."""
-    with gunicorn(tmp_path, "-w", "4", env=pg_env(postgres_server, table)) as server:
-        sid = _new_session(server)
+    every request a 200, the counter exactly 1 + 200. With ``--preload`` the master
+    created and read the session (so it holds pooled connections) before forking: the
+    workers use connections of their own."""
+    env = pg_env(postgres_server, table)
+    args = ["-w", "4"]
+    if preload:
+        env["FBS_WARMUP_FILE"] = str(tmp_path / "warm.sid")
+        args.append("--preload")
+    with gunicorn(tmp_path, *args, env=env) as server:
+        if preload:
+            sid = (tmp_path / "warm.sid").read_text()
+            assert client_get_text(server, sid, "/inc") == "1"
+        else:
+            sid = _new_session(server)
         with ThreadPoolExecutor(max_workers=8) as pool:
             tallies = list(pool.map(lambda i: drive(server, sid, 25, i % 2 == 0), range(8)))
         total = sum(tallies, Counter())
         assert total == Counter({200: 200}), server.log_tail()
         assert _dump(server, sid)["n"] == 201
         assert len({w for w in worker_pids(server)}) == 4
+
+
+def client_get_text(server: Server, sid: str, path: str) -> str:
+    client = server.client(sid)
+    try:
+        return client.get(path).text
+    finally:
+        client.close()
 
 
 def worker_pids(server: Server) -> set[int]:
