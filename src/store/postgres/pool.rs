@@ -4,15 +4,20 @@
 //! every round trip is bounded by a client-side timeout as well as by the server's
 //! `statement_timeout` (which a stalled or unreachable server never enforces).
 //!
-//! Each statement runs on its own (autocommit, one round trip with `query_typed`): no
-//! connection is ever left inside a transaction, and one is taken from the pool only for
-//! the duration of a statement, never while a request waits for a session lock.
+//! Each statement runs on its own (autocommit, one round trip): no connection is ever left
+//! inside a transaction, and one is taken from the pool only for the duration of a
+//! statement, never while a request waits for a session lock. Each connection prepares a
+//! statement the first time it sends it and keeps it (the server then neither parses nor
+//! plans it again); a connection that met a server error forgets its statements (the
+//! table may have been dropped and created again).
 //!
 //! Fork safety: the pool is per fork generation (`crate::lock::ForkLocal`). A child never
 //! uses, drops or waits on what it inherited: dropping an inherited client could send the
 //! server a `Terminate` on the parent's socket, so inherited idle connections are leaked
 //! (`mem::forget`), and a connection taken out before a fork is never given back after it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +25,7 @@ use tokio::runtime::{Builder, Runtime};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{StoreError, StoreResult};
@@ -29,10 +34,11 @@ use crate::lock::{generation, lock, ForkLocal};
 /// One parameter of a statement with its type (statements are sent unprepared).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
-/// An open connection and the runtime that drives it.
+/// An open connection, the runtime that drives it, and its prepared statements.
 pub struct Conn {
     rt: Runtime,
     client: Client,
+    prepared: RefCell<HashMap<String, Statement>>,
 }
 
 /// What went wrong with a statement.
@@ -71,12 +77,30 @@ fn timed_out(what: &str, limit: Duration) -> StoreError {
 
 impl Conn {
     fn query(&self, limit: Duration, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Failure> {
-        self.rt
-            .block_on(async {
-                tokio::time::timeout(limit, self.client.query_typed(sql, params)).await
+        let known = self.prepared.borrow().get(sql).cloned();
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        let outcome = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let statement = match known {
+                    Some(statement) => statement,
+                    None => {
+                        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                        let statement = self.client.prepare_typed(sql, &types).await?;
+                        self.prepared
+                            .borrow_mut()
+                            .insert(sql.to_owned(), statement.clone());
+                        statement
+                    }
+                };
+                self.client.query(&statement, &values).await
             })
-            .map_err(|_| Failure::Timeout)?
-            .map_err(Failure::Pg)
+            .await
+        });
+        let result = outcome.map_err(|_| Failure::Timeout)?;
+        if result.is_err() {
+            self.prepared.borrow_mut().clear();
+        }
+        result.map_err(Failure::Pg)
     }
 
     fn batch(&self, limit: Duration, sql: &str) -> Result<(), Failure> {
@@ -196,7 +220,11 @@ impl Pool {
             tokio::time::timeout(limit, connected).await
         });
         match client {
-            Ok(Ok(client)) => Ok(Conn { rt, client }),
+            Ok(Ok(client)) => Ok(Conn {
+                rt,
+                client,
+                prepared: RefCell::default(),
+            }),
             Ok(Err(e)) => Err(unavailable(&e)),
             Err(_) => Err(timed_out("the connection", limit)),
         }
