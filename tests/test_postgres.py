@@ -380,6 +380,29 @@ def wait_for(condition: Any, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def test_server_turned_read_only_then_writable_again(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """As a failover seen from a pooled connection: the database stops taking writes
+    (here: ``default_transaction_read_only``, and its connections are cut) → 503, never a
+    500; once it takes writes again the next request succeeds by itself (a connection
+    that met a read-only server is not kept)."""
+    db = f"ro_{table}"
+    postgres_server.psql(f'CREATE DATABASE "{db}"')
+    url = postgres_server.url().replace("/postgres?", f"/{db}?")
+    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_URL=url)
+    client = app.test_client()
+    assert client.get("/inc").text == "1"
+    postgres_server.psql(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+    postgres_server.psql(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    )
+    assert client.get("/inc").status_code == 503
+    assert client.get("/inc").status_code == 503
+    postgres_server.psql(f'ALTER DATABASE "{db}" SET default_transaction_read_only = off')
+    assert client.get("/inc").text == "2"
+
+
 def test_waiting_request_pins_no_connection(
     tmp_path: Path, postgres_server: PostgresServer, table: str
 ) -> None:

@@ -368,13 +368,17 @@ impl Pool {
     }
 }
 
-/// Whether the server ended the session (shutdown, crash recovery, a terminated backend).
+/// Whether the server ended the session (shutdown, crash recovery, a terminated backend),
+/// or the connection leads to a server that can no longer take writes (a primary demoted
+/// by a failover): either way a new connection (with `target_session_attrs=read-write`
+/// in the URL, to the new primary) is the way out.
 fn is_fatal(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|code| {
         [
             SqlState::ADMIN_SHUTDOWN,
             SqlState::CRASH_SHUTDOWN,
             SqlState::CANNOT_CONNECT_NOW,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
         ]
         .contains(code)
     })
