@@ -122,6 +122,14 @@ def test_init_db_is_idempotent(tmp_path: Path, postgres_server: PostgresServer, 
     assert client.get("/inc").text == "2"
 
 
+def test_init_db_on_other_backends_creates_nothing(tmp_path: Path) -> None:
+    app = build_app(tmp_path / "sessions")
+    result = app.test_cli_runner().invoke(args=["beaker-session", "init-db"])
+    assert result.exit_code == 0
+    assert "nothing to create" in result.output
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+
+
 def test_stats_sweep_clear_commands(
     tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
 ) -> None:
