@@ -348,8 +348,12 @@ def test_statement_timeout_gives_503(
 ) -> None:
     """Another client holds the table locked: the request's statement gives up after
     SESSION_DATABASE_TIMEOUT (server-side lock/statement timeout) with a 503, and the
-    session works again once the other client lets go."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_TIMEOUT=0.5)
+    session works again once the other client lets go. The URL's own ``options`` (here
+    synchronous_commit) are kept and the timeouts added to them."""
+    url = postgres_server.url() + "&options=-c%20synchronous_commit%3Doff"
+    app = pg_app(
+        tmp_path, postgres_server, table, SESSION_DATABASE_TIMEOUT=0.5, SESSION_DATABASE_URL=url
+    )
     client = app.test_client()
     assert client.get("/inc").text == "1"
     blocker = run_psql_background(
