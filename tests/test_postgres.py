@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -341,6 +342,50 @@ def test_tls_verifies_the_server_certificate(
             SESSION_DATABASE_TLS_CA_CERTS=ca,
         )
         assert untrusted.test_client().get("/inc").status_code == 503
+
+
+def test_stalled_server_gives_503_then_the_orphaned_lock_is_taken_over(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """The server process of our connection stops answering (SIGSTOP) in the middle of
+    the lock statement: the client-side timeout gives a 503 within
+    SESSION_DATABASE_TIMEOUT (the server-side statement_timeout cannot fire: it is
+    stopped). Resumed, it finishes the statement and takes the lock for the gone request;
+    this process remembers that token, so its next request of the session takes the lock
+    over at once instead of waiting SESSION_DATABASE_LOCK_TTL."""
+    name = f"fbs-stall-{table}"
+    url = postgres_server.url() + f"&application_name={name}"
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=url,
+        SESSION_DATABASE_TIMEOUT=0.5,
+        SESSION_DATABASE_LOCK_TTL=60,
+        SESSION_LOCK_TIMEOUT=2,
+    )
+    client = app.test_client()
+    # (twice: the connection has then prepared the lock statement, and sends it at once)
+    assert [client.get("/inc").text for _ in range(2)] == ["1", "2"]
+    pid = int(
+        postgres_server.psql(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'")
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert client.get("/inc").status_code == 503
+        assert time.monotonic() - started < 1.5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(
+        lambda: (
+            postgres_server.psql(f'SELECT count(*) FROM "{table}" WHERE lock_token IS NOT NULL')
+            == "1"
+        )
+    )
+    started = time.monotonic()
+    assert client.get("/inc").text == "3"
+    assert time.monotonic() - started < 1.5
 
 
 def test_statement_timeout_gives_503(
