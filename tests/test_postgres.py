@@ -645,6 +645,69 @@ def worker_pids(server: Server) -> set[int]:
     return pids
 
 
+def pg_client_ports(pid: int, pg_port: int) -> set[int]:
+    """Local ports of the TCP connections process ``pid`` has to ``pg_port`` (from
+    /proc: its socket descriptors, matched in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(remote.split(":")[1], 16) == pg_port:
+            ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_gunicorn_worker_killed_mid_request_leaks_no_connection(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """gunicorn -w 2: a worker SIGKILLed while its request holds the session. Its
+    connections (found by their client ports) leave pg_stat_activity; its lock lapses
+    (lock TTL 1 s) and the next requests of the session succeed with the last saved
+    data on the other workers."""
+    env = pg_env(postgres_server, table, SESSION_DATABASE_LOCK_TTL=1.0)
+    with gunicorn(tmp_path, "-w", "2", lock_timeout=5.0, env=env) as server:
+        sid = _new_session(server)
+        holder = server.client(sid)
+        result: dict[str, Any] = {}
+
+        def hold() -> None:
+            try:
+                holder.get("/hold/k1")
+            except (OSError, http.client.HTTPException) as exc:
+                result["error"] = exc
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        try:
+            victim = server.wait_pid_file("k1")
+            ports = pg_client_ports(victim, postgres_server.port)
+            assert ports, "the worker holds no connection to PostgreSQL"
+            listed = postgres_server.psql("SELECT client_port FROM pg_stat_activity")
+            assert ports <= {int(p) for p in listed.split() if p.isdigit()}
+            os.kill(victim, signal.SIGKILL)
+            thread.join(60)
+        finally:
+            server.open_gate("k1")
+            holder.close()
+        assert "error" in result
+
+        def gone() -> bool:
+            listed = postgres_server.psql("SELECT client_port FROM pg_stat_activity")
+            return not ports & {int(p) for p in listed.split() if p.isdigit()}
+
+        wait_for(gone, timeout=10)
+        replies = [server.client(sid).get("/inc") for _ in range(3)]
+        assert [r.status for r in replies] == [200] * 3
+        assert [r.text for r in replies] == ["2", "3", "4"]
+        assert all(r.pid != victim for r in replies)
+
+
 def test_gunicorn_many_sessions(
     tmp_path: Path, postgres_server: PostgresServer, table: str
 ) -> None:
