@@ -79,6 +79,11 @@ def test_row_keyed_by_digest_with_indexed_expiry(
     assert float(expires) == pytest.approx(clock.now + 600, abs=0.01)
     indexes = postgres_server.psql(f"SELECT indexdef FROM pg_indexes WHERE tablename = '{table}'")
     assert "(expires_at)" in indexes
+    storage = postgres_server.psql(
+        f"SELECT attstorage FROM pg_attribute WHERE attrelid = '\"{table}\"'::regclass "
+        "AND attname = 'record'"
+    )
+    assert storage == "e"  # out of line when large, never compressed
     assert sid not in postgres_server.psql(f'SELECT record::text FROM "{table}"')
 
 

@@ -15,10 +15,14 @@
 //!     lock_expires timestamptz                  -- ... and the server time it lapses
 //! ) WITH (fillfactor = 70);
 //! CREATE INDEX <table>_expires_at ON <schema>.<table> (expires_at);
+//! ALTER TABLE <schema>.<table> ALTER COLUMN record SET STORAGE EXTERNAL;
 //! ```
 //!
 //! `fillfactor` leaves room in each page so that the lock's updates (which change no
-//! indexed column) are HOT updates: no index write, and pages prune themselves.
+//! indexed column) are HOT updates: no index write, and pages prune themselves. A record
+//! too large for the row (about 2 KB) is moved out of line uncompressed (`EXTERNAL`):
+//! the payload is a pickle, often of random-looking bytes (tokens, ids), that `pglz`
+//! would spend time on for nothing at every save.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -76,8 +80,15 @@ impl Table {
         })
     }
 
-    fn ddl(&self) -> String {
+    /// The migration; `fresh`: the table was missing, so the column's storage is set too
+    /// (an `ALTER TABLE` takes an exclusive lock: not sent for a table in use).
+    fn ddl(&self, fresh: bool) -> String {
         let t = &self.qualified;
+        let storage = if fresh {
+            format!("ALTER TABLE {t} ALTER COLUMN record SET STORAGE EXTERNAL;")
+        } else {
+            String::new()
+        };
         format!(
             "BEGIN;
              SELECT pg_advisory_xact_lock(hashtext('flask-beaker-session migrate {t}'));
@@ -90,6 +101,7 @@ impl Table {
                  lock_expires timestamptz
              ) WITH (fillfactor = 70);
              CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at);
+             {storage}
              COMMIT;",
             self.index
         )
@@ -110,14 +122,15 @@ impl Table {
     /// was missing. `flask beaker-session init-db`.
     pub fn migrate(&self, pool: &Pool, limit: Duration) -> StoreResult<bool> {
         let existed = self.exists(pool)?;
-        pool.batch(&self.ddl(), limit).map_err(|e| match e {
-            StoreError::Unavailable(why) => StoreError::Unavailable(format!(
-                "could not create the session table {}: {why}; run `flask beaker-session \
+        pool.batch(&self.ddl(!existed), limit)
+            .map_err(|e| match e {
+                StoreError::Unavailable(why) => StoreError::Unavailable(format!(
+                    "could not create the session table {}: {why}; run `flask beaker-session \
                  init-db` as a role that may create it",
-                self.qualified
-            )),
-            other => other,
-        })?;
+                    self.qualified
+                )),
+                other => other,
+            })?;
         self.ready.store(true, Ordering::Release);
         Ok(!existed)
     }
