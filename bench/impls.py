@@ -35,6 +35,9 @@ SECRET_KEY = "bench-secret-key"
 REDIS_URL_ENV = "BENCH_REDIS_URL"
 #: The Redis client of Flask-Session's venv (ours talks to Redis from Rust).
 REDIS_CLIENT = "redis==8.1.0"
+#: Environment variable through which the runner hands its PostgreSQL cluster to the
+#: apps (``postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=disable``).
+POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class Impl:
     server_side: bool = True
     #: Largest payload it can hold (the cookie session is limited to ~4 KB).
     max_payload: int = 1 << 30
-    #: ``file`` (main comparison), ``redis`` (the Redis comparison) or ``baseline`` (this
+    #: ``file`` (main comparison), ``redis`` (the Redis comparison), ``postgres`` (the
+    #: PostgreSQL comparison, which also runs ``ours_redis``) or ``baseline`` (this
     #: package at an earlier commit, only with ``run.py --baseline REF``).
     group: str = "file"
     #: The virtualenv it runs in (another implementation's name; default: its own).
@@ -170,6 +174,64 @@ def setup_flask_session_redis(app: Flask, data_dir: str) -> None:
     Session(app)
 
 
+def postgres_url() -> str:
+    """The runner's PostgreSQL cluster (``BENCH_POSTGRES_URL``)."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        raise RuntimeError(
+            f"{POSTGRES_URL_ENV} is not set (the runner starts PostgreSQL)"
+        )
+    return url
+
+
+def postgres_table(name: str, data_dir: str) -> str:
+    """A table per implementation and per run (as ``redis_prefix``)."""
+    run = hashlib.sha256(data_dir.encode()).hexdigest()[:8]
+    return f"bench_{name}_{run}"
+
+
+def setup_ours_postgres(app: Flask, data_dir: str) -> None:
+    """This package's PostgreSQL store, otherwise configured like ``ours``."""
+    from flask_beaker_session.session import Session
+
+    app.config.update(
+        SESSION_TYPE="postgresql",
+        SESSION_DATABASE_URL=postgres_url(),
+        SESSION_DATABASE_TABLE=postgres_table("ours", data_dir),
+        SESSION_TIMEOUT=TIMEOUT,
+        SESSION_EXPIRES=True,
+    )
+    Session(app)
+
+
+def setup_flask_session_sqlalchemy(app: Flask, data_dir: str) -> None:
+    """Flask-Session 0.8's SQLAlchemy backend (Flask-SQLAlchemy, psycopg2) on the same
+    PostgreSQL. It creates its table at ``Session(app)``: workers starting together take
+    an advisory lock around it, so they do not race on the catalog."""
+    import psycopg2
+    from flask_session import Session
+    from flask_sqlalchemy import SQLAlchemy
+
+    url = postgres_url()
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=url.replace(
+            "postgresql://", "postgresql+psycopg2://", 1
+        ),
+        SESSION_TYPE="sqlalchemy",
+        SESSION_SQLALCHEMY_TABLE=postgres_table("flask_session", data_dir),
+        SESSION_PERMANENT=False,
+        PERMANENT_SESSION_LIFETIME=TIMEOUT,
+    )
+    app.config["SESSION_SQLALCHEMY"] = SQLAlchemy(app)
+    guard = psycopg2.connect(url)
+    try:
+        with guard.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(4242)")
+        Session(app)
+    finally:
+        guard.close()
+
+
 IMPLS: dict[str, Impl] = {
     impl.name: impl
     for impl in (
@@ -228,6 +290,28 @@ IMPLS: dict[str, Impl] = {
             setup=setup_flask_session_redis,
             group="redis",
             venv="flask_session",
+        ),
+        Impl(
+            name="ours_postgres",
+            label="flask-beaker-session (this), PostgreSQL",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_postgres,
+            group="postgres",
+            venv="ours",
+        ),
+        Impl(
+            name="flask_session_sqlalchemy",
+            label="Flask-Session 0.8 (SQLAlchemy, PostgreSQL)",
+            requirements=(
+                "flask-session==0.8.0",
+                "cachelib==0.13.0",
+                "flask-sqlalchemy==3.1.1",
+                "psycopg2-binary==2.9.10",
+            ),
+            cookie_name="session",
+            setup=setup_flask_session_sqlalchemy,
+            group="postgres",
         ),
     )
 }

@@ -25,6 +25,8 @@ RoundTable = dict[str, dict[str, tuple[float, float]]]
 OURS = "ours"
 #: "ours" of the Redis comparison.
 REDIS_OURS = "ours_redis"
+#: The reference of the PostgreSQL comparison (ratios: ours_postgres / each peer).
+POSTGRES_OURS = "ours_postgres"
 BASELINE = "free"
 #: Below this peer overhead (µs) a ratio means nothing (e.g. session-free routes).
 MIN_OVERHEAD_US = 2.0
@@ -223,6 +225,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "micro": summarise_rounds(redis["micro"]["rounds"], REDIS_OURS),
             "gunicorn": summarise_gunicorn(redis["gunicorn"], REDIS_OURS),
             "cost": redis["micro"].get("redis_cost", {}),
+        }
+    if "postgres" in results:
+        pg = results["postgres"]
+        summary["postgres"] = {
+            "server": pg["server"],
+            "micro": summarise_rounds(pg["micro"]["rounds"], POSTGRES_OURS),
+            "gunicorn": summarise_gunicorn(pg["gunicorn"], POSTGRES_OURS),
         }
     summary["targets"] = targets(summary)
     return summary
@@ -585,6 +594,40 @@ def redis_markdown(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def postgres_markdown(results: dict[str, Any]) -> str:
+    """The PostgreSQL comparison: ours' PostgreSQL store vs. ours' Redis store and
+    Flask-Session's SQLAlchemy backend on the same PostgreSQL (ratios: ours_postgres
+    over each)."""
+    pg = results["summary"]["postgres"]
+    names = [
+        POSTGRES_OURS,
+        *[n for n in results["postgres_impls"] if n != POSTGRES_OURS],
+    ]
+    plan = results["plan"]
+    version = pg["server"]["version"]
+    rounds, requests = plan["redis_rounds"], plan["redis_requests"]
+    return (
+        "\n\n".join(
+            [
+                run_line(results),
+                f"One throwaway PostgreSQL cluster ({version}, 127.0.0.1, "
+                "`fsync=off`, `synchronous_commit=off`) shared by both PostgreSQL "
+                "stores (a table each); `ours_redis` on a `redis-server` of the same "
+                "run.",
+                "Session overhead per request, Flask test client (µs; median of "
+                f"{rounds} interleaved rounds of {requests} requests; ratios: "
+                "ours_postgres / peer, median of per-round paired ratios):\n\n"
+                + micro_table(pg["micro"], names, POSTGRES_OURS, REDIS_ROWS),
+                "gunicorn sync workers on 127.0.0.1 (client: 2 threads per worker, one "
+                f"connection per request, {plan['load_seconds']:g} s per run, "
+                f"{plan['redis_load_rounds']} round(s)):\n\n"
+                + gunicorn_table(pg["gunicorn"], POSTGRES_OURS),
+            ]
+        )
+        + "\n"
+    )
+
+
 def has_main(results: dict[str, Any]) -> bool:
     return any(phase in results for phase in FILE_PHASES)
 
@@ -595,6 +638,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append(main_markdown(results))
     if "redis" in results:
         parts.append("## Redis\n\n" + redis_markdown(results))
+    if "postgres" in results:
+        parts.append("## PostgreSQL\n\n" + postgres_markdown(results))
     return "\n".join(parts)
 
 

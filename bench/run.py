@@ -34,6 +34,7 @@ from typing import Any
 
 import envs
 import load
+import pgbench
 import redisbench
 import report
 import syscalls
@@ -351,6 +352,24 @@ def run_redis(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
     return {"server": server, "micro": micro, "gunicorn": runs}
 
 
+def run_postgres(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
+    """Ours' PostgreSQL store vs. ours' Redis store and Flask-Session's SQLAlchemy
+    backend (on the same PostgreSQL): micro scenarios, then gunicorn."""
+    with redisbench.server(), pgbench.server() as server:
+        log(f"{server['version']} on {server['url']}")
+        micro = micro_rounds(
+            pythons,
+            plan.redis_rounds,
+            plan.redis_requests,
+            "pg-micro",
+            only=REDIS_SCENARIOS,
+        )
+        runs = run_gunicorn(
+            pythons, plan, plan.redis_load_workers, plan.redis_load_rounds
+        )
+    return {"server": server, "micro": micro, "gunicorn": runs}
+
+
 # -- bookkeeping --------------------------------------------------------------------
 
 
@@ -381,6 +400,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only the Redis comparison: " + " vs. ".join(impl_names("redis")),
     )
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="only the PostgreSQL comparison: " + " vs. ".join(impl_names("postgres")),
+    )
+    parser.add_argument(
         "--impls",
         default=",".join(impl_names("file")),
         help="comma-separated subset of: " + ", ".join(impl_names("file")),
@@ -398,7 +422,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated phases to skip: "
-        "floor,micro,syscalls,store,gunicorn,redis",
+        "floor,micro,syscalls,store,gunicorn,redis,postgres",
     )
     return parser.parse_args(argv)
 
@@ -427,10 +451,22 @@ def main(argv: list[str]) -> int:
             raise SystemExit("no redis-server (apt-get install redis-server)")
         log("no redis-server: Redis phase skipped (apt-get install redis-server)")
         skip.add("redis")
+    if args.postgres:
+        skip |= {*FILE_PHASES, "redis"}
+        names = []
+        if not (pgbench.available() and redisbench.available()):
+            raise SystemExit(
+                "no PostgreSQL or redis-server "
+                "(apt-get install postgresql redis-server)"
+            )
+    else:
+        # Only on request: the PostgreSQL comparison needs its own venvs and servers.
+        skip.add("postgres")
     redis_names = [] if "redis" in skip else impl_names("redis")
+    pg_names = [] if "postgres" in skip else ["ours_redis", *impl_names("postgres")]
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
-    pythons = envs.ensure_all(names + redis_names)
+    pythons = envs.ensure_all(list(dict.fromkeys(names + redis_names + pg_names)))
     log(f"venvs ready ({time.monotonic() - started:.0f} s); {mode} run")
     measured = time.monotonic()
     frozen: dict[Path, list[str]] = {}
@@ -440,6 +476,7 @@ def main(argv: list[str]) -> int:
         "plan": asdict(plan),
         "impls": {n: IMPLS[n].label for n in names},
         "redis_impls": {n: IMPLS[n].label for n in redis_names},
+        "postgres_impls": {n: IMPLS[n].label for n in pg_names},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "git": git_state(),
@@ -457,6 +494,7 @@ def main(argv: list[str]) -> int:
         "store": lambda: run_store(files, plan),
         "gunicorn": lambda: run_gunicorn(files, plan),
         "redis": lambda: run_redis({n: pythons[n] for n in redis_names}, plan),
+        "postgres": lambda: run_postgres({n: pythons[n] for n in pg_names}, plan),
     }
     for phase, run in phases.items():
         if phase not in skip:
@@ -467,12 +505,12 @@ def main(argv: list[str]) -> int:
     results["summary"] = report.summarise(results)
     table = report.markdown(results)
     RESULTS.mkdir(exist_ok=True)
-    kind = "redis-" if args.redis else ""
+    kind = "redis-" if args.redis else "postgres-" if args.postgres else ""
     out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}{mode}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(table)
     log(f"measured in {results['seconds']:.0f} s; results in {out.relative_to(REPO)}")
-    if mode == "full" and not args.no_readme:
+    if mode == "full" and not args.no_readme and not args.postgres:
         for section in report.update_readme(BENCH / "README.md", results):
             log(f"bench/README.md updated: {section}")
     return 0

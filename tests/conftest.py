@@ -11,6 +11,8 @@ import pytest
 from flask import Flask
 from flask_beaker_session import sweeper
 from helpers import FakeClock, MakeApp, build_app
+from postgres_server import PostgresServer
+from postgres_server import running_server as running_postgres
 from redis_server import RedisServer, running_server
 
 
@@ -54,6 +56,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     by key prefix, see ``prefix``). Skipped when the binary is missing, except under
     CI."""
     with running_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The one PostgreSQL cluster of the run (``initdb`` in a temp dir, a free port of
+    127.0.0.1; tests keep apart by table, see ``postgres_server.table_for``). Skipped when
+    the binaries are missing, except under CI."""
+    with running_postgres() as server:
         yield server
 
 

@@ -1,5 +1,6 @@
-"""The common behaviour of the three backends (SPEC §5, §7, §8, §10): every test runs
-against 'file', 'redis' (the run's ``redis-server``, one key prefix per test) and 'memory'.
+"""The common behaviour of the backends (SPEC §5, §7, §8, §10): every test runs against
+'file', 'redis' (the run's ``redis-server``, one key prefix per test), 'memory' and
+'postgresql' (the run's PostgreSQL cluster, one table per test).
 Time passes on the apps' fake clock (the ``clock`` fixture), never by sleeping."""
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from helpers import (
     record_path,
     store_of,
 )
+from postgres_server import PostgresServer, table_for
 from redis_server import RedisServer, add_contention_routes, data_key
 
-BACKENDS = ["file", "redis", "memory"]
+BACKENDS = ["file", "redis", "memory", "postgresql"]
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Backend:
     prefix: str
     server: RedisServer | None
     config: dict[str, Any] = field(default_factory=dict)
+    pg: PostgresServer | None = None
 
     def app(self, **config: Any) -> Flask:
         """``build_app`` on this backend, plus a few routes of this module."""
@@ -54,6 +57,9 @@ class Backend:
             with self.server.client() as c:
                 value: bytes | None = c("GET", data_key(self.prefix, sid))
                 return value
+        if self.kind == "postgresql":
+            assert self.pg is not None
+            return self.pg.raw(self.config["SESSION_DATABASE_TABLE"], sid)
         # memory: nothing outside the process; the stored payload is what there is.
         _, handle = store_of(app).open(sid, interface_of(app).clock())
         if handle is None:
@@ -75,6 +81,9 @@ class Backend:
             assert self.server is not None
             with self.server.client() as c:
                 c("SET", data_key(self.prefix, sid), value, "KEEPTTL")
+        elif self.kind == "postgresql":
+            assert self.pg is not None
+            self.pg.overwrite(self.config["SESSION_DATABASE_TABLE"], sid, value)
         else:
             raise AssertionError("the memory backend has no external record")
 
@@ -115,7 +124,13 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> B
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         config.update(SESSION_REDIS_URL=server.url, SESSION_REDIS_PREFIX=prefix)
-    return Backend(kind, tmp_path / "sessions", prefix, server, config)
+    pg = None
+    if kind == "postgresql":
+        pg = request.getfixturevalue("postgres_server")
+        config.update(
+            SESSION_DATABASE_URL=pg.url(), SESSION_DATABASE_TABLE=table_for(tmp_path.name)
+        )
+    return Backend(kind, tmp_path / "sessions", prefix, server, config, pg)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -124,7 +139,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request, tmp_path, request.param)
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "postgresql"])
 def external_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The backends whose records live outside the process (and can be corrupted)."""
     return make_backend(request, tmp_path, request.param)

@@ -18,6 +18,7 @@ __all__ = [
     "MemoryBackend",
     "OpenStatus",
     "PayloadKind",
+    "PostgresBackend",
     "RedisBackend",
     "Report",
     "Store",
@@ -47,6 +48,7 @@ class BackendKind:
     File: ClassVar[BackendKind]
     Memory: ClassVar[BackendKind]
     Redis: ClassVar[BackendKind]
+    Postgres: ClassVar[BackendKind]
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
@@ -157,6 +159,31 @@ class RedisBackend:
     def prefix(self) -> str: ...
 
 @final
+class PostgresBackend:
+    """A PostgreSQL table. ``url``: a libpq-style URL or key=value string (``sslmode``
+    ``disable``, ``prefer`` or ``require``; TLS always verifies the server's certificate,
+    against ``tls_ca_certs`` (PEM bytes) when given, else the public CAs). ``create``:
+    whether the first use creates the table when it is missing."""
+
+    def __new__(
+        cls,
+        *,
+        url: str,
+        schema: str | None = None,
+        table: str = "beaker_sessions",
+        pool_size: int = 8,
+        connect_timeout: float = 2.0,
+        timeout: float = 2.0,
+        lock_ttl: float = 60.0,
+        create: bool = True,
+        tls_ca_certs: bytes | None = None,
+    ) -> PostgresBackend: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def schema(self) -> str | None: ...
+
+@final
 class StoreConfig:
     """Everything a store needs, fixed at ``init_app``. Timeouts are seconds; ``None``
     disables the idle timeout / absolute lifetime. ``keys``: the tag keys, current first."""
@@ -164,7 +191,7 @@ class StoreConfig:
     def __new__(
         cls,
         *,
-        backend: FileBackend | MemoryBackend | RedisBackend,
+        backend: FileBackend | MemoryBackend | RedisBackend | PostgresBackend,
         keys: Sequence[bytes] = (),
         idle_timeout: float | None = None,
         absolute_timeout: float | None = None,
@@ -172,7 +199,7 @@ class StoreConfig:
         max_waiters: int | None = None,
     ) -> StoreConfig: ...
     @property
-    def backend(self) -> FileBackend | MemoryBackend | RedisBackend: ...
+    def backend(self) -> FileBackend | MemoryBackend | RedisBackend | PostgresBackend: ...
     @property
     def idle_timeout(self) -> float | None: ...
     @property
@@ -253,6 +280,9 @@ class Store:
         """One pass over the store (``threads=0``: one per core)."""
     def sweep_if_due(self, now: float, interval: float, threads: int = 0) -> Report | None:
         """Sweep unless another process sharing the store did within ``interval`` seconds."""
+    def init_schema(self) -> bool | None:
+        """Creates what the store needs on its server if missing (the PostgreSQL table);
+        True if something was created, None for stores that need nothing."""
     def legacy_ids(self) -> list[str]:
         """Ids of the legacy Beaker session files present (file stores)."""
 

@@ -2,8 +2,9 @@
 
 ``sweep`` removes expired sessions and leftovers (``--dry-run``: says what it would
 remove), ``stats`` describes the store, ``clear`` removes every session, ``migrate``
-converts the original package's Beaker files. Each runs against the data directory of the
-app that ``flask`` loads, with that app's configuration.
+converts the original package's Beaker files, ``init-db`` creates the PostgreSQL table
+(idempotent; a deploy step for roles that should not run DDL at request time). Each runs
+against the data directory of the app that ``flask`` loads, with that app's configuration.
 
 ``stats --json`` prints one object, :data:`STATS_SCHEMA` (documented in the README); it
 never holds the sweep-only counts (``removed``, ``bytes_freed``).
@@ -88,7 +89,18 @@ def _store_errors(fn: _F) -> _F:
 
 
 def _where(store: _core.Store) -> str:
+    if _interface().config.type == "postgresql":
+        return _database_where()
     return str(store.data_dir) if store.data_dir else f"the {_interface().config.type} store"
+
+
+def _database_where() -> str:
+    """The PostgreSQL table, with the URL's password masked."""
+    config = _interface().config
+    table = config.database_table
+    if config.database_schema:
+        table = f"{config.database_schema}.{table}"
+    return f"{_redacted(config.database_url or '')} table {table}"
 
 
 def _human(n: float) -> str:
@@ -211,6 +223,8 @@ def _stats_json(store: _core.Store, report: _core.Report, exists: bool) -> dict[
     config = _interface().config
     if config.type == "redis":
         where = f"{_redacted(config.redis_url)} prefix {config.redis_prefix!r}"
+    elif config.type == "postgresql":
+        where = _database_where()
     else:
         where = _where(store)
     counts = report.to_dict()
@@ -236,6 +250,22 @@ def clear_command(yes: bool) -> None:
         click.confirm(f"Remove every session stored in {_where(store)}?", abort=True)
     report = store.walk(_interface().clock(), _core.WalkMode.Clear)
     click.echo(f"removed {report.removed} files ({_human(report.bytes_freed)})")
+
+
+@group.command("init-db")
+@_store_errors
+def init_db_command() -> None:
+    """Create the PostgreSQL sessions table and its index if missing (idempotent)."""
+    config = _interface().config
+    if config.type != "postgresql":
+        click.echo(f"nothing to create: SESSION_TYPE={config.type!r} needs no table")
+        return
+    store = _store()
+    created = store.init_schema()
+    if created:
+        click.echo(f"created {_where(store)} (and its expires_at index)")
+    else:
+        click.echo(f"{_where(store)} already exists (index checked)")
 
 
 @group.command("migrate")

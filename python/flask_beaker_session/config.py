@@ -13,6 +13,7 @@ import datetime
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any, Union
 from .errors import ConfigurationError
 
 #: Storage backend: ``'file'`` (one host), ``'redis'`` (several hosts) or ``'memory'``
-#: (one process: tests and development).
+#: (one process: tests and development); ``'postgresql'`` (several hosts, a table of a
+#: database the application already runs).
 SESSION_TYPE = "file"
 #: ``True``: browser-session cookie; ``False``: persistent cookie (400 days, the longest
 #: lifetime browsers honour, refreshed whenever the session is written or touched);
@@ -102,6 +104,33 @@ SESSION_REDIS_TLS_CA_CERTS = None
 SESSION_REDIS_TLS_CERTFILE = None
 SESSION_REDIS_TLS_KEYFILE = None
 
+#: PostgreSQL database for ``SESSION_TYPE = 'postgresql'`` (required then):
+#: ``postgresql://user:password@host:5432/dbname``, with ``?sslmode=disable``, ``prefer``
+#: (the default: TLS when the server offers it) or ``require``. TLS always verifies the
+#: server's certificate (as libpq's ``verify-full``), against the public CAs or
+#: ``SESSION_DATABASE_TLS_CA_CERTS``.
+SESSION_DATABASE_URL: str | None = None
+#: Schema of the sessions table (``None``: the role's ``search_path``); it must exist.
+SESSION_DATABASE_SCHEMA: str | None = None
+#: Name of the sessions table (letters, digits and ``_``, at most 52 characters).
+SESSION_DATABASE_TABLE = "beaker_sessions"
+#: Most connections each worker process opens (a request uses one only for the duration
+#: of each statement, never while it waits for a session lock).
+SESSION_DATABASE_POOL_SIZE = 8
+#: Seconds allowed to connect (and to wait for a free pooled connection), and for each
+#: statement (sent as ``statement_timeout``, and enforced by the client as well).
+SESSION_DATABASE_CONNECT_TIMEOUT = 2.0
+SESSION_DATABASE_TIMEOUT = 2.0
+#: Seconds a PostgreSQL session lock survives a worker that died holding it.
+SESSION_DATABASE_LOCK_TTL = 60.0
+#: Whether the first request creates the sessions table when it is missing (checked once
+#: per process: when the table exists nothing else is sent, so a role without DDL rights is
+#: fine). ``False``: create it with ``flask beaker-session init-db``; until then requests
+#: get 503s saying so.
+SESSION_DATABASE_CREATE = True
+#: PEM file of the CA certificates to trust for TLS instead of the public ones.
+SESSION_DATABASE_TLS_CA_CERTS = None
+
 #: The cookie name, kept from the original so users stay logged in. Flask's default
 #: ``SESSION_COOKIE_NAME`` (``'session'``) does not rename it.
 COOKIE_NAME = "beaker.session.id"
@@ -117,7 +146,10 @@ _CENTURY = 100 * 365 * _DAY
 #: Largest ``SESSION_MAX_WAITERS``.
 _MAX_WAITERS_LIMIT = 1000
 
-_TYPES = ("file", "memory", "redis")
+_TYPES = ("file", "memory", "redis", "postgresql")
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_PG_SSLMODES = ("disable", "prefer", "require")
+_PG_TABLE_MAX = 52
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f"}
@@ -153,6 +185,16 @@ class SessionConfig:
     redis_tls_ca_certs: bytes | None = field(default=None, repr=False)
     #: (certificate chain, private key), both or neither.
     redis_tls_client: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    #: The PostgreSQL URL; kept out of ``repr`` because it may hold a password.
+    database_url: str | None = field(default=None, repr=False)
+    database_schema: str | None = SESSION_DATABASE_SCHEMA
+    database_table: str = SESSION_DATABASE_TABLE
+    database_pool_size: int = SESSION_DATABASE_POOL_SIZE
+    database_connect_timeout: float = SESSION_DATABASE_CONNECT_TIMEOUT
+    database_timeout: float = SESSION_DATABASE_TIMEOUT
+    database_lock_ttl: float = SESSION_DATABASE_LOCK_TTL
+    database_create: bool = SESSION_DATABASE_CREATE
+    database_tls_ca_certs: bytes | None = field(default=None, repr=False)
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -390,6 +432,51 @@ def _redis_tls(
     return ca, (cert, key) if cert is not None and key is not None else None
 
 
+def _database_url(value: Any, required: bool) -> str | None:
+    """``SESSION_DATABASE_URL``: a ``postgresql://`` URL (required for 'postgresql')."""
+    key = "SESSION_DATABASE_URL"
+    accepted = "a URL starting with " + " or ".join(_PG_SCHEMES)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.startswith(_PG_SCHEMES):
+        shown = _redacted(value) if isinstance(value, str) else value
+        raise _fail(key, shown, accepted + " (required with SESSION_TYPE='postgresql')")
+    modes = urllib.parse.parse_qs(urllib.parse.urlsplit(value).query).get("sslmode", [])
+    for mode in modes:
+        if mode not in _PG_SSLMODES:
+            raise _fail(
+                key,
+                _redacted(value),
+                f"sslmode {' or '.join(_PG_SSLMODES)} (require always verifies the "
+                f"certificate), not {mode!r}",
+            )
+    return value
+
+
+def _identifier(key: str, value: Any, maximum: int, allow_none: bool) -> str | None:
+    """A table or schema name: letters, digits and ``_``, not starting with a digit."""
+    if value is None and allow_none:
+        return None
+    pattern = rf"[A-Za-z_][A-Za-z0-9_]{{0,{maximum - 1}}}"
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        raise _fail(
+            key,
+            value,
+            f"letters, digits and '_' (not starting with a digit), at most {maximum} characters"
+            + (", or None" if allow_none else ""),
+        )
+    return value
+
+
+def _pool_size(value: Any) -> int:
+    key = "SESSION_DATABASE_POOL_SIZE"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise _fail(key, value, "a whole number from 1 to 1000")
+    return value
+
+
 def _sweep_interval(value: Any) -> float | None:
     """``SESSION_SWEEP_INTERVAL``: positive seconds; ``None``, ``0`` or ``False``: off."""
     if value is None or value is False:
@@ -462,6 +549,41 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         sweep_interval=None if type_ == "redis" else sweep_interval,
         redis_tls_ca_certs=tls_ca_certs,
         redis_tls_client=tls_client,
+        database_url=_database_url(
+            config.get("SESSION_DATABASE_URL", SESSION_DATABASE_URL), type_ == "postgresql"
+        ),
+        database_schema=_identifier(
+            "SESSION_DATABASE_SCHEMA",
+            config.get("SESSION_DATABASE_SCHEMA", SESSION_DATABASE_SCHEMA),
+            63,
+            allow_none=True,
+        ),
+        database_table=_identifier(
+            "SESSION_DATABASE_TABLE",
+            config.get("SESSION_DATABASE_TABLE", SESSION_DATABASE_TABLE),
+            _PG_TABLE_MAX,
+            allow_none=False,
+        )
+        or SESSION_DATABASE_TABLE,
+        database_pool_size=_pool_size(
+            config.get("SESSION_DATABASE_POOL_SIZE", SESSION_DATABASE_POOL_SIZE)
+        ),
+        database_connect_timeout=_positive(
+            config, "SESSION_DATABASE_CONNECT_TIMEOUT", SESSION_DATABASE_CONNECT_TIMEOUT, _DAY
+        ),
+        database_timeout=_positive(
+            config, "SESSION_DATABASE_TIMEOUT", SESSION_DATABASE_TIMEOUT, _DAY
+        ),
+        database_lock_ttl=_positive(
+            config, "SESSION_DATABASE_LOCK_TTL", SESSION_DATABASE_LOCK_TTL, _DAY
+        ),
+        database_create=_bool(
+            "SESSION_DATABASE_CREATE",
+            config.get("SESSION_DATABASE_CREATE", SESSION_DATABASE_CREATE),
+        ),
+        database_tls_ca_certs=_pem(
+            config, "SESSION_DATABASE_TLS_CA_CERTS", "CA certificates", b"-----BEGIN CERTIFICATE"
+        ),
     )
     if loaded.type == "file":
         _data_dir_exists(loaded.data_dir)
@@ -472,5 +594,12 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
             "SESSION_TYPE='redis' needs a SECRET_KEY: without one, whoever can write to "
             "Redis could plant session records that would be unpickled (code execution); "
             "set SECRET_KEY (and SECRET_KEY_FALLBACKS when rotating it)"
+        )
+    if loaded.type == "postgresql" and not loaded.secret_keys:
+        # As with Redis: whoever can write to the table must not be able to plant records.
+        raise ConfigurationError(
+            "SESSION_TYPE='postgresql' needs a SECRET_KEY: without one, whoever can write "
+            "to the sessions table could plant session records that would be unpickled "
+            "(code execution); set SECRET_KEY (and SECRET_KEY_FALLBACKS when rotating it)"
         )
     return loaded

@@ -39,9 +39,24 @@ def system_clock() -> float:
     return time.time()
 
 
-def _backend(config: SessionConfig) -> _core.FileBackend | _core.MemoryBackend | _core.RedisBackend:
+def _backend(
+    config: SessionConfig,
+) -> _core.FileBackend | _core.MemoryBackend | _core.RedisBackend | _core.PostgresBackend:
     if config.type == "memory":
         return _core.MemoryBackend()
+    if config.type == "postgresql":
+        assert config.database_url is not None  # config.load requires it
+        return _core.PostgresBackend(
+            url=config.database_url,
+            schema=config.database_schema,
+            table=config.database_table,
+            pool_size=config.database_pool_size,
+            connect_timeout=config.database_connect_timeout,
+            timeout=config.database_timeout,
+            lock_ttl=config.database_lock_ttl,
+            create=config.database_create,
+            tls_ca_certs=config.database_tls_ca_certs,
+        )
     if config.type == "redis":
         return _core.RedisBackend(
             url=config.redis_url,
@@ -78,6 +93,11 @@ def build_store(config: SessionConfig) -> _core.Store:
             )
         )
     except ConfigurationError as exc:
+        if config.type == "postgresql":
+            keys = "SESSION_DATABASE_URL"
+            if config.database_tls_ca_certs:
+                keys += " or SESSION_DATABASE_TLS_CA_CERTS"
+            raise ConfigurationError(f"{keys} is invalid: {exc}") from None
         if config.type != "redis":
             raise
         keys = "SESSION_REDIS_URL"

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use crate::expiry::Expiry;
 use crate::record::Keys;
 use crate::store::{
-    BackendConfig, FileConfig, RedisConfig, RedisTls, StoreConfig, DEFAULT_MAX_SIZE,
+    BackendConfig, FileConfig, PostgresConfig, RedisConfig, RedisTls, StoreConfig, DEFAULT_MAX_SIZE,
 };
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
@@ -137,6 +137,71 @@ impl PyRedisBackend {
     }
 }
 
+/// A PostgreSQL table. `url`: a libpq-style URL or key=value string (`sslmode`
+/// `disable`, `prefer` or `require`; TLS always verifies the server's certificate, against
+/// `tls_ca_certs` (PEM bytes) when given, else the public CAs). `create`: whether the first
+/// use creates the table when it is missing.
+#[pyclass(
+    name = "PostgresBackend",
+    module = "flask_beaker_session._core",
+    frozen
+)]
+pub struct PyPostgresBackend(PostgresConfig);
+
+#[pymethods]
+impl PyPostgresBackend {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        *,
+        url,
+        schema = None,
+        table = "beaker_sessions",
+        pool_size = 8,
+        connect_timeout = 2.0,
+        timeout = 2.0,
+        lock_ttl = 60.0,
+        create = true,
+        tls_ca_certs = None,
+    ))]
+    fn new(
+        url: String,
+        schema: Option<String>,
+        table: &str,
+        pool_size: usize,
+        connect_timeout: f64,
+        timeout: f64,
+        lock_ttl: f64,
+        create: bool,
+        tls_ca_certs: Option<Vec<u8>>,
+    ) -> PyResult<Self> {
+        if pool_size == 0 {
+            return Err(PyValueError::new_err("pool_size must be at least 1"));
+        }
+        Ok(PyPostgresBackend(PostgresConfig {
+            url,
+            schema,
+            table: table.to_owned(),
+            pool_size,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            timeout: seconds("timeout", timeout)?,
+            lock_ttl: seconds("lock_ttl", lock_ttl)?,
+            create,
+            tls_ca_certs,
+        }))
+    }
+
+    #[getter]
+    fn table(&self) -> &str {
+        &self.0.table
+    }
+
+    #[getter]
+    fn schema(&self) -> Option<&str> {
+        self.0.schema.as_deref()
+    }
+}
+
 /// Everything a store needs, fixed at `init_app`.
 #[pyclass(name = "StoreConfig", module = "flask_beaker_session._core", frozen)]
 pub struct PyStoreConfig {
@@ -163,8 +228,11 @@ fn backend_config(backend: &Bound<'_, PyAny>) -> PyResult<BackendConfig> {
     if let Ok(redis) = backend.cast::<PyRedisBackend>() {
         return Ok(BackendConfig::Redis(redis.get().0.clone()));
     }
+    if let Ok(pg) = backend.cast::<PyPostgresBackend>() {
+        return Ok(BackendConfig::Postgres(pg.get().0.clone()));
+    }
     Err(PyTypeError::new_err(
-        "backend must be a FileBackend, MemoryBackend or RedisBackend",
+        "backend must be a FileBackend, MemoryBackend, RedisBackend or PostgresBackend",
     ))
 }
 

@@ -21,6 +21,7 @@ pub enum PyBackendKind {
     File,
     Memory,
     Redis,
+    Postgres,
 }
 
 impl From<BackendKind> for PyBackendKind {
@@ -29,6 +30,7 @@ impl From<BackendKind> for PyBackendKind {
             BackendKind::File => PyBackendKind::File,
             BackendKind::Memory => PyBackendKind::Memory,
             BackendKind::Redis => PyBackendKind::Redis,
+            BackendKind::Postgres => PyBackendKind::Postgres,
         }
     }
 }

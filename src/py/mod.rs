@@ -16,7 +16,9 @@ use pyo3::prelude::*;
 #[pymodule]
 pub mod _core {
     #[pymodule_export]
-    use super::config::{PyFileBackend, PyMemoryBackend, PyRedisBackend, PyStoreConfig};
+    use super::config::{
+        PyFileBackend, PyMemoryBackend, PyPostgresBackend, PyRedisBackend, PyStoreConfig,
+    };
     #[pymodule_export]
     use super::enums::{PyBackendKind, PyOpenStatus, PyPayloadKind, PyWalkMode};
     #[pymodule_export]

@@ -116,6 +116,12 @@ impl PyStore {
         Ok(report.map(PyReport))
     }
 
+    /// Creates what the store needs on its server if missing (the PostgreSQL table);
+    /// True if something was created, None for stores that need nothing.
+    fn init_schema(&self, py: Python<'_>) -> PyResult<Option<bool>> {
+        guarded(py, || self.inner.init_schema())
+    }
+
     /// Ids of the legacy Beaker session files present (file stores).
     fn legacy_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         guarded(py, || Ok(self.inner.legacy_ids()))

@@ -20,6 +20,7 @@
 
 pub mod file;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 
 pub use file::{FileConfig, DEFAULT_MAX_SIZE};
+pub use postgres::PostgresConfig;
 pub use redis::{RedisConfig, RedisTls};
 
 /// Settings every store has, fixed at `init_app`.
@@ -75,6 +77,8 @@ pub enum BackendConfig {
     Memory,
     /// A Redis server.
     Redis(RedisConfig),
+    /// A PostgreSQL table.
+    Postgres(PostgresConfig),
 }
 
 /// Which backend a store is.
@@ -86,6 +90,8 @@ pub enum BackendKind {
     Memory,
     /// A Redis server.
     Redis,
+    /// A PostgreSQL table.
+    Postgres,
 }
 
 /// Builds a store. Does no I/O that could block (no connection; a file store only checks
@@ -105,6 +111,15 @@ pub fn build(cfg: StoreConfig, backend: BackendConfig) -> StoreResult<Arc<dyn St
             ))
         }
         BackendConfig::Redis(redis) => Arc::new(redis::RedisStore::new(cfg, redis)?),
+        // As Redis: whoever can write to the table must not be able to plant records.
+        BackendConfig::Postgres(_) if !cfg.keys.is_keyed() => {
+            return Err(StoreError::Config(
+                "SESSION_TYPE='postgresql' needs a SECRET_KEY: records in the database are \
+                 authenticated with a key derived from it"
+                    .to_owned(),
+            ))
+        }
+        BackendConfig::Postgres(pg) => Arc::new(postgres::PostgresStore::new(cfg, pg)?),
     })
 }
 
@@ -206,6 +221,13 @@ pub trait Store: Send + Sync {
     /// The data directory (file stores only).
     fn data_dir(&self) -> Option<&Path> {
         None
+    }
+
+    /// Creates what the store needs on its server if missing (the PostgreSQL table, an
+    /// idempotent migration); `Some(true)` if something was created, `None` for stores
+    /// that need nothing created.
+    fn init_schema(&self) -> StoreResult<Option<bool>> {
+        Ok(None)
     }
 }
 

@@ -1,0 +1,748 @@
+//! The PostgreSQL backend (`SESSION_TYPE = 'postgresql'`): sessions in one table of a
+//! database the application already runs, shared by every server that reaches it. Same
+//! record format and tag as the other backends (the whole record, header and payload, is
+//! one `bytea`), same per-session lock semantics, expiry checked on every read by the
+//! shared rules (`crate::expiry`) and swept by an indexed `expires_at` column.
+//!
+//! * Table (`schema`): one row per session, keyed by the SHA-256 of the id (the id itself,
+//!   a bearer secret, is never stored), created by an idempotent migration.
+//! * Connections (`pool`): a bounded per-process pool, opened lazily, every statement
+//!   bounded by `statement_timeout` and by a client-side timeout; each statement runs on
+//!   its own (autocommit, one round trip). Any failure to reach or hear from the server is
+//!   `StoreError::Unavailable` (a 503 with `Retry-After`); a pool found dead after a restart
+//!   reconnects by itself.
+//! * Lock: a lock *column* rather than a row lock or an advisory lock, because both of
+//!   those live in a server session: a request holding one would pin a connection for its
+//!   whole duration, and each waiter would pin another. Here the lock is data: one
+//!   `UPDATE … SET lock_token = <token>, lock_expires = now + ttl WHERE lock is free or
+//!   lapsed RETURNING record` takes it and reads the record in one round trip; a waiter
+//!   polls with back-off (threads of one process queue on the in-process `ThreadLock`
+//!   first, so only one of them polls) and holds no connection between polls. Saves,
+//!   touches and deletes are compare-and-set on the token and release the lock in the
+//!   same statement: a request whose lock lapsed (`lock_ttl`, the server's clock) and was
+//!   taken by another never overwrites the newer data (`StoreError::LockLost`).
+//! * A lock this process may have left behind (its release failed: the server was down)
+//!   is remembered with its token; the next request of that session in this process takes
+//!   it over at once instead of waiting for it to lapse. Other processes wait `lock_ttl`.
+//! * Every statement is safe to send twice (the pool retries one that met a dead pooled
+//!   connection): taking a lock accepts our own token, and the compare-and-set ones fail
+//!   closed (`LockLost`, never a lost update).
+//! * Last access, on the injected clock: the later of the record's save time and
+//!   `touched_at`, exactly as the Redis backend's `a:` key; a touch writes only
+//!   `touched_at` and `expires_at`, never the record.
+
+mod pool;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::types::Type;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::{StoreError, StoreResult};
+use crate::expiry::{self, Expiry};
+use crate::lock::{clear_if_free, generation, lock, ForkLocal, LockKey, LockScope, ThreadLock};
+use crate::record::{self, Keys, HEADER_LEN};
+use crate::report::{Report, WalkMode, SIZE_BUCKETS};
+use crate::shard;
+use crate::sid::SessionId;
+use crate::store::{
+    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+};
+
+use pool::{Param, Pool};
+use schema::Table;
+
+pub use schema::{is_identifier, MAX_TABLE_LEN};
+
+/// Rows removed per statement by a sweep or a clear (each stays well within the
+/// statement timeout, and never holds many row locks).
+const BATCH: i64 = 1000;
+
+/// Longest pause between two attempts to take a session lock another request holds.
+const POLL_MAX: Duration = Duration::from_millis(10);
+
+/// Settings of the PostgreSQL backend.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgresql://user:password@host:port/dbname?sslmode=…` (or key=value form).
+    pub url: String,
+    /// Schema of the table (`None`: the role's `search_path`).
+    pub schema: Option<String>,
+    /// The table's name.
+    pub table: String,
+    /// Most connections open at once per process.
+    pub pool_size: usize,
+    /// Bound on establishing a connection (and on waiting for a pooled one).
+    pub connect_timeout: Duration,
+    /// Bound on each statement (`statement_timeout`, and client-side).
+    pub timeout: Duration,
+    /// How long a session lock lives if its holder never releases it (a crashed worker).
+    pub lock_ttl: Duration,
+    /// Whether the first use creates the table when it is missing.
+    pub create: bool,
+    /// PEM CA certificates to trust for TLS instead of the public ones.
+    pub tls_ca_certs: Option<Vec<u8>>,
+}
+
+/// Never shows the URL (it may hold a password).
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rustls connector for `sslmode=prefer/require`: the server's certificate is always
+/// verified (against `ca_certs`, else the public CAs), as libpq's `verify-full` does.
+fn tls_for(ca_certs: Option<&[u8]>) -> StoreResult<MakeRustlsConnect> {
+    let bad = |e: &dyn std::fmt::Display| {
+        StoreError::Config(format!("invalid PostgreSQL TLS settings: {e}"))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_certs {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The statements of one table, formatted once.
+struct Sql {
+    lock: String,
+    save: String,
+    touch: String,
+    release: String,
+    delete: String,
+    create: String,
+    stats: String,
+    sweep: String,
+    clear: String,
+}
+
+impl Sql {
+    fn new(t: &str) -> Self {
+        let buckets: String = SIZE_BUCKETS
+            .iter()
+            .map(|b| format!(", count(*) FILTER (WHERE octet_length(record) <= {b})"))
+            .collect();
+        Sql {
+            // Takes the lock if free, lapsed, ours (a repeated statement) or our orphan
+            // ($4), and reads the record; a row with `false` means another holds it, no
+            // row means no session.
+            lock: format!(
+                "WITH got AS (
+                   UPDATE {t} SET lock_token = $2,
+                     lock_expires = clock_timestamp() + $3 * interval '1 millisecond'
+                   WHERE id = $1 AND (lock_token IS NULL OR lock_token = $2 OR lock_token = $4
+                                      OR lock_expires < clock_timestamp())
+                   RETURNING record, touched_at)
+                 SELECT true, record, touched_at FROM got
+                 UNION ALL
+                 SELECT false, NULL, NULL FROM {t}
+                 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM got)"
+            ),
+            save: format!(
+                "UPDATE {t} SET record = $3, expires_at = $4, touched_at = NULL,
+                   lock_token = NULL, lock_expires = NULL
+                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+            ),
+            touch: format!(
+                "UPDATE {t} SET touched_at = $3, expires_at = $4, lock_token = NULL,
+                   lock_expires = NULL
+                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+            ),
+            release: format!(
+                "UPDATE {t} SET lock_token = NULL, lock_expires = NULL
+                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+            ),
+            delete: format!("DELETE FROM {t} WHERE id = $1 AND lock_token = $2 RETURNING 1"),
+            create: format!(
+                "INSERT INTO {t} (id, record, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING RETURNING 1"
+            ),
+            stats: format!(
+                "SELECT count(*), coalesce(sum(octet_length(record)), 0)::int8,
+                   count(*) FILTER (WHERE expires_at < $1){buckets}
+                 FROM {t}"
+            ),
+            // Expired and not locked by a live request (its save would find it gone).
+            sweep: format!(
+                "WITH d AS (DELETE FROM {t} WHERE id IN (
+                   SELECT id FROM {t} WHERE expires_at < $1
+                     AND (lock_token IS NULL OR lock_expires < clock_timestamp())
+                   LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   RETURNING octet_length(record) AS n)
+                 SELECT count(*), coalesce(sum(n), 0)::int8 FROM d"
+            ),
+            clear: format!(
+                "WITH d AS (DELETE FROM {t} WHERE id IN (SELECT id FROM {t} LIMIT $1)
+                   RETURNING octet_length(record) AS n)
+                 SELECT count(*), coalesce(sum(n), 0)::int8 FROM d"
+            ),
+        }
+    }
+}
+
+struct Shared {
+    cfg: StoreConfig,
+    table: Table,
+    sql: Sql,
+    pool: Pool,
+    lock_ttl_ms: f64,
+    timeout: Duration,
+    scope: LockScope,
+    /// Locks this process may have left behind: digest → (token, when it lapses).
+    orphans: ForkLocal<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+/// Sessions in a PostgreSQL table.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+/// A locked session of a `PostgresStore`.
+pub struct PostgresHandle {
+    store: Arc<Shared>,
+    id: SessionId,
+    digest: String,
+    token: String,
+    payload: Vec<u8>,
+    created: f64,
+    last_access: f64,
+    seq: u64,
+    released: bool,
+    generation: u64,
+    _lock: ThreadLock,
+}
+
+/// What a stored record is.
+enum Decoded {
+    Valid(record::SlotHeader),
+    Newer,
+    Corrupt,
+    Unauthenticated,
+}
+
+fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
+    match record::parse_header(value) {
+        Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
+            if record::verify(keys, value, &h, id, &value[HEADER_LEN..]) {
+                Decoded::Valid(h)
+            } else {
+                Decoded::Unauthenticated
+            }
+        }
+        Ok(_) | Err(record::HeaderError::Garbage) => Decoded::Corrupt,
+        Err(record::HeaderError::Newer(_)) => Decoded::Newer,
+    }
+}
+
+/// When a session expires on the injected clock (for the sweep; `None`: never): the
+/// earlier of idle timeout after its last access and absolute lifetime after creation.
+fn expires_at(expiry: &Expiry, created: f64, last_access: f64) -> Option<f64> {
+    let idle = expiry.idle.map(|i| last_access + i);
+    let absolute = expiry.absolute.map(|a| created + a);
+    match (idle, absolute) {
+        (Some(i), Some(a)) => Some(i.min(a)),
+        (i, a) => i.or(a),
+    }
+}
+
+/// Column `i` of `row` as `T`; a table whose columns were altered to other types is an
+/// unusable store (`StoreError::Unavailable`), never a panic.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> StoreResult<T> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Unavailable(format!("postgresql: unexpected column {i}: {e}")))
+}
+
+fn count(row: &tokio_postgres::Row, i: usize) -> StoreResult<u64> {
+    Ok(u64::try_from(column::<i64>(row, i)?).unwrap_or(0))
+}
+
+/// What the lock statement found.
+enum Locked {
+    /// No row: no session.
+    Missing,
+    /// Locked by us: the record and its last touch.
+    Got(Vec<u8>, Option<f64>),
+}
+
+impl Shared {
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<tokio_postgres::Row>> {
+        self.table.ensure(&self.pool, self.timeout)?;
+        self.pool.query(sql, params)
+    }
+
+    fn orphans(&self) -> &Mutex<HashMap<String, (String, Instant)>> {
+        self.orphans.get_or_retire(clear_if_free)
+    }
+
+    /// Remembers a lock whose release may not have reached the server.
+    fn orphan(&self, digest: &str, token: &str) {
+        let lapses = crate::lock::deadline_after(Duration::from_secs_f64(self.lock_ttl_ms / 1e3));
+        let mut orphans = lock(self.orphans());
+        if orphans.len() >= 1000 {
+            let now = Instant::now();
+            orphans.retain(|_, (_, lapses)| *lapses > now);
+        }
+        orphans.insert(digest.to_owned(), (token.to_owned(), lapses));
+    }
+
+    /// Takes the session lock and reads the record, polling with back-off until `deadline`.
+    fn lock_and_read(&self, digest: &str, token: &str, deadline: Instant) -> StoreResult<Locked> {
+        let orphan = lock(self.orphans())
+            .get(digest)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_default();
+        let mut backoff = Duration::from_micros(500);
+        loop {
+            let rows = self.query(
+                &self.sql.lock,
+                &[
+                    (&digest, Type::TEXT),
+                    (&token, Type::TEXT),
+                    (&self.lock_ttl_ms, Type::FLOAT8),
+                    (&orphan, Type::TEXT),
+                ],
+            );
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // The lock may have been taken before the reply was lost.
+                    self.orphan(digest, token);
+                    return Err(e);
+                }
+            };
+            let Some(row) = rows.first() else {
+                return Ok(Locked::Missing);
+            };
+            if column::<bool>(row, 0)? {
+                if !orphan.is_empty() {
+                    lock(self.orphans()).remove(digest);
+                }
+                return Ok(Locked::Got(column(row, 1)?, column(row, 2)?));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.cfg.lock_timed_out());
+            }
+            std::thread::sleep(backoff.min(left));
+            backoff = (backoff * 2).min(POLL_MAX);
+        }
+    }
+
+    /// Counts the table's rows (`records`, `bytes`, `expired`, `live`, `sizes`).
+    fn stats(&self, now: f64) -> StoreResult<Report> {
+        let rows = self.query(&self.sql.stats, &[(&now, Type::FLOAT8)])?;
+        let mut report = Report::default();
+        let Some(row) = rows.first() else {
+            return Ok(report);
+        };
+        report.records = count(row, 0)?;
+        report.bytes = count(row, 1)?;
+        report.expired = count(row, 2)?;
+        report.live = report.records.saturating_sub(report.expired);
+        let mut below = 0;
+        for (i, slot) in report.sizes.iter_mut().take(SIZE_BUCKETS.len()).enumerate() {
+            let upto = count(row, 3 + i)?;
+            *slot = upto.saturating_sub(below);
+            below = upto;
+        }
+        report.sizes[SIZE_BUCKETS.len()] = report.records.saturating_sub(below);
+        Ok(report)
+    }
+
+    /// Deletes in batches with `sql` (`params` then the batch size) until a batch is short;
+    /// (rows, bytes) removed.
+    fn delete_batches(&self, sql: &str, now: Option<f64>) -> StoreResult<(u64, u64)> {
+        let (mut rows_total, mut bytes_total) = (0, 0);
+        loop {
+            let rows = match now {
+                Some(now) => self.query(sql, &[(&now, Type::FLOAT8), (&BATCH, Type::INT8)])?,
+                None => self.query(sql, &[(&BATCH, Type::INT8)])?,
+            };
+            let (n, bytes) = match rows.first() {
+                Some(r) => (count(r, 0)?, count(r, 1)?),
+                None => (0, 0),
+            };
+            rows_total += n;
+            bytes_total += bytes;
+            if n < BATCH as u64 {
+                return Ok((rows_total, bytes_total));
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Builds a store; connects lazily (nothing is opened before a pre-fork server forks).
+    pub fn new(cfg: StoreConfig, pcfg: PostgresConfig) -> StoreResult<Self> {
+        static PROVIDER: Once = Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let table = Table::new(pcfg.schema.as_deref(), &pcfg.table, pcfg.create)?;
+        let tls = tls_for(pcfg.tls_ca_certs.as_deref())?;
+        let pool = Pool::new(
+            &pcfg.url,
+            Some(tls),
+            pcfg.pool_size,
+            pcfg.connect_timeout,
+            pcfg.timeout,
+        )?;
+        let scope = LockScope::Server(Arc::from(format!(
+            "postgresql\n{}\n{}",
+            pcfg.url, table.qualified
+        )));
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                cfg,
+                sql: Sql::new(&table.qualified),
+                table,
+                pool,
+                lock_ttl_ms: pcfg.lock_ttl.as_secs_f64() * 1e3,
+                timeout: pcfg.timeout,
+                scope,
+                orphans: ForkLocal::here(),
+            }),
+        })
+    }
+}
+
+impl Store for PostgresStore {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.shared.cfg
+    }
+
+    fn open(&self, id: &SessionId, now: f64) -> StoreResult<Opened<Box<dyn SessionHandle>>> {
+        let shared = &self.shared;
+        let key = LockKey {
+            scope: shared.scope.clone(),
+            id: *id,
+        };
+        let (thread_lock, deadline) = lock_thread(key, &shared.cfg)?;
+        let digest = shard::digest(id);
+        let token = SessionId::generate()?.to_hex();
+        let Locked::Got(value, touched) = shared.lock_and_read(&digest, &token, deadline)? else {
+            return Ok(Opened::Missing);
+        };
+        let mut handle = PostgresHandle {
+            store: Arc::clone(shared),
+            id: *id,
+            digest,
+            token,
+            payload: Vec::new(),
+            created: now,
+            last_access: now,
+            seq: 0,
+            released: false,
+            generation: generation(),
+            _lock: thread_lock,
+        };
+        let header = match decode(&shared.cfg.keys, id, &value) {
+            Decoded::Valid(h) => h,
+            Decoded::Newer => {
+                handle.release();
+                return Ok(Opened::Newer);
+            }
+            Decoded::Corrupt => {
+                handle.remove()?;
+                return Ok(Opened::Corrupt);
+            }
+            Decoded::Unauthenticated => {
+                handle.remove()?;
+                return Ok(Opened::Unauthenticated);
+            }
+        };
+        let last_access = expiry::last_access(header.saved_at, touched);
+        let expired = (shared.cfg.expiry).is_expired(now, Some(header.created), Some(last_access));
+        if expired {
+            handle.remove()?;
+            return Ok(Opened::Expired);
+        }
+        handle.payload = value[HEADER_LEN..].to_vec();
+        handle.created = header.created;
+        handle.last_access = last_access;
+        handle.seq = header.seq;
+        Ok(Opened::Found(Box::new(handle)))
+    }
+
+    /// `INSERT … ON CONFLICT DO NOTHING`: never overwrites.
+    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+        let shared = &self.shared;
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
+        let expires = expires_at(&shared.cfg.expiry, created, now);
+        let rows = shared.query(
+            &shared.sql.create,
+            &[
+                (&shard::digest(id), Type::TEXT),
+                (&value, Type::BYTEA),
+                (&expires, Type::FLOAT8),
+            ],
+        )?;
+        if rows.is_empty() {
+            return Err(StoreError::IdCollision);
+        }
+        Ok(())
+    }
+
+    /// Counts (`Stats`), deletes expired sessions by the indexed `expires_at` (`Sweep`,
+    /// after counting), or deletes every session (`Clear`), in batches.
+    fn walk(&self, now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
+        let shared = &self.shared;
+        match mode {
+            WalkMode::Stats => shared.stats(now),
+            WalkMode::Sweep => {
+                let mut report = shared.stats(now)?;
+                let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
+                report.removed = removed;
+                report.bytes_freed = bytes;
+                Ok(report)
+            }
+            WalkMode::Clear => {
+                let (removed, bytes) = shared.delete_batches(&shared.sql.clear, None)?;
+                Ok(Report {
+                    records: removed,
+                    bytes,
+                    removed,
+                    bytes_freed: bytes,
+                    ..Report::default()
+                })
+            }
+        }
+    }
+
+    /// The sweeper thread's pass: only the indexed `DELETE`s (no count of the whole
+    /// table, which `walk` makes for `flask beaker-session sweep`). Concurrent sweeps of
+    /// several workers skip each other's rows (`SKIP LOCKED`), so none is coordinated.
+    fn sweep_if_due(&self, now: f64, _interval: f64, _: usize) -> StoreResult<Option<Report>> {
+        let shared = &self.shared;
+        let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
+        Ok(Some(Report {
+            expired: removed,
+            removed,
+            bytes_freed: bytes,
+            ..Report::default()
+        }))
+    }
+
+    fn init_schema(&self) -> StoreResult<Option<bool>> {
+        let shared = &self.shared;
+        shared.table.migrate(&shared.pool, shared.timeout).map(Some)
+    }
+}
+
+impl PostgresHandle {
+    /// Runs one of the token-checking statements; the lock is gone afterwards whatever
+    /// the outcome (released by the statement, or no longer ours). A statement that did
+    /// not get an answer leaves a possible orphan behind.
+    fn run(&mut self, sql: &str, extra: &[Param<'_>]) -> StoreResult<()> {
+        let mut params: Vec<Param<'_>> =
+            vec![(&self.digest, Type::TEXT), (&self.token, Type::TEXT)];
+        params.extend_from_slice(extra);
+        let rows = self.store.query(sql, &params);
+        self.released = true;
+        match rows {
+            Ok(rows) if rows.is_empty() => Err(StoreError::LockLost),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.store.orphan(&self.digest, &self.token);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the session and its lock.
+    fn remove(&mut self) -> StoreResult<()> {
+        let store = Arc::clone(&self.store);
+        self.run(&store.sql.delete, &[])
+    }
+
+    /// Releases the lock (compare-and-set). On failure the lock is remembered as an
+    /// orphan of this process. Nothing in a forked child: the lock is the parent's.
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) || self.generation != generation() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let released = store.query(
+            &store.sql.release,
+            &[(&self.digest, Type::TEXT), (&self.token, Type::TEXT)],
+        );
+        if released.is_err() {
+            store.orphan(&self.digest, &self.token);
+        }
+    }
+}
+
+impl SessionHandle for PostgresHandle {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            kind: PayloadKind::Record,
+            created: Some(self.created),
+            last_access: Some(self.last_access),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Writes the new record and releases the lock in one statement (if still ours).
+    fn save(mut self: Box<Self>, payload: &[u8], now: f64, _: Option<f64>) -> StoreResult<()> {
+        let store = Arc::clone(&self.store);
+        let now = expiry::save_time(Some(self.last_access), now);
+        let value = record::encode_slot(
+            &store.cfg.keys,
+            &self.id,
+            self.seq + 1,
+            self.created,
+            now,
+            payload,
+        );
+        let expires = expires_at(&store.cfg.expiry, self.created, now);
+        self.run(
+            &store.sql.save,
+            &[(&value, Type::BYTEA), (&expires, Type::FLOAT8)],
+        )
+    }
+
+    /// Touches and releases in one statement; a bare release when no touch is due.
+    fn touch(mut self: Box<Self>, now: f64) -> StoreResult<bool> {
+        let store = Arc::clone(&self.store);
+        if !store.cfg.expiry.touch_due(Some(self.last_access), now) {
+            self.release();
+            return Ok(false);
+        }
+        let expires = expires_at(&store.cfg.expiry, self.created, now);
+        self.run(
+            &store.sql.touch,
+            &[(&now, Type::FLOAT8), (&expires, Type::FLOAT8)],
+        )?;
+        Ok(true)
+    }
+
+    fn delete(mut self: Box<Self>) -> StoreResult<()> {
+        self.remove()
+    }
+}
+
+impl Drop for PostgresHandle {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_at_is_the_earlier_limit() {
+        let both = Expiry {
+            idle: Some(100.0),
+            absolute: Some(1000.0),
+        };
+        assert_eq!(expires_at(&both, 0.0, 50.0), Some(150.0));
+        assert_eq!(expires_at(&both, 0.0, 950.0), Some(1000.0));
+        assert_eq!(expires_at(&Expiry::default(), 0.0, 5.0), None);
+    }
+
+    #[test]
+    fn bad_urls_and_names_are_config_errors() {
+        let cfg = StoreConfig {
+            keys: Keys::new(&[b"k".to_vec()]),
+            expiry: Expiry::default(),
+            lock_timeout: Duration::from_secs(1),
+            max_waiters: None,
+        };
+        let pcfg = PostgresConfig {
+            url: "postgresql://u@127.0.0.1:1/db".to_owned(),
+            schema: None,
+            table: "sessions".to_owned(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(1),
+            create: true,
+            tls_ca_certs: None,
+        };
+        assert!(PostgresStore::new(cfg.clone(), pcfg.clone()).is_ok());
+        let bad_url = PostgresConfig {
+            url: "postgresql://u@h:notaport/db".to_owned(),
+            ..pcfg.clone()
+        };
+        assert!(matches!(
+            PostgresStore::new(cfg.clone(), bad_url),
+            Err(StoreError::Config(_))
+        ));
+        let bad_table = PostgresConfig {
+            table: "x; drop table y".to_owned(),
+            ..pcfg
+        };
+        assert!(matches!(
+            PostgresStore::new(cfg, bad_table),
+            Err(StoreError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn unreachable_server_is_unavailable_within_the_timeouts() {
+        let cfg = StoreConfig {
+            keys: Keys::new(&[b"k".to_vec()]),
+            expiry: Expiry::default(),
+            lock_timeout: Duration::from_secs(1),
+            max_waiters: None,
+        };
+        let pcfg = PostgresConfig {
+            url: "postgresql://u@127.0.0.1:1/db?sslmode=disable".to_owned(),
+            schema: None,
+            table: "sessions".to_owned(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(1),
+            create: true,
+            tls_ca_certs: None,
+        };
+        let store = PostgresStore::new(cfg, pcfg).map_err(|e| e.to_string());
+        let Ok(store) = store else {
+            panic!("store: {store:?}", store = store.err());
+        };
+        let started = Instant::now();
+        let id = SessionId::parse("0123456789abcdef0123456789abcdef");
+        let Some(id) = id else { panic!("id") };
+        let opened = store.open(&id, 0.0);
+        assert!(matches!(opened, Err(StoreError::Unavailable(_))));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
