@@ -16,9 +16,8 @@ import sysconfig
 from importlib.metadata import metadata, version
 from pathlib import Path
 
-import pytest
-
 import flask_beaker_session
+import pytest
 from flask_beaker_session import _core
 
 ROOT = Path(__file__).resolve().parent.parent
