@@ -30,9 +30,16 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
+# maturin (not pip) builds, so cargo's progress shows during the 1-3 minute first build;
+# the server runs as the terminal's foreground job (examples/_terminal.py), so Ctrl-C stops
+# it and make exits with status 0.
 demo: venv
-	$(BIN)/pip install --quiet .
-	cd examples && ../$(BIN)/python app.py
+	@echo "==> Installing maturin and the demo's dependencies into $(VENV)"
+	$(BIN)/pip install --progress-bar on 'maturin>=1.9.4'
+	@echo "==> Building the Rust core (release mode; 1-3 minutes the first time)"
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release
+	@echo "==> Serving examples/app.py on http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
+	cd examples && PORT=$(PORT) ../$(BIN)/python app.py
 
 test: venv
 	$(BIN)/pip install --quiet -e '.[test,test-flask3]'
