@@ -39,7 +39,7 @@ demo: venv
 	@echo "==> Building the Rust core (release mode; 1-3 minutes the first time)"
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release
 	@echo "==> Serving examples/app.py on http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
-	cd examples && PORT=$(PORT) ../$(BIN)/python app.py
+	cd examples && PORT=$(PORT) exec ../$(BIN)/python app.py
 
 test: venv
 	$(BIN)/pip install --quiet -e '.[test,test-flask3]'
