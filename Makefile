@@ -140,7 +140,9 @@ wheels: release-tools
 	$(BIN)/maturin sdist --out $(DIST)
 	$(BIN)/python tools/check_dist.py --list $(DIST)
 
+# tools/check_dist.py checks musllinux wheels with musl's own loader (Debian: musl).
 release-check: release-tools
+	@test -x /lib/ld-musl-x86_64.so.1 || { echo "release-check needs musl: apt-get install musl"; exit 1; }
 	$(BIN)/python tools/check_dist.py $(DIST)
 	$(BIN)/twine check --strict $(DIST)/*
 

@@ -1,9 +1,15 @@
 """Checks release artefacts before they are uploaded (``make release-check``).
 
-For every wheel in the given directory: its platform tag is one an index accepts and that
-``auditwheel show`` confirms (the extension needs no newer glibc/musl than the tag says
-and links no library outside the policy); its native module is stripped (no ``.symtab``,
-no DWARF). For the sdist: it holds what a build with only Rust needs, plus the tests.
+For every wheel in the given directory: its platform tag is one an index accepts and its
+native module is stripped (no ``.symtab``, no DWARF). A manylinux wheel's tag must be one
+``auditwheel show`` confirms (no newer glibc symbol than the tag allows, no library outside
+the policy). A musllinux wheel is checked with musl's own dynamic loader instead
+(``apt-get install musl``): auditwheel only recognises Alpine's name for the C library
+(``libc.musl-x86_64.so.1``), while a zig-linked module names it ``libc.so``, which musl's
+loader maps to itself; the loader then resolves every symbol the module imports, so one
+that only glibc has fails the check (CPython's own ``Py*`` symbols are left for the
+interpreter). maturin's built-in policy check has already passed at build time.
+For the sdist: it holds what a build with only Rust needs, plus the tests.
 ``--list`` only prints each artefact's name, tags and size.
 """
 
@@ -64,6 +70,40 @@ def unstripped_sections(data: bytes) -> list[str]:
     ]
 
 
+#: musl's dynamic loader per architecture (Debian's ``musl`` package, x86_64 only here).
+MUSL_LOADERS = {"x86_64": Path("/lib/ld-musl-x86_64.so.1")}
+#: Libraries musl's loader provides itself (it serves these names from libc).
+_MUSL_SELF = {"libc.so", "libpthread.so", "librt.so", "libm.so", "libdl.so", "libutil.so"}
+
+
+def check_musl(data: bytes, arch: str) -> list[str]:
+    """Problems of a musllinux module: needs only musl's libc, and musl resolves every
+    symbol it imports (other than CPython's)."""
+    import tempfile
+
+    from elftools.elf.elffile import ELFFile
+
+    dynamic = ELFFile(io.BytesIO(data)).get_section_by_name(".dynamic")
+    needed = {t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"}
+    problems = [f"needs {lib} (not part of musl)" for lib in sorted(needed - _MUSL_SELF)]
+    loader = MUSL_LOADERS.get(arch)
+    if loader is None or not loader.exists():
+        return [*problems, f"cannot check a musllinux {arch} wheel: no musl loader here"]
+    with tempfile.NamedTemporaryFile(suffix=".so") as module:
+        module.write(data)
+        module.flush()
+        listed = subprocess.run(
+            [str(loader), "--list", module.name], capture_output=True, text=True, check=False
+        )
+    for line in (listed.stdout + listed.stderr).splitlines():
+        missing = re.search(r"Error relocating .*: (\S+): symbol not found", line)
+        if missing and not missing[1].startswith(("Py", "_Py")):
+            problems.append(f"musl lacks {missing[1]}")
+        elif line.startswith("Error") and not missing:
+            problems.append(line)
+    return problems
+
+
 def check_wheel(path: Path) -> list[str]:
     problems: list[str] = []
     _py, abi, platforms = wheel_tags(path.name)
@@ -72,6 +112,15 @@ def check_wheel(path: Path) -> list[str]:
     claimed = [policy(p) for p in platforms]
     if not platforms or any(c is None for c in claimed):
         problems.append(f"platform tag {'.'.join(platforms)!r} is not accepted by an index")
+        return problems
+    if all(c is not None and c[0] == "musllinux" for c in claimed):
+        with zipfile.ZipFile(path) as wheel:
+            for name in (n for n in wheel.namelist() if n.endswith(".so")):
+                arch = claimed[0][2]  # type: ignore[index]
+                problems += check_musl(wheel.read(name), arch)
+                left = unstripped_sections(wheel.read(name))
+                if left:
+                    problems.append(f"{name} is not stripped: {', '.join(left)}")
         return problems
     shown = subprocess.run(
         [sys.executable, "-m", "auditwheel", "show", str(path)],
