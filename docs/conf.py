@@ -30,6 +30,9 @@ myst_heading_anchors = 3
 # Resolve Markdown links in the std and py domains only (the theme adds domains that
 # MyST cannot search for link targets).
 myst_ref_domains = ["std", "py"]
+# Settings and API objects are listed on their pages, not in every table of contents.
+toc_object_entries = False
+add_module_names = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
