@@ -126,16 +126,27 @@ RELEASE_TOOLS := 'maturin>=1.9.4' 'ziglang>=0.13' 'auditwheel>=6.1' 'twine>=6.1'
 # maturin runs zig as `python3 -m ziglang`: the venv's python3 must come first on PATH.
 ZIG_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
 MATURIN_BUILD = $(ZIG_PATH) $(BIN)/maturin build --release --zig --out $(DIST)
+# glibc wheels must unwind with libgcc_s, as glibc does: zig links its own static LLVM
+# libunwind instead, and when CPython ends a daemon thread that re-enters the interpreter
+# during shutdown (pthread_exit), glibc's forced unwind through our frames calls that
+# libunwind with libgcc's context and the worker segfaults at exit (the sweeper thread
+# triggers it). Linking the target's libgcc_s.so.1 first makes the module import the
+# unwinder from it (allowed by manylinux2014); tools/check_dist.py checks it.
+LIBGCC_X86_64 := /lib/x86_64-linux-gnu/libgcc_s.so.1
+LIBGCC_AARCH64 := /usr/aarch64-linux-gnu/lib/libgcc_s.so.1
+GNU_X86_64_UNWIND = CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=$(LIBGCC_X86_64)"
+GNU_AARCH64_UNWIND = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=$(LIBGCC_AARCH64)"
 MANYLINUX_X86_64 := --target x86_64-unknown-linux-gnu --compatibility manylinux2014
 
 release-tools: venv
 	$(BIN)/pip install --quiet $(RELEASE_TOOLS)
 
 wheels: release-tools
+	@test -f $(LIBGCC_AARCH64) || { echo "wheels need aarch64's libgcc_s: apt-get install libgcc-s1-arm64-cross"; exit 1; }
 	rustup target add aarch64-unknown-linux-gnu x86_64-unknown-linux-musl
 	rm -rf $(DIST)
-	$(MATURIN_BUILD) $(MANYLINUX_X86_64)
-	$(MATURIN_BUILD) --target aarch64-unknown-linux-gnu --compatibility manylinux2014
+	$(GNU_X86_64_UNWIND) $(MATURIN_BUILD) $(MANYLINUX_X86_64)
+	$(GNU_AARCH64_UNWIND) $(MATURIN_BUILD) --target aarch64-unknown-linux-gnu --compatibility manylinux2014
 	$(MATURIN_BUILD) --target x86_64-unknown-linux-musl --compatibility musllinux_1_2
 	$(BIN)/maturin sdist --out $(DIST)
 	$(BIN)/python tools/check_dist.py --list $(DIST)
@@ -155,7 +166,7 @@ wheel-test: release-tools
 	rm -rf build/sdist build/wheel $(WHEEL_VENV)
 	$(BIN)/maturin sdist --out build/sdist
 	tar -xzf build/sdist/*.tar.gz -C build/sdist
-	cd build/sdist/flask_beaker_session-*/ && $(ZIG_PATH) CARGO_TARGET_DIR=$(CURDIR)/target \
+	cd build/sdist/flask_beaker_session-*/ && $(ZIG_PATH) $(GNU_X86_64_UNWIND) CARGO_TARGET_DIR=$(CURDIR)/target \
 		$(CURDIR)/$(BIN)/maturin build --release --zig $(MANYLINUX_X86_64) --out $(CURDIR)/build/wheel
 	$(BIN)/python tools/check_dist.py build/wheel
 	$(PYTHON) -m venv $(WHEEL_VENV)

@@ -9,6 +9,10 @@ the policy). A musllinux wheel is checked with musl's own dynamic loader instead
 loader maps to itself; the loader then resolves every symbol the module imports, so one
 that only glibc has fails the check (CPython's own ``Py*`` symbols are left for the
 interpreter). maturin's built-in policy check has already passed at build time.
+A manylinux module must take its unwinder from libgcc_s, as glibc does (``_Unwind_*``
+imported from ``libgcc_s.so.1``, not bundled): glibc's ``pthread_exit`` unwinds through
+our frames with libgcc's unwinder when CPython ends a thread at shutdown, and a bundled
+one (zig links LLVM's libunwind) crashes the process there.
 For the sdist: it holds what a build with only Rust needs, plus the tests.
 ``--list`` only prints each artefact's name, tags and size.
 """
@@ -104,6 +108,24 @@ def check_musl(data: bytes, arch: str) -> list[str]:
     return problems
 
 
+def unwinder_problems(data: bytes) -> list[str]:
+    """Problems of a glibc module's unwinder: it must import ``_Unwind_RaiseException``
+    and need ``libgcc_s.so.1`` (where glibc's forced unwinding comes from)."""
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(data))
+    dynamic = elf.get_section_by_name(".dynamic")
+    needed = {t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"}
+    imported = {
+        s.name
+        for s in elf.get_section_by_name(".dynsym").iter_symbols()
+        if s["st_shndx"] == "SHN_UNDEF"
+    }
+    if "libgcc_s.so.1" in needed and "_Unwind_RaiseException" in imported:
+        return []
+    return ["bundles its own unwinder instead of importing libgcc_s's (see make wheels)"]
+
+
 def check_wheel(path: Path) -> list[str]:
     problems: list[str] = []
     _py, abi, platforms = wheel_tags(path.name)
@@ -148,6 +170,7 @@ def check_wheel(path: Path) -> list[str]:
             left = unstripped_sections(wheel.read(name))
             if left:
                 problems.append(f"{name} is not stripped: {', '.join(left)}")
+            problems += unwinder_problems(wheel.read(name))
     return problems
 
 
