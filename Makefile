@@ -122,6 +122,8 @@ docs: venv
 # built once (the machine is small). The sdist needs only Rust to build (pip fetches maturin).
 DIST := dist
 WHEEL_VENV := .venv-wheel
+# The sdist build reuses the checkout's target dir (a fresh clone, as in CI, builds once).
+WHEEL_TARGET_DIR ?= $(CURDIR)/target
 RELEASE_TOOLS := 'maturin>=1.9.4' 'ziglang>=0.13' 'auditwheel>=6.1' 'twine>=6.1'
 # maturin runs zig as `python3 -m ziglang`: the venv's python3 must come first on PATH.
 ZIG_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
@@ -166,7 +168,7 @@ wheel-test: release-tools
 	rm -rf build/sdist build/wheel $(WHEEL_VENV)
 	$(BIN)/maturin sdist --out build/sdist
 	tar -xzf build/sdist/*.tar.gz -C build/sdist
-	cd build/sdist/flask_beaker_session-*/ && $(ZIG_PATH) $(GNU_X86_64_UNWIND) CARGO_TARGET_DIR=$(CURDIR)/target \
+	cd build/sdist/flask_beaker_session-*/ && $(ZIG_PATH) $(GNU_X86_64_UNWIND) CARGO_TARGET_DIR=$(WHEEL_TARGET_DIR) \
 		$(CURDIR)/$(BIN)/maturin build --release --zig $(MANYLINUX_X86_64) --out $(CURDIR)/build/wheel
 	$(BIN)/python tools/check_dist.py build/wheel
 	$(PYTHON) -m venv $(WHEEL_VENV)
