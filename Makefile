@@ -110,9 +110,14 @@ clean:
 # -- documentation -------------------------------------------------------------------
 # Sphinx with Flask's theme; Markdown pages through MyST. The configuration reference is
 # generated from config.py at build time (docs/_ext/fbs_config.py). -W: a warning fails.
+# Only the docs extra's requirements are installed (from pyproject.toml): reinstalling the
+# package itself would rebuild it. Python < 3.11 has no tomllib: then the extra is installed.
+DOCS_REQUIREMENTS = $(BIN)/python -c 'import tomllib; \
+	print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))'
+
 docs: venv
 	$(BIN)/python -c 'import flask_beaker_session._core' 2>/dev/null || $(BIN)/pip install --quiet -e .
-	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/pip install --quiet $$($(DOCS_REQUIREMENTS) 2>/dev/null || echo "-e .[docs]")
 	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
 	@echo "docs: file://$(CURDIR)/docs/_build/html/index.html"
 
