@@ -229,3 +229,55 @@ def test_samesite_setting_reaches_the_browser(
     log_in(driver, base)
     cookie = session_cookie(driver)
     assert cookie is not None and cookie["sameSite"] == "Strict"
+
+
+@pytest.fixture
+def demo_server(data_dir: Path) -> Iterator[tuple[Any, str]]:
+    """Serves the demo (``examples/app.py``) on a free port; yields (module, base URL)."""
+    module = load_example("app", data_dir)
+    server = make_server("127.0.0.1", 0, module.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield module, f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def test_demo_page_in_chromium(
+    demo_server: tuple[Any, str], driver: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    """The demo's index, as chromium renders it: every route explained; no session at
+    first; after /create, the session's id (the cookie chromium holds), its contents, its
+    times and its file, which exists. The rendered page is saved as a PNG (in
+    ``$FBS_SCREENSHOT_DIR`` when set, to look at it)."""
+    module, base = demo_server
+    driver.set_window_size(1000, 1100)
+    driver.get(f"{base}/")
+    body = page_text(driver)
+    for path, sentence in module.ROUTES.items():
+        assert f"{path}: {sentence}" in body
+    assert text_of(driver, "no-session").startswith("You have no session yet")
+    assert session_cookie(driver) is None
+
+    click(driver, "link-create")
+    assert page_text(driver) == "created"
+    driver.get(f"{base}/")
+    cookie = session_cookie(driver)
+    assert cookie is not None
+    assert text_of(driver, "session-id") == cookie["value"]
+    contents = text_of(driver, "session-contents").splitlines()
+    assert contents == ["var_1 = session 1", "var_2 = 5", "var_3 = YourObject('an object')"]
+    assert text_of(driver, "session-created").endswith("s ago)")
+    assert text_of(driver, "session-last-accessed").endswith("s ago)")
+    assert [Path(text_of(driver, "session-stored"))] == record_files(data_dir)
+
+    png = driver.get_screenshot_as_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    (tmp_path / "demo.png").write_bytes(png)
+    if os.environ.get("FBS_SCREENSHOT_DIR"):
+        target = Path(os.environ["FBS_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "demo.png").write_bytes(png)

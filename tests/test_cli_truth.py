@@ -24,7 +24,7 @@ from helpers import (
     store_of,
 )
 
-#: The documented ``stats --json`` keys (README, "Expiry and cleanup").
+#: The documented ``stats --json`` keys (docs/cli.md; tests/test_docs.py compares).
 SCHEMA_KEYS = {
     "schema",
     "backend",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from _examples import load_example
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import client_with, cookie_of, record_files
+from markupsafe import escape
 
 
 @pytest.fixture
@@ -83,6 +85,38 @@ def test_demo_index_stores_nothing(demo: ModuleType, data_dir: Path) -> None:
     assert "/create" in response.text
     assert set_cookie_headers(response) == []
     assert record_files(data_dir) == []
+
+
+def test_demo_index_explains_every_route(demo: ModuleType) -> None:
+    """Every route of the app is linked from the index with its sentence, and a visitor
+    without a session is told so."""
+    page = demo.app.test_client().get("/").text
+    routes = {r.rule for r in demo.app.url_map.iter_rules()} - {"/", "/static/<path:filename>"}
+    assert set(demo.ROUTES) == routes
+    for path, sentence in demo.ROUTES.items():
+        assert f'href="{path}"' in page
+        assert str(escape(sentence)) in page
+    assert 'id="no-session"' in page and 'id="session-id"' not in page
+
+
+def test_demo_index_shows_the_session(demo: ModuleType, data_dir: Path) -> None:
+    """With a session, the index shows its id (the cookie's value), contents, creation and
+    last-access times, and the file it is stored in, which exists; nothing is rewritten."""
+    client = demo.app.test_client()
+    client.get("/create")
+    sid = cookie_of(client)
+    assert sid is not None
+    page = client.get("/").text
+    assert f'<code id="session-id">{sid}</code>' in page
+    assert "var_1 = session 1" in page and "var_2 = 5" in page
+    assert "var_3 = YourObject(&#39;an object&#39;)" in page
+    for field in ("session-created", "session-last-accessed"):
+        shown = re.search(rf'id="{field}">([^<]*)<', page)
+        assert shown is not None and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC ", shown[1])
+    stored = re.search(r'id="session-stored">([^<]*)<', page)
+    assert stored is not None
+    assert [Path(stored[1])] == record_files(data_dir)
+    assert set_cookie_headers(client.get("/")) == []  # showing it does not re-send the cookie
 
 
 def test_demo_create_read_delete_delete_all(demo: ModuleType, data_dir: Path) -> None:

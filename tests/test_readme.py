@@ -1,6 +1,7 @@
-"""The README's Python code blocks run.
+"""The Python code blocks of the README and of the documentation pages run.
 
-Every fenced ```` ```python ```` block of ``README.md`` is executed on its own, as a fresh
+Every fenced ```` ```python ```` block of ``README.md`` and of ``docs/*.md`` is executed on
+its own, as a fresh
 module, with a temporary working directory (so relative ``SESSION_DATA_DIR`` values land
 in it). A block that is not meant to run (a fragment, or one that starts a server) is
 marked by the HTML comment ``<!-- no-test -->`` on the line(s) before its fence (blank
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
 NO_TEST = "<!-- no-test -->"
 _FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
 
@@ -69,6 +72,12 @@ def _stores_under(app: Flask, root: Path) -> bool:
 
 
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+#: (page, block) for every documentation page, README first.
+ALL_BLOCKS = [
+    (page.relative_to(ROOT).as_posix(), block)
+    for page in [README, *DOC_PAGES]
+    for block in python_blocks(page.read_text(encoding="utf-8"))
+]
 
 
 def test_parser_finds_blocks_and_marks() -> None:
@@ -105,21 +114,36 @@ def test_readme_has_runnable_python() -> None:
     assert runnable, "README.md has no tested python block"
 
 
+def test_docs_pages_have_runnable_python() -> None:
+    """The pages that teach code (quickstart, backends, FAQ, deployment) have tested
+    blocks, so the docs' examples are executed, not only the README's."""
+    tested = {page for page, block in ALL_BLOCKS if not block.skipped}
+    assert {
+        "docs/quickstart.md",
+        "docs/backends.md",
+        "docs/faq.md",
+        "docs/deployment.md",
+    } <= tested
+
+
 @pytest.mark.parametrize(
-    "block",
-    [pytest.param(b, id=f"line{b.line}") for b in BLOCKS if not b.skipped],
+    ("page", "block"),
+    [pytest.param(p, b, id=f"{p}:{b.line}") for p, b in ALL_BLOCKS if not b.skipped],
 )
-def test_readme_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_block_runs(
+    page: str, block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The block executes without error in a fresh module, cwd = a temporary dir."""
     monkeypatch.chdir(tmp_path)
     for key in ("SESSION_DATA_DIR", "SECRET_KEY"):
         monkeypatch.delenv(key, raising=False)
-    name = f"readme_block_{block.line}"
+    stem = re.sub(r"\W", "_", page.rsplit(".", 1)[0])
+    name = f"doc_block_{stem}_{block.line}"
     module = types.ModuleType(name)
     module.__file__ = str(tmp_path / f"{name}.py")
     # Registered so that classes the block defines can be pickled into sessions.
     monkeypatch.setitem(sys.modules, name, module)
-    code = compile(block.code, f"README.md:{block.line}", "exec")
+    code = compile(block.code, f"{page}:{block.line}", "exec")
     exec(code, module.__dict__)
 
     app = module.__dict__.get("app")

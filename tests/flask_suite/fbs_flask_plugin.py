@@ -96,7 +96,7 @@ def pytest_report_header(config: Any) -> str:
 
 
 #: Flask tests that check a behaviour this package changes on purpose (skipped, with the
-#: reason; README, "Flask's own tests").
+#: reason; docs/compatibility.md, "Flask's own tests").
 DELIBERATE = {
     "tests/test_basic.py::test_session_using_session_settings": (
         "cookie name: always 'beaker.session.id' (the original's), not SESSION_COOKIE_NAME"

@@ -8,7 +8,7 @@ temp dir (Flask's code is never committed), installs its test dependencies
         tests/test_reqctx.py -k "session or flash"
 
 from there. The plugin (``fbs_flask_plugin.py``) installs this package on every app and
-marks the tests that differ on purpose (README, "Flask's own tests"). Extra arguments are
+marks the tests that differ on purpose (docs/compatibility.md). Extra arguments are
 passed to pytest.
 """
 
