@@ -1,52 +1,32 @@
-//! The file store's descriptor-relative system calls (POSIX), in one place so that a port
-//! (issue 19: Windows) replaces this module only. Everything below the data directory is
-//! reached one name at a time from an open directory descriptor: directories with
-//! `O_DIRECTORY | O_NOFOLLOW`, files with `O_NOFOLLOW`, removals with `unlinkat`, so no
+//! The POSIX side of `platform` (Linux, macOS, the BSDs). Everything below the data
+//! directory is reached one name at a time from an open directory descriptor: directories
+//! with `O_DIRECTORY | O_NOFOLLOW`, files with `O_NOFOLLOW`, removals with `unlinkat`, so no
 //! symlink (or a directory swapped for one) ever takes a call outside the data directory.
 //! The data directory itself is opened by its configured path (the operator's choice, which
-//! may be a symlink).
+//! may be a symlink). Files are 0600 and directories 0700, set explicitly whatever the
+//! umask; positional I/O is `pread`/`pwrite`; a file's unlinking shows as `nlink == 0`.
 
-use std::fs::File;
+use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::{Entry, Kind, NotAFile, Sub};
+
+/// An open directory of the store.
+pub(crate) type Dir = OwnedFd;
+
+/// Idle record files may stay open between requests (`lock::fd_cache`): a record replaced
+/// or deleted meanwhile shows as `nlink == 0` and is never used.
+pub(crate) const KEEP_IDLE_FILES: bool = true;
+
 /// Directories are created 0700 and files 0600, set explicitly whatever the umask.
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
-
-/// What is at a name where a directory belongs.
-pub(crate) enum Sub {
-    /// A real directory, opened.
-    Dir(OwnedFd),
-    /// Nothing.
-    Missing,
-    /// A symbolic link: never followed.
-    Symlink,
-    /// A file, FIFO, socket or device.
-    NotDir,
-}
-
-/// The kind of a directory entry, as `lstat` sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
-
-/// An entry's metadata, without following a symlink.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Entry {
-    pub kind: Kind,
-    pub len: u64,
-    /// Modification time, epoch seconds.
-    pub mtime: f64,
-}
 
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
@@ -62,7 +42,6 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
 /// Creates the data directory and its missing parents (0700, set explicitly on the data
 /// directory itself), then opens it.
 pub(crate) fn make_root(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -73,8 +52,7 @@ pub(crate) fn make_root(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Opens the directory `name` of `parent` without following a symlink.
-pub(crate) fn subdir(parent: impl AsFd, name: &str) -> io::Result<Sub> {
-    let parent = parent.as_fd();
+pub(crate) fn subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
     match rfs::openat(parent, name, dir_flags(), Mode::empty()) {
         Ok(fd) => Ok(Sub::Dir(fd)),
         Err(Errno::NOENT) => Ok(Sub::Missing),
@@ -88,8 +66,7 @@ pub(crate) fn subdir(parent: impl AsFd, name: &str) -> io::Result<Sub> {
 }
 
 /// `subdir`, creating the directory (0700) if it is missing.
-pub(crate) fn make_subdir(parent: impl AsFd, name: &str) -> io::Result<Sub> {
-    let parent = parent.as_fd();
+pub(crate) fn make_subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
     match rfs::mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
         Ok(()) => {
             let sub = subdir(parent, name)?;
@@ -123,13 +100,13 @@ pub(crate) fn make_subdir(parent: impl AsFd, name: &str) -> io::Result<Sub> {
 
 /// Opens the existing file `name` of `dir` read-write, never following a symlink
 /// (`ELOOP`); a directory gives `EISDIR`.
-pub(crate) fn open_file(dir: impl AsFd, name: &str) -> io::Result<File> {
+pub(crate) fn open_file(dir: &Dir, name: &str) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     Ok(File::from(rfs::openat(dir, name, flags, Mode::empty())?))
 }
 
 /// Creates the new file `name` in `dir` (`O_EXCL`, never through a symlink), mode 0600.
-pub(crate) fn create_file(dir: impl AsFd, name: &str) -> io::Result<File> {
+pub(crate) fn create_file(dir: &Dir, name: &str) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rfs::openat(dir, name, flags, Mode::from_raw_mode(FILE_MODE))?;
     rfs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))?;
@@ -137,18 +114,17 @@ pub(crate) fn create_file(dir: impl AsFd, name: &str) -> io::Result<File> {
 }
 
 /// Removes the entry `name` of `dir` (a symlink itself, never its target).
-pub(crate) fn unlink(dir: impl AsFd, name: &str) -> io::Result<()> {
+pub(crate) fn unlink(dir: &Dir, name: &str) -> io::Result<()> {
     Ok(rfs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
 /// Removes the directory `name` of `dir` if it is empty (`ENOTEMPTY` otherwise).
-pub(crate) fn remove_empty_dir(dir: impl AsFd, name: &str) -> io::Result<()> {
+pub(crate) fn remove_empty_dir(dir: &Dir, name: &str) -> io::Result<()> {
     Ok(rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
 }
 
 /// Renames `from` to `to`, both in `dir`.
-pub(crate) fn rename(dir: impl AsFd, from: &str, to: &str) -> io::Result<()> {
-    let dir = dir.as_fd();
+pub(crate) fn rename(dir: &Dir, from: &str, to: &str) -> io::Result<()> {
     Ok(rfs::renameat(dir, from, dir, to)?)
 }
 
@@ -167,7 +143,7 @@ fn entry_of(st: &rfs::Stat) -> Entry {
 }
 
 /// The metadata of `name` in `dir` without following a symlink; `None` if it is gone.
-pub(crate) fn stat_at(dir: impl AsFd, name: &str) -> io::Result<Option<Entry>> {
+pub(crate) fn stat_at(dir: &Dir, name: &str) -> io::Result<Option<Entry>> {
     match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(entry_of(&st))),
         Err(Errno::NOENT) => Ok(None),
@@ -177,7 +153,7 @@ pub(crate) fn stat_at(dir: impl AsFd, name: &str) -> io::Result<Option<Entry>> {
 
 /// The names in `dir` (but `.` and `..`), read through a descriptor of its own. Names that
 /// are not UTF-8 come back lossily converted: they never match a name this package writes.
-pub(crate) fn names(dir: impl AsFd) -> io::Result<Vec<String>> {
+pub(crate) fn names(dir: &Dir) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in rfs::Dir::read_from(dir)? {
         let entry = entry?;
@@ -190,7 +166,7 @@ pub(crate) fn names(dir: impl AsFd) -> io::Result<Vec<String>> {
 }
 
 /// Device and inode of an open directory.
-pub(crate) fn identity(fd: impl AsFd) -> io::Result<(u64, u64)> {
+pub(crate) fn identity(fd: &Dir) -> io::Result<(u64, u64)> {
     let st = rfs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
 }
@@ -202,11 +178,107 @@ pub(crate) fn identity_of(path: &Path) -> io::Result<(u64, u64)> {
 }
 
 /// Whether an open directory has been removed (a removed directory has no links).
-pub(crate) fn is_removed(fd: impl AsFd) -> bool {
+pub(crate) fn is_removed(fd: &Dir) -> bool {
     rfs::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
 }
 
-/// The directory as a `File` (for `flock`, which works on directory descriptors).
-pub(crate) fn as_file(fd: OwnedFd) -> File {
-    File::from(fd)
+/// The directory as a `File` to lock (`flock` works on directory descriptors).
+pub(crate) fn dir_lock_file(dir: Dir) -> io::Result<File> {
+    Ok(File::from(dir))
+}
+
+/// Whether the file opened at `name` in `dir` (its metadata `meta`, taken under its lock) is
+/// still linked there: deleted or replaced meanwhile, it has no links left. (`dir` and
+/// `name` serve the Windows side, which cannot count links.)
+pub(crate) fn still_linked(_: &File, meta: &Metadata, _: &Dir, _: &str) -> io::Result<bool> {
+    Ok(meta.nlink() > 0)
+}
+
+/// Whether an open file has been unlinked (one `fstat`).
+pub(crate) fn is_unlinked(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` (`pread`).
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    file.read_exact_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset` (`pwrite`).
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(buf, offset)
+}
+
+/// A file's mtime in epoch seconds.
+pub(crate) fn mtime(meta: &Metadata) -> f64 {
+    meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
+}
+
+/// This process's effective user id.
+pub(crate) fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The owner and mode of a file, with this process's effective uid, for the legacy trust
+/// rule (`legacy::trusted`).
+pub(crate) fn ownership(meta: &Metadata) -> Option<(u32, u32, u32)> {
+    Some((meta.uid(), meta.mode(), euid()))
+}
+
+/// Opens the key file for reading, never through a symlink (`ELOOP`) and never blocking on
+/// a FIFO planted at its name.
+pub(crate) fn open_key(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Why the key file (`meta`, of the opened file) cannot be trusted, if it cannot: owned by
+/// another user, or readable or writable by group or others.
+pub(crate) fn key_distrust(meta: &Metadata) -> Option<String> {
+    if meta.uid() != euid() {
+        return Some(format!(
+            "it is owned by uid {}, not by this process's user",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Some(format!(
+            "its mode is {:o}: other users may read or replace it (expected 600)",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Creates the new private file `path` (never through a symlink), mode 0600.
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // Mode 0600 whatever the umask (a umask can only remove bits, but be explicit).
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(file)
+}
+
+/// Creates `path` and its missing parents, 0700.
+pub(crate) fn make_private_dirs(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
+
+pub(crate) fn classify(e: &io::Error) -> Option<NotAFile> {
+    match e.raw_os_error()? {
+        libc::ELOOP => Some(NotAFile::Symlink),
+        libc::EISDIR => Some(NotAFile::Dir),
+        libc::ENXIO => Some(NotAFile::Special),
+        libc::ENOTDIR => Some(NotAFile::NotDir),
+        _ => None,
+    }
 }
