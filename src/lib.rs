@@ -22,6 +22,7 @@ pub mod lock;
 mod platform;
 #[cfg(test)]
 mod proptests;
+#[cfg(feature = "python")]
 mod py;
 pub mod record;
 pub mod report;
@@ -29,4 +30,5 @@ pub mod shard;
 pub mod sid;
 pub mod store;
 
+#[cfg(feature = "python")]
 pub use py::_core;

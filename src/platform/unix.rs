@@ -182,9 +182,23 @@ pub(crate) fn is_removed(fd: &Dir) -> bool {
     rfs::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
 }
 
-/// The directory as a `File` to lock (`flock` works on directory descriptors).
-pub(crate) fn dir_lock_file(dir: Dir) -> io::Result<File> {
-    Ok(File::from(dir))
+/// The directory as a `File`, `flock`ed without waiting (`flock` works on directory
+/// descriptors); `None` when another process holds it.
+pub(crate) fn try_lock_dir(dir: Dir) -> io::Result<Option<File>> {
+    let file = File::from(dir);
+    Ok(fs4::fs_std::FileExt::try_lock_exclusive(&file)?.then_some(file))
+}
+
+/// Deletes the file `path` (a link itself, never its target).
+#[cfg(test)]
+pub(crate) fn remove_path(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)
+}
+
+/// Renames `from` over `to` (atomic: `rename(2)`).
+#[cfg(test)]
+pub(crate) fn replace_path(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
 }
 
 /// Whether the file opened at `name` in `dir` (its metadata `meta`, taken under its lock) is

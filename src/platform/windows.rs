@@ -208,7 +208,8 @@ pub(crate) fn create_file(dir: &Dir, name: &str) -> io::Result<File> {
 }
 
 /// Removes the entry `name` of `dir`: a link itself, never its target (a directory link
-/// or junction is removed as a directory, which removes the link only).
+/// or junction is removed as a directory, which removes the link only). A file is removed
+/// by `remove_path`, so its name is free at once.
 pub(crate) fn unlink(dir: &Dir, name: &str) -> io::Result<()> {
     let path = join(dir, name)?;
     let meta = fs::symlink_metadata(&path)?;
@@ -219,7 +220,62 @@ pub(crate) fn unlink(dir: &Dir, name: &str) -> io::Result<()> {
     if meta.is_dir() {
         return Err(refused(NotAFile::Dir));
     }
-    fs::remove_file(&path)
+    remove_path(&path)
+}
+
+/// A name next to `path` to move it aside to: `<name>.<8 hex digits>.tmp`, which the
+/// sweeper removes as a leftover temporary file past its grace period.
+fn aside(path: &Path) -> io::Result<PathBuf> {
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}{}",
+        hex::encode(random),
+        crate::shard::TMP_SUFFIX
+    ));
+    Ok(path.with_file_name(name))
+}
+
+/// Deletes the file `path` so that its name is free at once, even where deletion is not
+/// POSIX-style (a file deleted while open stays at its name until its last handle closes):
+/// it is renamed aside first (allowed while others hold it open: they share delete), then
+/// deleted under the new name. A waiter holding the old file then finds it gone
+/// (`still_linked`), as on POSIX.
+pub(crate) fn remove_path(path: &Path) -> io::Result<()> {
+    let moved = aside(path)?;
+    match fs::rename(path, &moved) {
+        Ok(()) => {
+            // Gone from its name; the file itself goes when its last handle closes (if this
+            // fails, the sweeper removes it later).
+            let _ = fs::remove_file(&moved);
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(e),
+        Err(_) => fs::remove_file(path),
+    }
+}
+
+/// Renames `from` over `to`. `fs::rename` first: with POSIX rename semantics (which std
+/// asks for where the system has them) it replaces `to` atomically even while others hold
+/// it open. Where that is refused (the target is open and the system's rename is not
+/// POSIX-style: older Windows, Wine), `to` is moved aside, `from` renamed to its name and
+/// the old file deleted: no reader ever sees a partial file, but a crash between the two
+/// renames leaves no file at `to` (the session is gone, never corrupt; the old one is
+/// swept as a leftover). If the second rename fails, the old file is put back.
+pub(crate) fn replace_path(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+        other => return other,
+    }
+    let moved = aside(to)?;
+    fs::rename(to, &moved)?;
+    if let Err(e) = fs::rename(from, to) {
+        let _ = fs::rename(&moved, to);
+        return Err(e);
+    }
+    let _ = fs::remove_file(&moved);
+    Ok(())
 }
 
 /// Removes the directory `name` of `dir` if it is empty.
@@ -227,10 +283,10 @@ pub(crate) fn remove_empty_dir(dir: &Dir, name: &str) -> io::Result<()> {
     fs::remove_dir(join(dir, name)?)
 }
 
-/// Renames `from` to `to`, both in `dir`, replacing `to` (std uses POSIX rename semantics
-/// where the system has them, so a target another worker holds open can be replaced).
+/// Renames `from` to `to`, both in `dir`, replacing `to` even while another worker holds
+/// it open (`replace_path`).
 pub(crate) fn rename(dir: &Dir, from: &str, to: &str) -> io::Result<()> {
-    fs::rename(join(dir, from)?, join(dir, to)?)
+    replace_path(&join(dir, from)?, &join(dir, to)?)
 }
 
 fn secs(meta: &Metadata) -> f64 {
@@ -318,10 +374,11 @@ pub(crate) fn is_removed(dir: &Dir) -> bool {
     }
 }
 
-/// The directory's handle, to lock. (`LockFileEx` does not lock directories: the caller
-/// gets the error and reports it.)
-pub(crate) fn dir_lock_file(dir: Dir) -> io::Result<File> {
-    Ok(dir.handle)
+/// `LockFileEx` cannot lock a directory: the handle comes back unlocked, so when the sweep
+/// stamp's name is taken by something else, processes are not elected; each still sweeps
+/// at most once per interval (`sweep::claim`), and concurrent sweeps are safe.
+pub(crate) fn try_lock_dir(dir: Dir) -> io::Result<Option<File>> {
+    Ok(Some(dir.handle))
 }
 
 /// Whether `file`, opened at `name` in `dir`, is still the file at that name: Windows does

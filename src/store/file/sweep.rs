@@ -502,11 +502,10 @@ pub fn claim(
         Err(e) => return Err(StoreError::io("open", data_dir, e)),
     };
     let Some(file) = open_stamp(&root).map_err(|e| StoreError::io("open", &path, e))? else {
-        let file =
-            platform::dir_lock_file(root).map_err(|e| StoreError::io("lock", data_dir, e))?;
-        if !try_flock(&file).map_err(|e| StoreError::io("lock", data_dir, e))? {
+        let locked = platform::try_lock_dir(root);
+        let Some(file) = locked.map_err(|e| StoreError::io("lock", data_dir, e))? else {
             return Ok(None);
-        }
+        };
         let previous = f64::from_bits(last.load(Ordering::Relaxed));
         if previous > 0.0 && now - previous < interval {
             return Ok(None);
