@@ -16,6 +16,7 @@ help:
 	@echo "make test-oldest - the Python suite on the oldest Flask/Werkzeug we support"
 	@echo "make test-flask  - Flask's own session tests (from its sdist) with this package as the session"
 	@echo "make test-windows - the Rust core's tests cross-compiled for Windows, run under Wine"
+	@echo "make check-macos  - clippy for the Apple targets (zig as the C cross compiler)"
 	@echo "make fmt    - format Rust and Python sources"
 	@echo "make bench  - quick benchmark against the original, Flask-Session and Flask's cookie (< 5 min)"
 	@echo "make bench-full   - the full benchmark (bench/README.md; ~25 min)"
@@ -77,6 +78,19 @@ test-windows:
 	for exe in $$(cargo test --no-run --no-default-features --target $(WIN_TARGET) --message-format=json 2>/dev/null \
 			| sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'); do \
 		echo "wine $$exe"; $(WINE) "$$exe"; \
+	done
+
+# macOS (docs/platforms.md): `cargo clippy` of everything for the Apple targets, with zig
+# (PyPI's ziglang) as the C compiler ring's build script needs. No macOS to run tests on.
+MAC_TARGETS ?= aarch64-apple-darwin x86_64-apple-darwin
+
+check-macos: venv
+	$(BIN)/pip install --quiet ziglang
+	for t in $(MAC_TARGETS); do \
+		rustup target add $$t && \
+		env ZIG_PYTHON=$(abspath $(BIN)/python) ZIG_TARGET=$${t%%-*}-macos \
+		"CC_$$(echo $$t | tr - _)=$(abspath .ci/zig-cc)" \
+		cargo clippy --all-targets --target $$t -- -D warnings || exit 1; \
 	done
 
 # Flask's own session tests, unchanged, from the sdist of the installed Flask (downloaded

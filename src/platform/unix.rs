@@ -28,6 +28,18 @@ pub(crate) const KEEP_IDLE_FILES: bool = true;
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 
+/// `bits` as rustix's mode (`mode_t` is 32 bits on Linux, 16 on macOS).
+#[allow(clippy::unnecessary_cast)]
+fn mode(bits: u32) -> Mode {
+    Mode::from_raw_mode(bits as rfs::RawMode)
+}
+
+/// `st_dev` and `st_ino` as `u64` (`dev_t` is signed 32 bits on macOS).
+#[allow(clippy::unnecessary_cast)]
+fn dev_ino(st: &rfs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
@@ -47,7 +59,7 @@ pub(crate) fn make_root(path: &Path) -> io::Result<OwnedFd> {
         .mode(DIR_MODE)
         .create(path)?;
     let fd = open_root(path)?;
-    rfs::fchmod(&fd, Mode::from_raw_mode(DIR_MODE))?;
+    rfs::fchmod(&fd, mode(DIR_MODE))?;
     Ok(fd)
 }
 
@@ -67,11 +79,11 @@ pub(crate) fn subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
 
 /// `subdir`, creating the directory (0700) if it is missing.
 pub(crate) fn make_subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
-    match rfs::mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+    match rfs::mkdirat(parent, name, mode(DIR_MODE)) {
         Ok(()) => {
             let sub = subdir(parent, name)?;
             if let Sub::Dir(fd) = &sub {
-                rfs::fchmod(fd, Mode::from_raw_mode(DIR_MODE))?;
+                rfs::fchmod(fd, mode(DIR_MODE))?;
             }
             Ok(sub)
         }
@@ -82,13 +94,13 @@ pub(crate) fn make_subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
             // for good because someone planted a link in the data dir.
             Sub::Symlink | Sub::NotDir => {
                 unlink(parent, name)?;
-                match rfs::mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+                match rfs::mkdirat(parent, name, mode(DIR_MODE)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
                 let sub = subdir(parent, name)?;
                 if let Sub::Dir(fd) = &sub {
-                    rfs::fchmod(fd, Mode::from_raw_mode(DIR_MODE))?;
+                    rfs::fchmod(fd, mode(DIR_MODE))?;
                 }
                 Ok(sub)
             }
@@ -108,8 +120,8 @@ pub(crate) fn open_file(dir: &Dir, name: &str) -> io::Result<File> {
 /// Creates the new file `name` in `dir` (`O_EXCL`, never through a symlink), mode 0600.
 pub(crate) fn create_file(dir: &Dir, name: &str) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rfs::openat(dir, name, flags, Mode::from_raw_mode(FILE_MODE))?;
-    rfs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))?;
+    let fd = rfs::openat(dir, name, flags, mode(FILE_MODE))?;
+    rfs::fchmod(&fd, mode(FILE_MODE))?;
     Ok(File::from(fd))
 }
 
@@ -167,14 +179,12 @@ pub(crate) fn names(dir: &Dir) -> io::Result<Vec<String>> {
 
 /// Device and inode of an open directory.
 pub(crate) fn identity(fd: &Dir) -> io::Result<(u64, u64)> {
-    let st = rfs::fstat(fd)?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(dev_ino(&rfs::fstat(fd)?))
 }
 
 /// Device and inode of what `path` names now (following symlinks, as `open_root` does).
 pub(crate) fn identity_of(path: &Path) -> io::Result<(u64, u64)> {
-    let st = rfs::stat(path)?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(dev_ino(&rfs::stat(path)?))
 }
 
 /// Whether an open directory has been removed (a removed directory has no links).
