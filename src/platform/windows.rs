@@ -184,7 +184,18 @@ pub(crate) fn make_subdir(parent: &Dir, name: &str) -> io::Result<Sub> {
 /// (refused as `NotAFile::Symlink`); a directory is refused as `NotAFile::Dir`.
 pub(crate) fn open_file(dir: &Dir, name: &str) -> io::Result<File> {
     let path = join(dir, name)?;
-    let file = open_nofollow(&path, true)?;
+    let file = match open_nofollow(&path, true) {
+        Ok(file) => file,
+        // A directory (or a directory link) may refuse write access: say what it is.
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(match fs::symlink_metadata(&path) {
+                Ok(m) if is_reparse(m.file_attributes()) => refused(NotAFile::Symlink),
+                Ok(m) if m.is_dir() => refused(NotAFile::Dir),
+                _ => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let meta = file.metadata()?;
     if is_reparse(meta.file_attributes()) {
         return Err(refused(NotAFile::Symlink));
