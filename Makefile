@@ -69,6 +69,7 @@ WINE ?= $(firstword $(wildcard /usr/lib/wine/wine64) $(shell command -v wine64 w
 WINESERVER ?= $(firstword $(wildcard /usr/lib/wine/wineserver) wineserver)
 
 test-windows:
+	@test -n "$(WINE)" || { echo "test-windows: wine64 not found (apt-get install wine64)"; exit 1; }
 	cargo test --no-run --no-default-features --target $(WIN_TARGET)
 	set -e; prefix=$$(mktemp -d); trap 'WINEPREFIX=$$prefix $(WINESERVER) -k 2>/dev/null || true; rm -rf "$$prefix"' EXIT; \
 	export WINEPREFIX=$$prefix WINEDEBUG=-all; \
