@@ -12,7 +12,8 @@
 //!   `make_subdir` reach one, never through a symlink below the data directory.
 //! * names in a `Dir`: `open_file`, `create_file`, `unlink`, `remove_empty_dir`, `rename`,
 //!   `stat_at`, `names`, and `still_linked` (is the file opened at a name still there?).
-//! * `identity`, `identity_of`, `is_removed`, `dir_lock_file`: a cached directory's validity.
+//! * `identity`, `identity_of`, `is_removed`: a cached directory's validity;
+//!   `try_lock_dir`: the sweep election's fallback lock.
 //! * `read_exact_at`, `write_all_at`, `mtime`, `is_unlinked`: record I/O.
 //! * `open_key`, `create_private`, `make_private_dirs`, `key_distrust`: the generated key.
 //! * `ownership`: what the legacy trust rule needs of a file's owner and mode.
