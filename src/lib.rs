@@ -12,14 +12,17 @@
 //! * `legacy`: reading the original package's Beaker files.
 //! * `report`: what a walk over a store (stats, sweep, clear) returns.
 //! * `error`: the one error type.
+//! * `platform`: what POSIX and Windows do differently (files, directories, locks' helpers).
 //! * `py`: the thin PyO3 layer, the only code that knows about Python.
 
 pub mod error;
 pub mod expiry;
 pub mod legacy;
 pub mod lock;
+mod platform;
 #[cfg(test)]
 mod proptests;
+#[cfg(feature = "python")]
 mod py;
 pub mod record;
 pub mod report;
@@ -27,4 +30,5 @@ pub mod shard;
 pub mod sid;
 pub mod store;
 
+#[cfg(feature = "python")]
 pub use py::_core;

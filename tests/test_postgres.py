@@ -628,7 +628,9 @@ def test_gunicorn_shared_session_loses_no_update(
         total = sum(tallies, Counter())
         assert total == Counter({200: 200}), server.log_tail()
         assert _dump(server, sid)["n"] == 201
-        assert len({w for w in worker_pids(server)}) == 4
+        # Several workers served (which ones win accept() is the kernel's choice: on a
+        # loaded machine not all four need to).
+        assert len(worker_pids(server)) >= 2
 
 
 def client_get_text(server: Server, sid: str, path: str) -> str:

@@ -18,7 +18,7 @@ use serde_pickle::{DeOptions, HashableValue, Value};
 pub mod pickle_scan;
 mod trust;
 
-pub use trust::{euid, judge, trusted, Distrust, TreeProbe, PROBE_TTL};
+pub use trust::{judge, trusted, Distrust, TreeProbe, PROBE_TTL};
 
 /// A legacy session ready for Python.
 #[derive(Debug, PartialEq)]

@@ -8,6 +8,8 @@
 //!
 //! What remains trusted: this user itself, root, and anyone who can act as this user (or
 //! replace directories above the file, which the store's confinement rules deal with).
+//! On Windows there are no owner and mode bits to check (`platform::ownership`): a regular
+//! file is trusted, and who may write the legacy tree is the data dir's ACL's business.
 //!
 //! `TreeProbe` answers "is there a legacy tree?" with at most one `lstat` of
 //! `<data_dir>/container_file` per `PROBE_TTL` per process, so a store whose Beaker tree is
@@ -15,10 +17,11 @@
 //! (a rolling deploy: old workers still write it) starts reading it within `PROBE_TTL`.
 
 use std::fs::{self, Metadata};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::platform;
 
 /// How long a probe's answer is reused.
 pub const PROBE_TTL: Duration = Duration::from_secs(1);
@@ -34,14 +37,14 @@ pub enum Distrust {
     Writable(u32),
 }
 
-/// This process's effective user id.
-pub fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
-
 /// The trust rule on the metadata of an opened legacy file (`fstat`, not the path).
 pub fn trusted(meta: &Metadata) -> Result<(), Distrust> {
-    judge(meta.file_type().is_file(), meta.uid(), meta.mode(), euid())
+    let regular = meta.file_type().is_file();
+    match platform::ownership(meta) {
+        Some((uid, mode, euid)) => judge(regular, uid, mode, euid),
+        None if regular => Ok(()),
+        None => Err(Distrust::NotRegular),
+    }
 }
 
 /// The rule itself, on plain values.
@@ -106,6 +109,7 @@ impl TreeProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -136,6 +140,8 @@ mod tests {
         );
     }
 
+    /// Owners and modes are POSIX's; on Windows only "a regular file" is judged.
+    #[cfg(unix)]
     #[test]
     fn real_files_are_judged_by_their_metadata() {
         let dir = tempfile::tempdir().unwrap();
@@ -172,10 +178,26 @@ mod tests {
         // A symlink to a directory is not a tree.
         let elsewhere = root.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
+        #[cfg(unix)]
         std::os::unix::fs::symlink(&elsewhere, &tree).unwrap();
+        #[cfg(windows)]
+        std::os::windows::fs::symlink_dir(&elsewhere, &tree).unwrap();
         probe.invalidate();
         assert!(!probe.present());
         // Legacy reading off: never present, no I/O.
         assert!(!TreeProbe::new(None).present());
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn on_windows_a_regular_file_is_trusted_and_a_directory_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.cache");
+        fs::write(&path, b"x").unwrap();
+        assert_eq!(trusted(&fs::metadata(&path).unwrap()), Ok(()));
+        assert_eq!(
+            trusted(&fs::metadata(dir.path()).unwrap()),
+            Err(Distrust::NotRegular)
+        );
     }
 }

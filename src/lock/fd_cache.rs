@@ -6,16 +6,17 @@
 //! a deleted record would keep its disk space allocated: at most once a second, the next
 //! `put` drops every kept file whose record was unlinked. After a `fork` the child starts
 //! with an empty cache: its descriptors share their open file description, and so their
-//! `flock`, with the parent's.
+//! `flock`, with the parent's. On Windows nothing is kept (`platform::KEEP_IDLE_FILES`): a
+//! file open there can keep a deleted record's name from being reused.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::fork::{clear_if_free, lock, ForkLocal};
+use crate::platform;
 
 /// Files kept at most (per process).
 const MAX: usize = 128;
@@ -43,7 +44,7 @@ fn drop_unlinked(cache: &mut Cache) {
         .is_none_or(|at| now.duration_since(at) >= CHECK_EVERY)
     {
         cache.checked = Some(now);
-        (cache.files).retain(|_, f| f.metadata().is_ok_and(|m| m.nlink() > 0));
+        (cache.files).retain(|_, f| !platform::is_unlinked(f));
     }
 }
 
@@ -54,6 +55,9 @@ pub fn take(path: &Path) -> Option<File> {
 
 /// Keeps an unlocked file for a later request on `path`.
 pub fn put(path: PathBuf, file: File) {
+    if !platform::KEEP_IDLE_FILES {
+        return;
+    }
     let mut cache = cache();
     drop_unlinked(&mut cache);
     if cache.files.len() >= MAX {
@@ -69,6 +73,8 @@ mod tests {
     use super::*;
     use crate::lock::fd_cache;
 
+    /// Only where idle files are kept (not on Windows: `platform::KEEP_IDLE_FILES`).
+    #[cfg(unix)]
     #[test]
     fn kept_descriptors_of_unlinked_records_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -86,5 +92,17 @@ mod tests {
         assert!(fd_cache::take(&gone).is_none());
         assert!(fd_cache::take(&kept).is_some());
         assert!(fd_cache::take(&other).is_some());
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn nothing_is_kept_on_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept");
+        std::fs::write(&path, b"x").unwrap();
+        fd_cache::put(path.clone(), File::open(&path).unwrap());
+        assert!(fd_cache::take(&path).is_none());
+        // Nothing holds the file open: it can be removed at once.
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -4,8 +4,8 @@
 //! Invariants:
 //! * A record is only ever read or changed by the holder of its session lock (in-process
 //!   `ThreadLock` + `flock` on the record file). Deletion and file replacement happen under
-//!   that lock; a waiter that then gets the lock on the old inode sees `nlink == 0` and starts
-//!   over on the path, so it never reads a stale or unlinked file.
+//!   that lock; a waiter that then gets the lock on the old inode sees it unlinked
+//!   (`platform::still_linked`: `nlink == 0` on POSIX) and starts over on the path, so it never reads a stale or unlinked file.
 //! * Saves of an existing record write the older of its two slots in place (one `pwrite`);
 //!   only creation, growth past the slot capacity and legacy migration write a whole file,
 //!   and the last two do it through a temporary file + `rename`, so the previous version stays
@@ -15,9 +15,9 @@
 //!   the system clock is ahead (`record_io::pin_mtime`), so a faked clock expires sessions
 //!   here exactly as in the other backends. The sweeper applies the same rule.
 //! * Looking up an unknown id creates nothing on disk (no lock file, no directory).
-//! * Directories are created 0700 and files 0600, set explicitly rather than via the umask.
+//! * Directories are created 0700 and files 0600, set explicitly rather than via the umask
+//!   (POSIX; on Windows they inherit the data dir's ACL: `platform`, `docs/platforms.md`).
 
-mod dir;
 mod handle;
 pub mod key;
 mod record_io;
@@ -28,8 +28,6 @@ mod tree;
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -38,6 +36,7 @@ use std::time::Instant;
 use crate::error::{StoreError, StoreResult};
 use crate::legacy;
 use crate::lock::{fd_cache, flock_bounded, Flock, LockKey, LockScope, LockedFile, ThreadLock};
+use crate::platform::{self, Dir, NotAFile};
 use crate::record;
 use crate::report::{Report, WalkMode};
 use crate::shard;
@@ -131,7 +130,7 @@ struct Shared {
 
 /// Where an opened session was found: our record in its shard, or a legacy file.
 enum Found {
-    Record(Arc<OwnedFd>),
+    Record(Arc<Dir>),
     Legacy(LegacyFile),
 }
 
@@ -139,7 +138,7 @@ enum Found {
 /// following a path again).
 struct LegacyFile {
     path: PathBuf,
-    dir: Arc<OwnedFd>,
+    dir: Arc<Dir>,
     name: String,
 }
 
@@ -156,7 +155,7 @@ pub struct FileHandle {
     path: PathBuf,
     /// The record's name (the id's digest) and its shard directory, once it exists.
     name: String,
-    shard: Option<Arc<OwnedFd>>,
+    shard: Option<Arc<Dir>>,
     legacy: Option<LegacyFile>,
     file: LockedFile,
     /// Whether the file may be kept open for a later request (false once deleted).
@@ -232,16 +231,25 @@ impl FileStore {
         }
     }
 
-    /// Locks `file` (bounded by `deadline`) and reads its metadata; `None` if it was
-    /// unlinked meanwhile (deleted or replaced while we waited: look again).
-    fn hold(&self, file: File, path: &Path, deadline: Instant) -> StoreResult<Option<Held>> {
+    /// Locks `file` (opened at `name` in `dir`, bounded by `deadline`) and reads its
+    /// metadata; `None` if it was unlinked meanwhile (deleted or replaced while we waited:
+    /// look again).
+    fn hold(
+        &self,
+        file: File,
+        (dir, name): (&Dir, &str),
+        path: &Path,
+        deadline: Instant,
+    ) -> StoreResult<Option<Held>> {
         let locked = LockedFile::new(file);
         let file = locked.file().map_err(|e| StoreError::io("open", path, e))?;
         lock_file(file, path, deadline, &self.shared.cfg)?;
         let meta = file
             .metadata()
             .map_err(|e| StoreError::io("stat", path, e))?;
-        Ok((meta.nlink() > 0).then_some(Held { locked, meta }))
+        let linked = platform::still_linked(file, &meta, dir, name)
+            .map_err(|e| StoreError::io("stat", path, e))?;
+        Ok(linked.then_some(Held { locked, meta }))
     }
 
     fn try_open(
@@ -269,7 +277,7 @@ impl FileStore {
         };
         let opened = match fd_cache::take(path) {
             Some(f) => Ok(f),
-            None => dir::open_file(&*shard, name),
+            None => platform::open_file(&shard, name),
         };
         let file = match opened {
             Ok(f) => f,
@@ -285,24 +293,24 @@ impl FileStore {
             // link itself), an empty directory too, anything else the sweeper reports.
             Err(e)
                 if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ELOOP | libc::EISDIR | libc::ENXIO)
+                    platform::not_a_file(&e),
+                    Some(NotAFile::Symlink | NotAFile::Dir | NotAFile::Special)
                 ) =>
             {
-                if dir::unlink(&*shard, name).is_err() {
-                    let _ = dir::remove_empty_dir(&*shard, name);
+                if platform::unlink(&shard, name).is_err() {
+                    let _ = platform::remove_empty_dir(&shard, name);
                 }
                 return Ok(Step::Done(Opened::Corrupt));
             }
             Err(e) => return Err(StoreError::io("open", path, e)),
         };
-        let Some(Held { locked, meta }) = self.hold(file, path, deadline)? else {
+        let Some(Held { locked, meta }) = self.hold(file, (&shard, name), path, deadline)? else {
             return Ok(Step::Retry);
         };
         let file = locked.file().map_err(|e| StoreError::io("read", path, e))?;
         // No generated key yet: nothing we wrote can verify (planted, or the key was lost).
         let Some(keys) = self.shared.keys.existing()? else {
-            let _ = dir::unlink(&*shard, name);
+            let _ = platform::unlink(&shard, name);
             return Ok(Step::Done(Opened::Unauthenticated));
         };
         let read = match read_record(file, &meta, keys, id, self.shared.max_size) {
@@ -310,18 +318,18 @@ impl FileStore {
             Err(ReadError::Io(e)) => return Err(StoreError::io("read", path, e)),
             Err(ReadError::Newer) => return Ok(Step::Done(Opened::Newer)),
             Err(ReadError::Corrupt) => {
-                let _ = dir::unlink(&*shard, name);
+                let _ = platform::unlink(&shard, name);
                 return Ok(Step::Done(Opened::Corrupt));
             }
             Err(ReadError::Unauthenticated) => {
-                let _ = dir::unlink(&*shard, name);
+                let _ = platform::unlink(&shard, name);
                 return Ok(Step::Done(Opened::Unauthenticated));
             }
         };
         let last_access = record_io::last_access(read.saved_at, &meta);
         let expiry = &self.shared.cfg.expiry;
         if expiry.is_expired(now, Some(read.created), Some(last_access)) {
-            let _ = dir::unlink(&*shard, name);
+            let _ = platform::unlink(&shard, name);
             return Ok(Step::Done(Opened::Expired));
         }
         let origin = Origin::Record {
@@ -389,22 +397,17 @@ impl FileStore {
             Ok(None) => return Ok(Step::Done(Opened::Missing)),
             Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
         };
-        let file = match dir::open_file(&*legacy_dir, &legacy_name) {
+        let file = match platform::open_file(&legacy_dir, &legacy_name) {
             Ok(f) => f,
-            Err(e)
-                if e.kind() == ErrorKind::NotFound
-                    || matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOTDIR | libc::ELOOP | libc::EISDIR | libc::ENXIO)
-                    ) =>
-            {
+            Err(e) if e.kind() == ErrorKind::NotFound || platform::not_a_file(&e).is_some() => {
                 // Absent, or not a file we could read (a directory, a symlink, a socket).
                 return Ok(Step::Done(Opened::Missing));
             }
             Err(e) => return Err(StoreError::io("open", &legacy_path, e)),
         };
         // Unlinked meanwhile: migrated (or removed) while we waited; our record may exist now.
-        let Some(Held { locked, meta }) = self.hold(file, &legacy_path, deadline)? else {
+        let held = self.hold(file, (&legacy_dir, &legacy_name), &legacy_path, deadline)?;
+        let Some(Held { locked, meta }) = held else {
             return Ok(Step::Retry);
         };
         // A legacy file is a raw pickle: only one that nobody but this user can have written
@@ -416,7 +419,7 @@ impl FileStore {
             return Ok(Step::Done(Opened::Corrupt));
         }
         let mut bytes = vec![0u8; meta.len() as usize];
-        match locked.file().and_then(|f| f.read_exact_at(&mut bytes, 0)) {
+        match (locked.file()).and_then(|f| platform::read_exact_at(f, &mut bytes, 0)) {
             Ok(()) => {}
             // Shorter than `fstat` said: cut under us, unusable.
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
@@ -425,12 +428,12 @@ impl FileStore {
             Err(e) => return Err(StoreError::io("read", &legacy_path, e)),
         }
         let Ok(decoded) = legacy::decode(&bytes) else {
-            let _ = dir::unlink(&*legacy_dir, &legacy_name);
+            let _ = platform::unlink(&legacy_dir, &legacy_name);
             return Ok(Step::Done(Opened::Corrupt));
         };
         let expiry = &self.shared.cfg.expiry;
         if expiry.is_expired(now, decoded.created, decoded.accessed) {
-            let _ = dir::unlink(&*legacy_dir, &legacy_name);
+            let _ = platform::unlink(&legacy_dir, &legacy_name);
             return Ok(Step::Done(Opened::Expired));
         }
         let origin = Origin::Legacy {
@@ -451,7 +454,7 @@ impl FileStore {
 
     /// The directory `container_file/<c>/<cc>/` of a legacy session and its file's name;
     /// `None` if that directory is missing, or a symlink or a file is in its way.
-    fn legacy_dir(&self, id: &SessionId) -> std::io::Result<Option<(Arc<OwnedFd>, String)>> {
+    fn legacy_dir(&self, id: &SessionId) -> std::io::Result<Option<(Arc<Dir>, String)>> {
         let h = id.to_hex();
         let found = self
             .shared
@@ -468,7 +471,7 @@ impl FileStore {
     /// again from the path, and the cache is re-checked at most once a second
     /// (`tree::Tree::recheck_due`), so records go to a data directory replaced under its
     /// path within a second.
-    fn create_record(&self, name: &str, path: &Path) -> StoreResult<(Arc<OwnedFd>, File)> {
+    fn create_record(&self, name: &str, path: &Path) -> StoreResult<(Arc<Dir>, File)> {
         let tree = &self.shared.tree;
         let mut fresh = false;
         loop {
@@ -488,7 +491,7 @@ impl FileStore {
                 fresh = true;
                 continue;
             }
-            match dir::create_file(&*shard, name) {
+            match platform::create_file(&shard, name) {
                 Ok(file) => return Ok((shard, file)),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     return Err(StoreError::IdCollision)
@@ -520,7 +523,7 @@ impl FileStore {
         let (shard, file) = self.create_record(record_name(&path), &path)?;
         if let Err(e) = fill_new(&file, &path, &slot, slot_size, now) {
             // Nothing of a half-written new record may stay behind (disk full, quota).
-            let _ = dir::unlink(&*shard, record_name(&path));
+            let _ = platform::unlink(&shard, record_name(&path));
             return Err(e);
         }
         Ok(())

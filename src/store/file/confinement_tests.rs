@@ -75,6 +75,10 @@ fn short_idle(dir: &Path) -> FileStore {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "needs symlinks, which Wine (CI) cannot create; run with --ignored on Windows"
+)]
 fn a_symlinked_shard_is_never_followed() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -120,6 +124,10 @@ fn a_symlinked_shard_is_never_followed() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "needs symlinks, which Wine (CI) cannot create; run with --ignored on Windows"
+)]
 fn a_symlinked_records_dir_is_never_followed() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -153,6 +161,10 @@ fn a_symlinked_records_dir_is_never_followed() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "needs symlinks, which Wine (CI) cannot create; run with --ignored on Windows"
+)]
 fn a_symlinked_legacy_tree_is_never_followed_at_any_depth() {
     let root = tempfile::tempdir().unwrap();
     let data = legacy_data_dir(root.path());
@@ -306,7 +318,11 @@ fn a_directory_at_the_stamp_does_not_stop_automatic_sweeps() {
         .unwrap()
         .is_file());
 
-    // A symlink there: the link is replaced, its target untouched.
+    // A symlink there: the link is replaced, its target untouched (not under Wine, which
+    // cannot create symlinks).
+    if cfg!(windows) {
+        return;
+    }
     let data3 = root.path().join("data3");
     fs::create_dir_all(&data3).unwrap();
     let target = root.path().join("target");
@@ -321,6 +337,10 @@ fn a_directory_at_the_stamp_does_not_stop_automatic_sweeps() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine (CI) deletes directories the store holds open only when they close"
+)]
 fn cached_directories_follow_a_data_dir_removed_or_replaced() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");

@@ -3,16 +3,15 @@
 //! the unlocked descriptor to the cache when released. Split from `file.rs`, which opens.
 
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::dir;
 use super::record_io::{check_len, fill_new, pin_mtime, to_system_time};
 use super::tree::Found;
 use super::{FileHandle, Origin, SMALL_WRITE};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::lock::{fd_cache, LockedFile};
+use crate::platform;
 use crate::record::{self, HEADER_LEN};
 use crate::shard;
 use crate::sid::SessionId;
@@ -53,7 +52,7 @@ impl FileHandle {
                 // the stale legacy session.
                 let legacy_file = self.install(payload, created, now, 1)?;
                 if let Some(old) = self.legacy.take() {
-                    let _ = dir::unlink(&*old.dir, &old.name);
+                    let _ = platform::unlink(&old.dir, &old.name);
                 }
                 drop(legacy_file);
             }
@@ -76,11 +75,10 @@ impl FileHandle {
             let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
             buf.extend_from_slice(header);
             buf.extend_from_slice(payload);
-            file.write_all_at(&buf, offset).map_err(io)?;
+            platform::write_all_at(file, &buf, offset).map_err(io)?;
         } else {
-            file.write_all_at(payload, offset + HEADER_LEN as u64)
-                .map_err(io)?;
-            file.write_all_at(header, offset).map_err(io)?;
+            platform::write_all_at(file, payload, offset + HEADER_LEN as u64).map_err(io)?;
+            platform::write_all_at(file, header, offset).map_err(io)?;
         }
         pin_mtime(file, &self.path, now)
     }
@@ -118,7 +116,7 @@ impl FileHandle {
                 Err(e) => return Err(StoreError::io("create", &tmp, e)),
             },
         };
-        let created_file = dir::create_file(&*shard, &tmp_name);
+        let created_file = platform::create_file(&shard, &tmp_name);
         let locked = LockedFile::new(created_file.map_err(|e| StoreError::io("create", &tmp, e))?);
         let result = (|| {
             let file = locked
@@ -132,11 +130,11 @@ impl FileHandle {
                 return Err(StoreError::io("lock", &tmp, busy));
             }
             fill_new(file, &tmp, &slot, slot_size, now)?;
-            dir::rename(&*shard, &tmp_name, &self.name)
+            platform::rename(&shard, &tmp_name, &self.name)
                 .map_err(|e| StoreError::io("rename", &self.path, e))
         })();
         if let Err(e) = result {
-            let _ = dir::unlink(&*shard, &tmp_name);
+            let _ = platform::unlink(&shard, &tmp_name);
             return Err(e);
         }
         self.shard = Some(shard);
@@ -176,7 +174,7 @@ impl FileHandle {
             (None, Some(shard)) => (shard, self.name.as_str(), &self.path),
             (None, None) => return Ok(()),
         };
-        match dir::unlink(&**dir, name) {
+        match platform::unlink(dir, name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", path, e)),

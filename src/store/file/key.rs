@@ -8,19 +8,19 @@
 //!   `link` fails if the name exists, so when several workers race exactly one key wins and
 //!   every worker reads that one. The file is never partly written under its final name.
 //! * Read with `O_NOFOLLOW` and trusted only if it is a regular file of exactly 32 bytes,
-//!   owned by this process's user and neither readable nor writable by group or others;
+//!   owned by this process's user and neither readable nor writable by group or others
+//!   (POSIX; on Windows, where it inherits the data dir's ACL, not a reparse point);
 //!   otherwise every operation that needs it fails with an error naming the file.
 //! * The derivation of tag keys is `record::Keys`' (the file's bytes stand in for
 //!   `SECRET_KEY`). Each process reads the file once and keeps the keys.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::error::{StoreError, StoreResult};
-use crate::legacy;
+use crate::platform::{self, NotAFile};
 use crate::record::Keys;
 use crate::sid::SessionId;
 
@@ -107,14 +107,10 @@ fn untrusted(path: &Path, why: String) -> StoreError {
 
 /// The key in `path`, `None` if there is no such file; an error if it cannot be trusted.
 fn read_key(path: &Path) -> StoreResult<Option<Vec<u8>>> {
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
+    let mut file = match platform::open_key(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if platform::not_a_file(&e) == Some(NotAFile::Symlink) => {
             return Err(untrusted(path, "it is a symbolic link".to_owned()))
         }
         Err(e) => return Err(StoreError::io("open", path, e)),
@@ -125,23 +121,8 @@ fn read_key(path: &Path) -> StoreResult<Option<Vec<u8>>> {
     if !meta.file_type().is_file() {
         return Err(untrusted(path, "it is not a regular file".to_owned()));
     }
-    if meta.uid() != legacy::euid() {
-        return Err(untrusted(
-            path,
-            format!(
-                "it is owned by uid {}, not by this process's user",
-                meta.uid()
-            ),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(untrusted(
-            path,
-            format!(
-                "its mode is {:o}: other users may read or replace it (expected 600)",
-                meta.mode() & 0o7777
-            ),
-        ));
+    if let Some(why) = platform::key_distrust(&meta) {
+        return Err(untrusted(path, why));
     }
     let mut secret = Vec::with_capacity(KEY_LEN);
     (&mut file)
@@ -161,11 +142,7 @@ fn read_key(path: &Path) -> StoreResult<Option<Vec<u8>>> {
 /// returns the key that won.
 fn generate(path: &Path) -> StoreResult<Vec<u8>> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StoreError::io("create directory", dir, e))?;
+    platform::make_private_dirs(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
     let mut secret = vec![0u8; KEY_LEN];
     getrandom::fill(&mut secret).map_err(|e| StoreError::Random(e.to_string()))?;
     let suffix = SessionId::generate()?.to_hex();
@@ -188,16 +165,7 @@ fn generate(path: &Path) -> StoreResult<Vec<u8>> {
 }
 
 fn write_private(tmp: &Path, secret: &[u8]) -> StoreResult<()> {
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .map_err(|e| StoreError::io("create", tmp, e))?;
-    // Mode 0600 whatever the umask (a umask can only remove bits, but be explicit).
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| StoreError::io("chmod", tmp, e))?;
+    let mut file = platform::create_private(tmp).map_err(|e| StoreError::io("create", tmp, e))?;
     file.write_all(secret)
         .and_then(|()| file.sync_all())
         .map_err(|e| StoreError::io("write", tmp, e))
@@ -206,7 +174,8 @@ fn write_private(tmp: &Path, secret: &[u8]) -> StoreResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn generated(dir: &Path) -> KeySource {
         KeySource::new(&Keys::new(&[]), dir, true)
@@ -222,9 +191,12 @@ mod tests {
         let keys = a.signing().unwrap();
         assert!(keys.is_keyed());
         let meta = fs::metadata(data.join(KEY_FILE)).unwrap();
-        assert_eq!(meta.mode() & 0o7777, 0o600);
+        #[cfg(unix)]
+        {
+            assert_eq!(meta.mode() & 0o7777, 0o600);
+            assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
+        }
         assert_eq!(meta.len(), KEY_LEN as u64);
-        assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
         // Another process (a fresh source) reads the same key.
         let b = generated(&data);
         let id = SessionId::generate().unwrap();
@@ -254,6 +226,8 @@ mod tests {
         assert_eq!(fs::read(data.join(KEY_FILE)).unwrap(), secrets[0]);
     }
 
+    /// Modes and owners are POSIX's (on Windows the key inherits the data dir's ACL).
+    #[cfg(unix)]
     #[test]
     fn an_untrusted_key_file_is_refused() {
         let root = tempfile::tempdir().unwrap();

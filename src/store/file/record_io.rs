@@ -1,16 +1,16 @@
 //! The file store's record I/O, kept apart from its locking and lifecycle logic (opening and
-//! creating files and directories, confined to the data dir, is `dir.rs`'s): reading a
+//! creating files and directories, confined to the data dir, is `platform`'s): reading a
 //! record's two slots with as few `pread`s as possible, and the one rule that
 //! turns a record file into a last access (`last_access`), shared by `open` and the sweeper.
 
 use std::fs::{File, Metadata};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
+use crate::platform;
 use crate::record::{self, Choice, Keys, HEADER_LEN};
 use crate::sid::SessionId;
 
@@ -30,16 +30,11 @@ pub(crate) fn to_system_time(secs: f64) -> SystemTime {
     }
 }
 
-/// A file's mtime in epoch seconds.
-pub(crate) fn mtime(meta: &Metadata) -> f64 {
-    meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
-}
-
 /// The last access of a record: the later of the save time in its header and its mtime,
 /// which a touch sets to the (injected) time of the touch, and a write leaves at most
 /// `CLOCK_SLACK` after the injected time of the write (`pin_mtime`).
 pub(crate) fn last_access(saved_at: f64, meta: &Metadata) -> f64 {
-    expiry::last_access(saved_at, Some(mtime(meta)))
+    expiry::last_access(saved_at, Some(platform::mtime(meta)))
 }
 
 /// After a write at injected time `now`, the kernel has set the mtime to the *system* time.
@@ -67,8 +62,7 @@ pub(crate) fn fill_new(
     slot_size: usize,
     now: f64,
 ) -> StoreResult<()> {
-    file.write_all_at(slot, 0)
-        .map_err(|e| StoreError::io("write", path, e))?;
+    platform::write_all_at(file, slot, 0).map_err(|e| StoreError::io("write", path, e))?;
     // The second slot stays a hole until the first in-place save writes it.
     file.set_len(2 * slot_size as u64)
         .map_err(|e| StoreError::io("write", path, e))?;
@@ -136,7 +130,7 @@ pub(crate) fn read_record(
             Some(all) => Some(all.get(start..start + h.payload_len)?.to_vec()),
             None => {
                 let mut buf = vec![0u8; h.payload_len];
-                if let Err(e) = file.read_exact_at(&mut buf, start as u64) {
+                if let Err(e) = platform::read_exact_at(file, &mut buf, start as u64) {
                     io_error = Some(e);
                     return None;
                 }
@@ -178,7 +172,7 @@ type Heads = ([Vec<u8>; 2], Option<Vec<u8>>);
 fn read_heads(file: &File, len: u64, slot_size: usize) -> io::Result<Heads> {
     if len <= SMALL_RECORD {
         let mut all = vec![0u8; len as usize];
-        file.read_exact_at(&mut all, 0)?;
+        platform::read_exact_at(file, &mut all, 0)?;
         let heads = [
             all[..HEADER_LEN].to_vec(),
             all[slot_size..slot_size + HEADER_LEN].to_vec(),
@@ -187,7 +181,7 @@ fn read_heads(file: &File, len: u64, slot_size: usize) -> io::Result<Heads> {
     }
     let mut a = vec![0u8; HEADER_LEN];
     let mut b = vec![0u8; HEADER_LEN];
-    file.read_exact_at(&mut a, 0)?;
-    file.read_exact_at(&mut b, slot_size as u64)?;
+    platform::read_exact_at(file, &mut a, 0)?;
+    platform::read_exact_at(file, &mut b, slot_size as u64)?;
     Ok(([a, b], None))
 }

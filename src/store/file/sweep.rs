@@ -4,7 +4,7 @@
 //! and `clear` (remove everything).
 //!
 //! Confinement: the walk never leaves the data directory. It goes down from the data
-//! directory's descriptor one name at a time (`dir.rs`: `O_DIRECTORY | O_NOFOLLOW`), so a
+//! directory's descriptor one name at a time (`platform`: `O_DIRECTORY | O_NOFOLLOW`), so a
 //! symlink where a directory belongs (`fbs1`, a shard, `container_file/` or below) is
 //! counted (`Report::symlinks`) and skipped, never followed; and it removes only entries whose
 //! names this package (or, in the legacy trees, Beaker) writes there (`shard::classify`,
@@ -31,18 +31,16 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use fs4::fs_std::FileExt as LockExt;
 
-use super::dir::{self, Entry, Kind, Sub};
-use super::record_io::{self, mtime, to_system_time};
+use super::record_io::{self, to_system_time};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::Expiry;
 use crate::lock::{try_flock, LockedFile};
+use crate::platform::{self, Dir, Entry, Kind, NotAFile, Sub};
 use crate::record::{self, HeaderError, HEADER_LEN};
 use crate::report::{Report, WalkMode as Mode};
 use crate::shard::{self, Name};
@@ -51,8 +49,8 @@ use crate::shard::{self, Name};
 pub const GRACE: f64 = 60.0;
 
 /// Removes `name` from `dir` (a symlink itself, never its target), counting it.
-fn remove(report: &mut Report, dir: &OwnedFd, name: &str, len: u64) {
-    match dir::unlink(dir, name) {
+fn remove(report: &mut Report, dir: &Dir, name: &str, len: u64) {
+    match platform::unlink(dir, name) {
         Ok(()) => {
             report.removed += 1;
             report.bytes_freed += len;
@@ -79,7 +77,7 @@ fn read_times(file: &File, len: u64) -> Times {
     let mut newer = false;
     for offset in [0, slot_size] {
         let mut head = [0u8; HEADER_LEN];
-        if file.read_exact_at(&mut head, offset).is_err() {
+        if platform::read_exact_at(file, &mut head, offset).is_err() {
             return Times::Garbage;
         }
         match record::parse_header(&head) {
@@ -108,13 +106,13 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     /// One entry of a shard directory (`dir`, named `shard_name`).
-    fn entry(&self, dir: &OwnedFd, shard_name: &str, name: &str, report: &mut Report) {
+    fn entry(&self, dir: &Dir, shard_name: &str, name: &str, report: &mut Report) {
         let class = shard::classify(shard_name, name);
         if class == Name::Foreign {
             report.foreign += 1;
             return;
         }
-        let entry = match dir::stat_at(dir, name) {
+        let entry = match platform::stat_at(dir, name) {
             Ok(Some(e)) => e,
             Ok(None) => return, // removed meanwhile
             Err(_) => {
@@ -138,7 +136,7 @@ impl Walker<'_> {
                     report.corrupt += 1;
                     return;
                 }
-                match dir::remove_empty_dir(dir, name) {
+                match platform::remove_empty_dir(dir, name) {
                     Ok(()) => {
                         report.corrupt += 1;
                         report.removed += 1;
@@ -157,7 +155,7 @@ impl Walker<'_> {
         }
     }
 
-    fn temp(&self, dir: &OwnedFd, name: &str, entry: &Entry, report: &mut Report) {
+    fn temp(&self, dir: &Dir, name: &str, entry: &Entry, report: &mut Report) {
         let age = self.now - entry.mtime;
         if self.mode == Mode::Clear || age > GRACE {
             report.temp += 1;
@@ -167,7 +165,7 @@ impl Walker<'_> {
         }
     }
 
-    fn record(&self, dir: &OwnedFd, name: &str, entry: &Entry, report: &mut Report) {
+    fn record(&self, dir: &Dir, name: &str, entry: &Entry, report: &mut Report) {
         let len = entry.len;
         report.records += 1;
         report.bytes += len;
@@ -190,8 +188,8 @@ impl Walker<'_> {
 
     /// The slow path of `record`: locks the record (without waiting: a locked record is in
     /// use, hence live), then decides from its header and mtime as `FileStore::open` would.
-    fn examine(&self, dir: &OwnedFd, name: &str, report: &mut Report) {
-        let Ok(locked) = dir::open_file(dir, name).map(LockedFile::new) else {
+    fn examine(&self, dir: &Dir, name: &str, report: &mut Report) {
+        let Ok(locked) = platform::open_file(dir, name).map(LockedFile::new) else {
             report.errors += 1;
             return;
         };
@@ -210,11 +208,16 @@ impl Walker<'_> {
             report.errors += 1;
             return;
         };
-        if meta.nlink() == 0 {
-            return; // removed or replaced meanwhile
+        match platform::still_linked(file, &meta, dir, name) {
+            Ok(true) => {}
+            Ok(false) => return, // removed or replaced meanwhile
+            Err(_) => {
+                report.errors += 1;
+                return;
+            }
         }
         let len = meta.len();
-        let age = self.now - mtime(&meta);
+        let age = self.now - platform::mtime(&meta);
         match read_times(file, len) {
             Times::Known { created, saved_at } => {
                 let last_access = record_io::last_access(saved_at, &meta);
@@ -249,8 +252,8 @@ impl Walker<'_> {
         }
     }
 
-    fn shard(&self, dir: &OwnedFd, shard_name: &str, report: &mut Report) {
-        let Ok(names) = dir::names(dir) else {
+    fn shard(&self, dir: &Dir, shard_name: &str, report: &mut Report) {
+        let Ok(names) = platform::names(dir) else {
             report.errors += 1;
             return;
         };
@@ -260,11 +263,11 @@ impl Walker<'_> {
     }
 
     /// The shard directories under `fbs1/`, opened without following symlinks.
-    fn shards(&self, root: &OwnedFd, report: &mut Report) -> Vec<(String, OwnedFd)> {
+    fn shards(&self, root: &Dir, report: &mut Report) -> Vec<(String, Dir)> {
         let Some(records) = open_sub(root, shard::RECORDS_DIR, report) else {
             return Vec::new();
         };
-        let Ok(names) = dir::names(&records) else {
+        let Ok(names) = platform::names(&records) else {
             report.errors += 1;
             return Vec::new();
         };
@@ -281,7 +284,7 @@ impl Walker<'_> {
 
     /// Legacy files: Beaker rewrote a session file on every access, so its mtime is the
     /// last access; lock files are never used by us.
-    fn legacy(&self, root: &OwnedFd, report: &mut Report) {
+    fn legacy(&self, root: &Dir, report: &mut Report) {
         visit_legacy(
             root,
             shard::LEGACY_DIR,
@@ -320,8 +323,8 @@ impl Walker<'_> {
 
 /// Opens directory `name` of `parent` without following a symlink; counts what is there
 /// instead when it is not a directory.
-fn open_sub(parent: &OwnedFd, name: &str, report: &mut Report) -> Option<OwnedFd> {
-    match dir::subdir(parent, name) {
+fn open_sub(parent: &Dir, name: &str, report: &mut Report) -> Option<Dir> {
+    match platform::subdir(parent, name) {
         Ok(Sub::Dir(fd)) => Some(fd),
         Ok(Sub::Missing) => None,
         Ok(Sub::Symlink) => {
@@ -344,17 +347,17 @@ fn open_sub(parent: &OwnedFd, name: &str, report: &mut Report) -> Option<OwnedFd
 /// they are counted and skipped, at an accepted file name counted and (unless `Stats`)
 /// removed. Everything else is counted as foreign and left alone.
 fn visit_legacy(
-    root: &OwnedFd,
+    root: &Dir,
     top: &str,
     accepts: impl Fn(&str, &str) -> bool,
     mode: Mode,
     report: &mut Report,
-    mut visit: impl FnMut(&OwnedFd, &str, &Entry, &mut Report),
+    mut visit: impl FnMut(&Dir, &str, &Entry, &mut Report),
 ) {
     let Some(top) = open_sub(root, top, report) else {
         return;
     };
-    let Ok(level1) = dir::names(&top) else {
+    let Ok(level1) = platform::names(&top) else {
         report.errors += 1;
         return;
     };
@@ -366,7 +369,7 @@ fn visit_legacy(
         let Some(d1) = open_sub(&top, &n1, report) else {
             continue;
         };
-        let Ok(level2) = dir::names(&d1) else {
+        let Ok(level2) = platform::names(&d1) else {
             report.errors += 1;
             continue;
         };
@@ -378,7 +381,7 @@ fn visit_legacy(
             let Some(d2) = open_sub(&d1, &n2, report) else {
                 continue;
             };
-            let Ok(files) = dir::names(&d2) else {
+            let Ok(files) = platform::names(&d2) else {
                 report.errors += 1;
                 continue;
             };
@@ -387,7 +390,7 @@ fn visit_legacy(
                     report.foreign += 1;
                     continue;
                 }
-                match dir::stat_at(&d2, &name) {
+                match platform::stat_at(&d2, &name) {
                     Ok(Some(e)) if e.kind == Kind::File => visit(&d2, &name, &e, report),
                     Ok(Some(e)) if e.kind == Kind::Symlink => {
                         report.symlinks += 1;
@@ -408,7 +411,7 @@ fn visit_legacy(
 /// Beaker's layout), found without following symlinks.
 pub(crate) fn legacy_ids(data_dir: &Path) -> Vec<String> {
     let mut ids = Vec::new();
-    let Ok(root) = dir::open_root(data_dir) else {
+    let Ok(root) = platform::open_root(data_dir) else {
         return ids;
     };
     let mut report = Report::default();
@@ -447,29 +450,29 @@ impl Drop for Claim {
 /// directory that is not empty, a FIFO, a socket): the caller then sweeps without it. An
 /// empty directory or a symlink there is removed (the link, never its target) and replaced
 /// by the stamp.
-fn open_stamp(root: &OwnedFd) -> std::io::Result<Option<File>> {
+fn open_stamp(root: &Dir) -> std::io::Result<Option<File>> {
     for _ in 0..3 {
-        match dir::open_file(root, STAMP) {
+        match platform::open_file(root, STAMP) {
             Ok(f) if f.metadata()?.is_file() => return Ok(Some(f)),
             Ok(_) => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => match dir::create_file(root, STAMP) {
+            Err(e) if e.kind() == ErrorKind::NotFound => match platform::create_file(root, STAMP) {
                 Ok(f) => return Ok(Some(f)),
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             },
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR)) => {
-                if dir::remove_empty_dir(root, STAMP).is_err() {
+            Err(e) if platform::not_a_file(&e) == Some(NotAFile::Dir) => {
+                if platform::remove_empty_dir(root, STAMP).is_err() {
                     return Ok(None);
                 }
             }
             // A symlink (the link itself goes; its target is never touched).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP)) => {
-                if dir::unlink(root, STAMP).is_err() {
+            Err(e) if platform::not_a_file(&e) == Some(NotAFile::Symlink) => {
+                if platform::unlink(root, STAMP).is_err() {
                     return Ok(None);
                 }
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO)) => return Ok(None),
+            Err(e) if platform::not_a_file(&e) == Some(NotAFile::Special) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
@@ -492,18 +495,17 @@ pub fn claim(
     last: &AtomicU64,
 ) -> StoreResult<Option<Claim>> {
     let path = data_dir.join(STAMP);
-    let root = match dir::open_root(data_dir) {
+    let root = match platform::open_root(data_dir) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            dir::make_root(data_dir).map_err(|e| StoreError::io("create directory", data_dir, e))?
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => platform::make_root(data_dir)
+            .map_err(|e| StoreError::io("create directory", data_dir, e))?,
         Err(e) => return Err(StoreError::io("open", data_dir, e)),
     };
     let Some(file) = open_stamp(&root).map_err(|e| StoreError::io("open", &path, e))? else {
-        let file = dir::as_file(root);
-        if !try_flock(&file).map_err(|e| StoreError::io("lock", data_dir, e))? {
+        let locked = platform::try_lock_dir(root);
+        let Some(file) = locked.map_err(|e| StoreError::io("lock", data_dir, e))? else {
             return Ok(None);
-        }
+        };
         let previous = f64::from_bits(last.load(Ordering::Relaxed));
         if previous > 0.0 && now - previous < interval {
             return Ok(None);
@@ -518,7 +520,7 @@ pub fn claim(
         .metadata()
         .map_err(|e| StoreError::io("stat", &path, e))?;
     // A fresh stamp (empty file) has not recorded any sweep yet.
-    if meta.len() > 0 && now - mtime(&meta) < interval {
+    if meta.len() > 0 && now - platform::mtime(&meta) < interval {
         return Ok(None);
     }
     file.set_len(1)
@@ -532,7 +534,7 @@ pub fn claim(
 pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usize) -> Report {
     let walker = Walker { expiry, now, mode };
     let mut total = Report::default();
-    let root = match dir::open_root(data_dir) {
+    let root = match platform::open_root(data_dir) {
         Ok(fd) => fd,
         Err(e) if e.kind() == ErrorKind::NotFound => return total,
         Err(_) => {
@@ -541,7 +543,7 @@ pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usi
         }
     };
     // Something other than a file at the stamp's name (see `claim`).
-    match dir::stat_at(&root, STAMP) {
+    match platform::stat_at(&root, STAMP) {
         Ok(Some(e)) if e.kind == Kind::Symlink => total.symlinks += 1,
         Ok(Some(e)) if e.kind != Kind::File => total.foreign += 1,
         _ => {}

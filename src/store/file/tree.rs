@@ -1,6 +1,6 @@
 //! The data directory as open descriptors: the record shards a request needs, reached from
 //! the data directory's descriptor one name at a time without following symlinks
-//! (`dir.rs`), and kept open per process so that opening a record costs one `openat`, as a
+//! (`platform`), and kept open per process so that opening a record costs one `openat`, as a
 //! plain `open` of its path did.
 //!
 //! Cached descriptors are directories: they hold no lock and their offset is never used, so
@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::dir::{self, Sub};
+use crate::platform::{self, Dir, Sub};
 use crate::shard;
 
 /// How long a request waits for the cache before walking without it.
@@ -37,7 +36,7 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// What a lookup of a directory of the store found.
 pub(crate) enum Found {
     /// The directory (shared with the cache).
-    Dir(Arc<OwnedFd>),
+    Dir(Arc<Dir>),
     /// It does not exist (nor, possibly, the data directory).
     Missing,
     /// A symlink or a non-directory is where the directory belongs; never followed.
@@ -46,9 +45,9 @@ pub(crate) enum Found {
 
 #[derive(Default)]
 struct Cached {
-    root: Option<(Arc<OwnedFd>, (u64, u64))>,
-    records: Option<Arc<OwnedFd>>,
-    shards: HashMap<String, Arc<OwnedFd>>,
+    root: Option<(Arc<Dir>, (u64, u64))>,
+    records: Option<Arc<Dir>>,
+    shards: HashMap<String, Arc<Dir>>,
 }
 
 /// The open directories of one data directory.
@@ -77,18 +76,20 @@ impl Tree {
     }
 
     /// The data directory (created, 0700, when `create`). `ENOTDIR` when it is a file.
-    pub(crate) fn root(&self, create: bool) -> io::Result<Option<Arc<OwnedFd>>> {
+    pub(crate) fn root(&self, create: bool) -> io::Result<Option<Arc<Dir>>> {
         let mut guard = self.cache.try_lock_for(CACHE_WAIT);
         if let Some((fd, _)) = guard.as_ref().and_then(|c| c.root.as_ref()) {
             return Ok(Some(Arc::clone(fd)));
         }
-        let fd = match dir::open_root(&self.path) {
+        let fd = match platform::open_root(&self.path) {
             Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => dir::make_root(&self.path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                platform::make_root(&self.path)?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let id = dir::identity(&fd)?;
+        let id = platform::identity(&fd)?;
         let fd = Arc::new(fd);
         if let Some(cache) = guard.as_mut() {
             cache.root = Some((Arc::clone(&fd), id));
@@ -108,9 +109,9 @@ impl Tree {
             other => return Ok(other),
         };
         let sub = if create {
-            dir::make_subdir(&*records, name)?
+            platform::make_subdir(&records, name)?
         } else {
-            dir::subdir(&*records, name)?
+            platform::subdir(&records, name)?
         };
         let result = found(sub);
         if let Found::Dir(fd) = &result {
@@ -131,9 +132,9 @@ impl Tree {
             return Ok(Found::Missing);
         };
         let sub = if create {
-            dir::make_subdir(&*root, shard::RECORDS_DIR)?
+            platform::make_subdir(&root, shard::RECORDS_DIR)?
         } else {
-            dir::subdir(&*root, shard::RECORDS_DIR)?
+            platform::subdir(&root, shard::RECORDS_DIR)?
         };
         let result = found(sub);
         if let Found::Dir(fd) = &result {
@@ -147,16 +148,16 @@ impl Tree {
     /// Whether the cached descriptors still describe the data directory at its path, with
     /// `shard` (one of them) still linked. When not, the cache is emptied. Costs a `stat`
     /// (and an `fstat`); called only when a record was not found, and before a creation.
-    pub(crate) fn still_current(&self, shard: Option<&OwnedFd>) -> bool {
+    pub(crate) fn still_current(&self, shard: Option<&Dir>) -> bool {
         let cached = self
             .cache
             .try_lock_for(CACHE_WAIT)
             .and_then(|c| c.root.as_ref().map(|(_, id)| *id));
         let current = match cached {
-            Some(id) => dir::identity_of(&self.path).is_ok_and(|now| now == id),
+            Some(id) => platform::identity_of(&self.path).is_ok_and(|now| now == id),
             None => true,
         };
-        if current && !shard.is_some_and(dir::is_removed) {
+        if current && !shard.is_some_and(platform::is_removed) {
             return true;
         }
         self.forget();
@@ -195,7 +196,7 @@ impl Tree {
         };
         let mut current = root;
         for name in components {
-            match found(dir::subdir(&*current, name)?) {
+            match found(platform::subdir(&current, name)?) {
                 Found::Dir(fd) => current = fd,
                 other => return Ok(other),
             }
