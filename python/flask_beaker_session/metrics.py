@@ -317,23 +317,13 @@ class _Flusher:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.started_in = -1
-        self._lock = threading.Lock()
+        self.thread = _fork.ProcessThread("flask-beaker-session-metrics", self._run)
         self._values: list[Any] | None = None
         self._gauges: dict[str, Any] = {}
         self._written: list[float] = []
 
     def ensure_started(self) -> None:
-        generation = _fork.FORKS.generation
-        if self.started_in == generation:
-            return
-        with self._lock:
-            if self.started_in == generation:
-                return
-            self.started_in = generation
-            threading.Thread(
-                target=self._run, name="flask-beaker-session-metrics", daemon=True
-            ).start()
+        self.thread.ensure_started()
 
     def _value_objects(self) -> list[Any]:
         from prometheus_client.values import ValueClass
@@ -374,9 +364,8 @@ class _Flusher:
                 self._gauges[name].set(gauge, timestamp=when)
         self._written = totals
 
-    def _run(self) -> None:
-        generation = self.started_in
-        stop = threading.Event()
+    def _run(self, stop: threading.Event) -> None:
+        generation = self.thread.started_in
         while not stop.wait(FLUSH_INTERVAL):
             if _fork.FORKS.generation != generation:
                 return  # this thread belongs to a parent (a child runs its own)

@@ -104,7 +104,7 @@ class BeakerSessionInterface(SessionInterface):
         # No I/O here: the session loads itself on first use. The sweeper's thread is
         # started at the first request of each process (compared without a call).
         sweeper = self.sweeper
-        if sweeper is not None and sweeper.started_in != FORKS.generation:
+        if sweeper is not None and sweeper.thread.started_in != FORKS.generation:
             sweeper.ensure_started()
         environ = request.environ
         value = _cookie_value(environ.get("HTTP_COOKIE"), self.get_cookie_name(app))

@@ -82,37 +82,23 @@ class AutoSweeper:
         self.metrics = metrics
         #: The counts of the last sweep this process ran, or None.
         self.last_report: _core.Report | None = None
-        #: The fork generation (``_fork.FORKS.generation``) whose process runs the thread
-        #: (-1: none yet); compared on every request, so it is a plain attribute.
-        self.started_in = -1
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        #: This process's sweeping thread; ``thread.started_in`` (the fork generation
+        #: whose process runs it) is compared on every request without a call.
+        self.thread = _fork.ProcessThread("flask-beaker-session-sweeper", self._run)
         _sweepers.add(self)
 
     def ensure_started(self) -> None:
         """Starts this process's thread if it has none (cheap when it has)."""
-        generation = _fork.FORKS.generation
-        if self.started_in == generation:
-            return
-        with self._lock:
-            if self.started_in == generation:
-                return
-            self.started_in = generation
-            self._stop = threading.Event()
-            thread = threading.Thread(
-                target=self._run, name="flask-beaker-session-sweeper", daemon=True
-            )
-            thread.start()
+        self.thread.ensure_started()
 
     def restart_after_fork(self) -> None:
         """Starts the thread in a forked child (the parent's does not exist there)."""
-        # A thread of the parent may have held the lock at the fork: it never returns here.
-        self._lock = threading.Lock()
-        self.ensure_started()
+        self.thread.after_fork()
+        self.thread.ensure_started()
 
     def stop(self) -> None:
         """Stops this process's thread (for tests and clean shutdowns)."""
-        self._stop.set()
+        self.thread.stop()
 
     def sweep_once(self) -> _core.Report | None:
         """Sweeps now if no process did in the last interval; returns the counts."""
@@ -134,8 +120,7 @@ class AutoSweeper:
             report_obstacles(self.store, report)
         return report
 
-    def _run(self) -> None:
-        stop = self._stop
+    def _run(self, stop: threading.Event) -> None:
         # A short first wait, so a process that starts after a long pause sweeps soon; the
         # stamp prevents a burst when many workers start together.
         wait = min(self.interval, 5.0)
