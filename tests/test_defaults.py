@@ -107,7 +107,8 @@ def test_opt_out(tmp_path: Path, off: Any) -> None:
     assert interface_of(app).config.sweep_interval is None
     assert interface_of(app).sweeper is None
     new_session(app)
-    assert sweeper_threads() == before
+    # No new thread (an earlier test's sweeper, told to stop, may end meanwhile).
+    assert sweeper_threads() <= before
 
 
 def test_custom_interval(tmp_path: Path) -> None:
