@@ -10,6 +10,7 @@ calls ``init_app``, in the master before it forks):
 * ``FBS_MAX_WAITERS``: ``SESSION_MAX_WAITERS`` (a number, or ``none``; default: the
   package's default).
 * ``FBS_GATE_DIR``: directory of the gate files the holding routes wait for.
+* ``FBS_CONFIG_JSON``: further settings, a JSON object (e.g. a Redis backend's).
 * ``FBS_WARMUP_FILE``: if set, the app serves one request to itself at import, storing a
   session (``{"n": 0, "warm": "yes"}``) whose id it writes to that file: with ``--preload``
   this touches the store, its locks and the sweeper in the master before the fork.
@@ -34,6 +35,7 @@ Every response carries ``X-Worker-Pid``.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -75,6 +77,7 @@ def create_app() -> Flask:
         app.config["SESSION_MAX_WAITERS"] = None if waiters == "none" else int(waiters)
     # No automatic sweep unless a test asks for one (it is on by default).
     app.config["SESSION_SWEEP_INTERVAL"] = float(os.environ.get("FBS_SWEEP") or 0)
+    app.config.update(json.loads(os.environ.get("FBS_CONFIG_JSON") or "{}"))
     fbs.init_app(app)
 
     @app.route("/inc")

@@ -25,9 +25,12 @@ from helpers import (
     record_path,
     store_of,
 )
+from redis_ha import cluster_data_key
 from redis_server import RedisServer, add_contention_routes, data_key
 
 BACKENDS = ["file", "redis", "memory"]
+#: Redis as a Cluster and behind Sentinel: the same backend found another way.
+BACKENDS += ["redis-cluster", "redis-sentinel"]
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Backend:
     prefix: str
     server: RedisServer | None
     config: dict[str, Any] = field(default_factory=dict)
+    #: The record's key name (hash-tagged on a Cluster).
+    data_key: Any = data_key
 
     def app(self, **config: Any) -> Flask:
         """``build_app`` on this backend, plus a few routes of this module."""
@@ -52,7 +57,7 @@ class Backend:
         if self.kind == "redis":
             assert self.server is not None
             with self.server.client() as c:
-                value: bytes | None = c("GET", data_key(self.prefix, sid))
+                value: bytes | None = c("GET", self.data_key(self.prefix, sid))
                 return value
         # memory: nothing outside the process; the stored payload is what there is.
         _, handle = store_of(app).open(sid, interface_of(app).clock())
@@ -74,7 +79,7 @@ class Backend:
         elif self.kind == "redis":
             assert self.server is not None
             with self.server.client() as c:
-                c("SET", data_key(self.prefix, sid), value, "KEEPTTL")
+                c("SET", self.data_key(self.prefix, sid), value, "KEEPTTL")
         else:
             raise AssertionError("the memory backend has no external record")
 
@@ -115,6 +120,12 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> B
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         config.update(SESSION_REDIS_URL=server.url, SESSION_REDIS_PREFIX=prefix)
+    if kind in ("redis-cluster", "redis-sentinel"):
+        server = request.getfixturevalue(kind.replace("-", "_").replace("sentinel", "sentinels"))
+        config.update(SESSION_TYPE="redis", SESSION_REDIS_URL=server.url)
+        config.update(SESSION_REDIS_PREFIX=prefix)
+        key = cluster_data_key if kind == "redis-cluster" else data_key
+        return Backend("redis", tmp_path / "sessions", prefix, server, config, key)
     return Backend(kind, tmp_path / "sessions", prefix, server, config)
 
 

@@ -125,7 +125,12 @@ _MAX_WAITERS_LIMIT = 1000
 
 _TYPES = ("file", "memory", "redis")
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
-_REDIS_HA_SCHEMES = ("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://")
+_REDIS_HA_SCHEMES = (
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 #: Largest ``SESSION_REDIS_WAIT_REPLICAS``.
 _MAX_WAIT_REPLICAS = 100
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
