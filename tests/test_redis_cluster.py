@@ -199,7 +199,7 @@ def test_primary_killed_under_load(tmp_path: Path, shape: str, wait: int) -> Non
 
         def recovered() -> None:
             cluster.wait_ok(timeout=60)  # a replica took over
-            victim.start()  # back, as a replica of the new primary
+            cluster.replace(victim)  # a new empty node, replica of the new primary
             cluster.wait_replicas(timeout=60)
 
         numbers = drive_failover(server.port, slots, fail, recovered)
