@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,10 +228,8 @@ class RedisCluster:
         for node in live:
             with node.client(timeout=1.0) as c:
                 if old_id:
-                    try:
+                    with suppress(RespError):  # a node that already forgot it
                         c("CLUSTER", "FORGET", old_id)
-                    except RespError:
-                        pass
         primaries = self.live_primaries()
         orphaned = [p for p in primaries if not self._has_replica(p)]
         ids = {int(f[1].split("@")[0].rsplit(":", 1)[1]): f[0] for f in self.node_lines()}

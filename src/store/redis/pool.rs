@@ -12,6 +12,7 @@
 //! primary), and runs again on a new connection, found afresh, with back-off, until the
 //! retry budget (the lock timeout) is spent; then it is `Unavailable` (503).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,13 @@ pub struct Pool {
     /// How long a command keeps retrying through a failover (zero for a single node: its
     /// failures are outages, reported at once).
     retry_for: Duration,
+    /// The finder's epoch the idle connections belong to (Sentinel: the primary moved).
+    epoch: AtomicU64,
 }
+
+/// Where a connection came from: the fork generation and the finder's epoch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Born(u64, u64);
 
 impl Pool {
     /// An empty pool (no connection is made until the first command).
@@ -81,6 +88,7 @@ impl Pool {
             connect_timeout,
             io_timeout,
             retry_for,
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -104,19 +112,31 @@ impl Pool {
 
     /// A pooled connection if there is one (second value: true), else a new one; with the
     /// fork generation it belongs to.
-    fn get(&self) -> StoreResult<(Conn, bool, u64)> {
-        let generation = generation();
+    fn get(&self) -> StoreResult<(Conn, bool, Born)> {
+        let born = self.born();
         let reused = lock(self.idle()).pop();
         match reused {
-            Some(con) => Ok((con, true, generation)),
-            None => Ok((self.connect()?, false, generation)),
+            Some(con) => Ok((con, true, born)),
+            None => Ok((self.connect()?, false, born)),
         }
     }
 
+    /// The current generation and epoch; the idle connections of an older epoch are
+    /// dropped (they go to a primary that was replaced).
+    fn born(&self) -> Born {
+        let epoch = self.finder.epoch(self.connect_timeout, self.io_timeout);
+        if self.epoch.load(Ordering::Acquire) != epoch
+            && self.epoch.swap(epoch, Ordering::AcqRel) != epoch
+        {
+            lock(self.idle()).clear();
+        }
+        Born(generation(), epoch)
+    }
+
     /// Returns a connection whose last command succeeded to the idle pool (unless a fork
-    /// happened meanwhile, or the pool is full).
-    fn give_back(&self, con: Conn, born: u64) {
-        if born != generation() {
+    /// happened meanwhile, the primary moved, or the pool is full).
+    fn give_back(&self, con: Conn, born: Born) {
+        if born != Born(generation(), self.epoch.load(Ordering::Acquire)) {
             return;
         }
         let mut idle = lock(self.idle());
@@ -179,7 +199,7 @@ impl Pool {
             }
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(RETRY_PAUSE_MAX);
-            let born = generation();
+            let born = self.born();
             let mut con = match self.finder.connect(self.connect_timeout, self.io_timeout) {
                 Ok(con) => con,
                 Err(e) => {

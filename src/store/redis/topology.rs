@@ -19,16 +19,36 @@
 //! (`pool`), and its own retries are kept short so that the pool's retry loop, bounded by
 //! the lock timeout, decides when to give up.
 //!
+//! A primary that Sentinel has replaced keeps accepting writes until Sentinel gets round to
+//! demoting it (seconds, when it stayed reachable: `SENTINEL FAILOVER`, a partition), and
+//! writes acknowledged there are lost when it resyncs from the new primary. So, besides
+//! reacting to `READONLY`, the pool asks a Sentinel at most once a second (inline, in the
+//! request that finds the check due; nothing blocks on it) which node is the primary;
+//! when it changed, every pooled connection to the old one is dropped (`epoch`).
+//!
 //! The password in the URL is the data nodes'; Sentinels that require their own
 //! (`requirepass` in `sentinel.conf`) get `SESSION_REDIS_SENTINEL_PASSWORD`.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Client, Connection, RedisError, RedisResult, TlsCertificates};
 
 use super::{client_for, RedisTls};
 use crate::error::{StoreError, StoreResult};
+use crate::lock::{clear_if_free, ForkLocal};
+
+/// How often the pool asks a Sentinel whether the primary moved.
+const PRIMARY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The primary the pool's connections go to, and when a Sentinel was last asked.
+#[derive(Default)]
+struct Watch {
+    primary: Option<(String, u16)>,
+    asked: Option<Instant>,
+}
 
 /// Which kind of deployment a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,12 +168,15 @@ pub struct SentinelFinder {
     userinfo: String,
     db: i64,
     tls: RedisTls,
+    /// Per fork generation (never waited for: `try_lock`).
+    watch: ForkLocal<Mutex<Watch>>,
+    /// Bumped whenever the primary is found to have moved.
+    epoch: AtomicU64,
 }
 
 impl SentinelFinder {
-    /// A connection to the service's current primary: the first Sentinel that answers names
-    /// it, and the node must say it is a primary.
-    fn connect(&self, connect_timeout: Duration, io_timeout: Duration) -> RedisResult<Connection> {
+    /// The primary's address as the first Sentinel that answers names it.
+    fn ask(&self, connect_timeout: Duration, io_timeout: Duration) -> RedisResult<(String, u16)> {
         let mut last: Option<RedisError> = None;
         for sentinel in &self.sentinels {
             let named = open(sentinel, connect_timeout, io_timeout).and_then(|mut c| {
@@ -162,47 +185,78 @@ impl SentinelFinder {
                     .arg(&self.service)
                     .query::<Option<(String, u16)>>(&mut c)
             });
-            let (host, port) = match named {
-                Ok(Some(addr)) => addr,
-                Ok(None) => {
-                    last = Some(no_primary(&self.service));
-                    continue;
-                }
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host
-            };
-            let url = format!(
-                "{}://{}{host}:{port}/{}",
-                self.scheme, self.userinfo, self.db
-            );
-            let client = client_for(&url, self.tls.clone()).map_err(|e| {
-                RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "bad primary address",
-                    e.to_string(),
-                ))
-            })?;
-            let mut con = open(&client, connect_timeout, io_timeout)?;
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut con)?;
-            let primary =
-                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-            if primary {
-                return Ok(con);
+            match named {
+                Ok(Some(addr)) => return Ok(addr),
+                Ok(None) => last = Some(no_primary(&self.service)),
+                Err(e) => last = Some(e),
             }
+        }
+        Err(last.unwrap_or_else(|| no_primary(&self.service)))
+    }
+
+    /// Notes that `addr` is the primary now; a change bumps the epoch.
+    fn saw(&self, watch: &mut Watch, addr: (String, u16)) {
+        if watch.primary.as_ref().is_some_and(|p| *p != addr) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        watch.primary = Some(addr);
+    }
+
+    fn watch(&self) -> &Mutex<Watch> {
+        self.watch.get_or_retire(clear_if_free)
+    }
+
+    /// Asks a Sentinel for the primary if the last check is a second old (and no other
+    /// thread is asking).
+    fn check(&self, connect_timeout: Duration, io_timeout: Duration) {
+        let Ok(mut watch) = self.watch().try_lock() else {
+            return;
+        };
+        if watch
+            .asked
+            .is_some_and(|t| t.elapsed() < PRIMARY_CHECK_EVERY)
+        {
+            return;
+        }
+        watch.asked = Some(Instant::now());
+        if let Ok(addr) = self.ask(connect_timeout, io_timeout) {
+            self.saw(&mut watch, addr);
+        }
+    }
+
+    /// A connection to the service's current primary: a Sentinel names it, and the node
+    /// must say it is a primary.
+    fn connect(&self, connect_timeout: Duration, io_timeout: Duration) -> RedisResult<Connection> {
+        let (host, port) = self.ask(connect_timeout, io_timeout)?;
+        let shown = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let url = format!(
+            "{}://{}{shown}:{port}/{}",
+            self.scheme, self.userinfo, self.db
+        );
+        let client = client_for(&url, self.tls.clone()).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "bad primary address",
+                e.to_string(),
+            ))
+        })?;
+        let mut con = open(&client, connect_timeout, io_timeout)?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut con)?;
+        if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
             // Sentinel has not caught up with a failover yet: retried by the pool.
-            last = Some(RedisError::from((
+            return Err(RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
                 "the node Sentinel names is not a primary (yet)",
             )));
         }
-        Err(last.unwrap_or_else(|| no_primary(&self.service)))
+        if let Ok(mut watch) = self.watch().try_lock() {
+            self.saw(&mut watch, (host, port));
+        }
+        Ok(con)
     }
 }
 
@@ -323,6 +377,8 @@ impl Finder {
                     userinfo: parts.userinfo,
                     db,
                     tls,
+                    watch: ForkLocal::here(),
+                    epoch: AtomicU64::new(0),
                 }))
             }
             Topology::Cluster => {
@@ -368,6 +424,18 @@ impl Finder {
     /// Whether commands go through a Cluster (keys need hash tags).
     pub fn is_cluster(&self) -> bool {
         matches!(self, Finder::Cluster(_))
+    }
+
+    /// Which primary the connections opened now go to, as a number that changes when the
+    /// primary moves (Sentinel, checked at most once a second); constant otherwise.
+    pub fn epoch(&self, connect_timeout: Duration, io_timeout: Duration) -> u64 {
+        match self {
+            Finder::Sentinel(s) => {
+                s.check(connect_timeout, io_timeout);
+                s.epoch.load(Ordering::Acquire)
+            }
+            _ => 0,
+        }
     }
 
     /// A new connection with the given timeouts.
