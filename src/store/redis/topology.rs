@@ -22,7 +22,7 @@
 //! A primary that Sentinel has replaced keeps accepting writes until Sentinel gets round to
 //! demoting it (seconds, when it stayed reachable: `SENTINEL FAILOVER`, a partition), and
 //! writes acknowledged there are lost when it resyncs from the new primary. So, besides
-//! reacting to `READONLY`, the pool asks a Sentinel at most once a second (inline, in the
+//! reacting to `READONLY`, the pool asks a Sentinel at most every 250 ms (inline, in the
 //! request that finds the check due; nothing blocks on it) which node is the primary;
 //! when it changed, every pooled connection to the old one is dropped (`epoch`).
 //!
@@ -41,7 +41,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::lock::{clear_if_free, ForkLocal};
 
 /// How often the pool asks a Sentinel whether the primary moved.
-const PRIMARY_CHECK_EVERY: Duration = Duration::from_secs(1);
+const PRIMARY_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// The primary the pool's connections go to, and when a Sentinel was last asked.
 #[derive(Default)]
@@ -295,7 +295,7 @@ pub enum Conn {
     /// One server (single node or Sentinel's primary).
     Node(Connection),
     /// A Cluster connection (one socket per node it has talked to).
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl redis::ConnectionLike for Conn {
@@ -427,7 +427,7 @@ impl Finder {
     }
 
     /// Which primary the connections opened now go to, as a number that changes when the
-    /// primary moves (Sentinel, checked at most once a second); constant otherwise.
+    /// primary moves (Sentinel, checked at most every 250 ms); constant otherwise.
     pub fn epoch(&self, connect_timeout: Duration, io_timeout: Duration) -> u64 {
         match self {
             Finder::Sentinel(s) => {
@@ -443,7 +443,7 @@ impl Finder {
         match self {
             Finder::Node(client) => open(client, connect_timeout, io_timeout).map(Conn::Node),
             Finder::Sentinel(s) => s.connect(connect_timeout, io_timeout).map(Conn::Node),
-            Finder::Cluster(client) => client.get_connection().map(Conn::Cluster),
+            Finder::Cluster(client) => client.get_connection().map(|c| Conn::Cluster(Box::new(c))),
         }
     }
 }
