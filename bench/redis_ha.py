@@ -66,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--baseline", help="also measure this package at REF (single node)")
+    parser.add_argument(
+        "--baseline", help="also measure this package at REF (single node)"
+    )
     args = parser.parse_args()
     names = ["ours"]
     if args.baseline:
@@ -74,7 +76,10 @@ def main() -> None:
         names.append("baseline")
     pythons = envs.ensure_all(names)
     work = Path(tempfile.mkdtemp(prefix="bench-redis-ha-"))
-    with RedisSentinels(work / "sentinel") as sentinels, RedisCluster(work / "cluster") as cluster:
+    with (
+        RedisSentinels(work / "sentinel") as sentinels,
+        RedisCluster(work / "cluster") as cluster,
+    ):
         configs = {
             "single": (pythons["ours"], config(sentinels.current_primary().url)),
             "sentinel": (pythons["ours"], config(sentinels.url)),
@@ -97,7 +102,9 @@ def main() -> None:
         for name, runs in rounds.items()
     }
     lines = [
-        "| configuration | " + " | ".join(f"{s} µs (× single)" for s in SCENARIOS) + " |",
+        "| configuration | "
+        + " | ".join(f"{s} µs (× single)" for s in SCENARIOS)
+        + " |",
         "|---|" + "---|" * len(SCENARIOS),
     ]
     for name in order:
@@ -113,7 +120,12 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (results / f"redis-ha-{stamp}.json").write_text(
         json.dumps(
-            {"rounds": rounds, "overhead_us": overhead, "table": table, "args": vars(args)},
+            {
+                "rounds": rounds,
+                "overhead_us": overhead,
+                "table": table,
+                "args": vars(args),
+            },
             indent=2,
         )
     )

@@ -522,8 +522,8 @@ def drive_failover(
     fail: Callable[[], None],
     recovered: Callable[[], None],
     *,
-    warmup: float = 1.5,
-    settle: float = 2.0,
+    warmup: float = 1.0,
+    settle: float = 1.5,
 ) -> Failover:
     """Runs the load; once every session exists and ``warmup`` seconds have passed, calls
     ``fail`` (kill a primary, fail over), then ``recovered`` (blocks until the deployment
