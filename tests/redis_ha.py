@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, Resp, RespError, in_ci
+from redis_server import RedisServer, Resp, RespError, free_port, in_ci
 
 #: Milliseconds without an answer before a Cluster node / a Sentinel calls a server down.
 NODE_TIMEOUT_MS = 1000
@@ -40,6 +41,20 @@ def _binary(name: str) -> str:
             pytest.fail(f"{name} is not installed (CI installs it with apt-get)")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def cluster_port() -> int:
+    """A free port for a Cluster node: at most 55535, with its bus port (+10000) free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def cluster_key(prefix: str, kind: str, sid: str) -> str:
@@ -129,6 +144,7 @@ class RedisCluster:
                     "--repl-diskless-sync-delay",
                     "0",
                 ],
+                pick_port=cluster_port,
             )
             for i in range(nodes)
         ]

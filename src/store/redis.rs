@@ -25,8 +25,9 @@
 //! * TTLs are clamped to `MAX_TTL_MS` (Redis refuses larger expiry times).
 //! * Sentinel and Cluster (`topology`) are this backend with another way to find the node:
 //!   the pool asks Sentinel for the primary or goes through the crate's Cluster client,
-//!   keys carry a hash tag on a Cluster (`keys`), the lock is taken by an idempotent script
-//!   (`LOCK_LUA`) so that the pool may retry it through a failover, and
+//!   keys carry a hash tag on a Cluster (`keys`), the lock is taken in a way the pool may
+//!   retry through a failover (a script on a Cluster, `LOCK_LUA`; the single node's
+//!   pipeline plus a read of the lock behind Sentinel), and
 //!   `SESSION_REDIS_WAIT_REPLICAS` makes every write wait for that many replicas (`WAIT`, in
 //!   the same round trip as the script) before the response.
 
@@ -161,7 +162,7 @@ struct Shared {
     lock_ttl_ms: u64,
     scope: LockScope,
     pool: Pool,
-    /// Sentinel or Cluster: the lock is taken by `LOCK_LUA` (retry-safe).
+    /// Sentinel or Cluster: the lock is taken in a way that is safe to retry.
     ha: bool,
     /// Keys carry a hash tag (Cluster).
     tagged: bool,
@@ -229,7 +230,9 @@ impl Shared {
         self.adopt_orphan(&keys.lock)?;
         let mut backoff = Duration::from_micros(200);
         loop {
-            let reply: StoreResult<LockReply> = if self.ha {
+            let reply: StoreResult<LockReply> = if self.tagged {
+                // Cluster: one atomic script, so a slot being migrated answers for all three
+                // keys at once (ASK / TRYAGAIN), never for some of them.
                 self.pool
                     .run(|c| {
                         self.lock
@@ -241,6 +244,32 @@ impl Shared {
                             .invoke::<LockScriptReply>(c)
                     })
                     .map(|(got, value, touched)| ((got == 1).then(String::new), value, touched))
+            } else if self.ha {
+                // Sentinel: the single node's pipeline, made safe to run again after a reply
+                // lost in a failover by reading the lock back (a lock already holding our
+                // token is ours; `SET NX` alone would say it is taken).
+                self.pool
+                    .run(|c| {
+                        redis::pipe()
+                            .cmd("SET")
+                            .arg(&keys.lock)
+                            .arg(token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(self.lock_ttl_ms)
+                            .ignore()
+                            .cmd("GET")
+                            .arg(&keys.lock)
+                            .cmd("GET")
+                            .arg(&keys.record)
+                            .cmd("GET")
+                            .arg(&keys.access)
+                            .query::<LockReply>(c)
+                    })
+                    .map(|(holder, value, touched)| {
+                        let ours = holder.as_deref() == Some(token);
+                        (ours.then(String::new), value, touched)
+                    })
             } else {
                 self.pool.run(|c| {
                     redis::pipe()

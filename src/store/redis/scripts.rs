@@ -9,10 +9,11 @@
 //! that lost our lock (or holds another request's) refuses the save (`LockLost`: 503), it
 //! never overwrites a newer version.
 
-// KEYS: lock, record, last touch. ARGV: token, lock TTL in ms. Sentinel and Cluster take
-// the lock with this script instead of the single node's `SET NX` pipeline: it is
-// idempotent (a lock already holding our token is ours), so the pool may run it again
-// after a reply lost in a failover. Returns {1 if locked, record, last touch}.
+// KEYS: lock, record, last touch. ARGV: token, lock TTL in ms. A Cluster takes the lock
+// with this script instead of the single node's `SET NX` pipeline: it is atomic (a slot
+// in migration answers for all three keys at once) and idempotent (a lock already holding
+// our token is ours), so the pool may run it again after a reply lost in a failover.
+// Returns {1 if locked, record, last touch}.
 pub(super) const LOCK_LUA: &str = r"
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then return {0, false, false} end

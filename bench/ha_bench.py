@@ -1,10 +1,10 @@
 """Redis Sentinel and Cluster against the single node, in one run (``docs/redis-ha.md``).
 
-    .venv/bin/python bench/redis_ha.py [--rounds 5] [--requests 300] [--baseline REF]
+    .venv/bin/python bench/ha_bench.py [--rounds 5] [--requests 300] [--baseline REF]
 
 Starts, on loopback, a primary + replica + 3 Sentinels and a Cluster of 3 primaries + 3
 replicas (``tests/redis_ha.py``, hence the development venv: ``make test`` makes it), then
-times the micro scenarios of ``redis_ha_worker.py`` (Flask test client) in the ``ours``
+times the micro scenarios of ``ha_worker.py`` (Flask test client) in the ``ours``
 bench venv (a release build of the working tree, ``envs.py``) on:
 
 * ``single``: the Sentinel set's primary through its plain ``redis://`` URL (the same
@@ -53,7 +53,7 @@ def config(url: str, wait: int = 0) -> dict[str, object]:
 
 def measure(python: Path, cfg: dict[str, object], n: int) -> dict[str, float]:
     out = subprocess.run(
-        [str(python), str(BENCH / "redis_ha_worker.py"), json.dumps(cfg), str(n)],
+        [str(python), str(BENCH / "ha_worker.py"), json.dumps(cfg), str(n)],
         capture_output=True,
         text=True,
         cwd=BENCH,

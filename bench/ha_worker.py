@@ -1,4 +1,4 @@
-"""Runs inside a bench venv (``ours`` or ``baseline``) for ``redis_ha.py``: one Flask app on
+"""Runs inside a bench venv (``ours`` or ``baseline``) for ``ha_bench.py``: one Flask app on
 the Redis deployment named by a JSON config, the benchmark routes of ``apps``, and per
 scenario the median time of ``client.get`` over N requests (after a warm-up), printed as
 one JSON object. Scenarios: ``free`` (no session: the baseline), ``ro`` (reads a key),
