@@ -300,8 +300,10 @@ class RedisSentinels:
 
     SERVICE = "mymaster"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sentinel_password: str | None = None) -> None:
         self.sentinel_binary = _binary("redis-sentinel")
+        #: The Sentinels' own ``requirepass`` (the data nodes have none).
+        self.sentinel_password = sentinel_password
         self.workdir = workdir
         fast_sync = ["--repl-diskless-sync-delay", "0"]
         self.primary = RedisServer(workdir / "a", extra=fast_sync)
@@ -320,10 +322,16 @@ class RedisSentinels:
         self.replica.start()
         _wait(self._replica_synced, "the replica to sync")
         for i in range(3):
-            sentinel = RedisServer(self.workdir / f"sentinel{i}")
+            sentinel = RedisServer(self.workdir / f"sentinel{i}", password=self.sentinel_password)
             conf = sentinel.workdir / "sentinel.conf"
+            auth = (
+                f"requirepass {self.sentinel_password}\n"
+                f"sentinel sentinel-pass {self.sentinel_password}\n"
+                if self.sentinel_password
+                else ""
+            )
             conf.write_text(
-                f"port {sentinel.port}\n"
+                auth + f"port {sentinel.port}\n"
                 "bind 127.0.0.1\n"
                 f"dir {sentinel.workdir}\n"
                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
@@ -359,7 +367,7 @@ class RedisSentinels:
         """The port of the primary the Sentinels name now."""
         for s in self.sentinels:
             try:
-                with s.client(timeout=1.0) as c:
+                with s.client(timeout=1.0) as c:  # authenticated if they need it
                     _host, port = c("SENTINEL", "get-master-addr-by-name", self.SERVICE)
                     return int(port)
             except (OSError, RespError):

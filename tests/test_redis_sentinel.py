@@ -102,6 +102,21 @@ def test_a_single_nodes_sessions_survive_the_move_under_sentinel(
     assert client_with(before, sid).get("/dump").get_json() == {"a": "1", "b": "2"}
 
 
+def test_sentinels_with_their_own_password(tmp_path: Path) -> None:
+    """Sentinels that require a password (``requirepass`` in sentinel.conf) are reached with
+    SESSION_REDIS_SENTINEL_PASSWORD; without it, requests get 503, never 500."""
+    with RedisSentinels(tmp_path / "s", sentinel_password="s3nt:n@l") as sentinels:
+        app = redis_app(
+            sentinels.url, "pw:", SESSION_REDIS_SENTINEL_PASSWORD="s3nt:n@l", SESSION_LOCK_TIMEOUT=1
+        )
+        client = app.test_client()
+        assert [client.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+        refused = redis_app(sentinels.url, "pw:", SESSION_LOCK_TIMEOUT=1).test_client()
+        response = refused.get("/inc")
+        assert response.status_code == 503
+        assert "Retry-After" in response.headers
+
+
 def _config(sentinels: RedisSentinels, wait: int) -> dict[str, str]:
     config = {
         "SESSION_TYPE": "redis",
