@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from flask import Flask
 from helpers import build_app, cookie_of
 from redis_ha import RedisCluster, cluster_key, drive_failover, key_slot, report
 from redis_server import Resp
-from test_servers import gunicorn
+from test_servers import _dump, _load, gunicorn
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs Linux")
 
@@ -210,3 +211,30 @@ def test_primary_killed_under_load(tmp_path: Path, shape: str, wait: int) -> Non
     assert numbers.recovery < 15, numbers
     if wait:
         assert numbers.lost == 0, numbers
+
+
+@pytest.mark.parametrize("deployment", ["redis_cluster", "redis_sentinels"])
+def test_preloaded_master_used_the_store_before_the_fork(
+    request: pytest.FixtureRequest, tmp_path: Path, deployment: str
+) -> None:
+    """gunicorn ``--preload``: the master created and read a session on the Cluster / via
+    Sentinel before forking (its pooled connections, the Sentinel watch); the workers make
+    their own and lose no update of that session."""
+    target = request.getfixturevalue(deployment)
+    env = {
+        "FBS_WARMUP_FILE": str(tmp_path / "warm.sid"),
+        "FBS_CONFIG_JSON": json.dumps(
+            {
+                "SESSION_TYPE": "redis",
+                "SESSION_REDIS_URL": target.url,
+                "SESSION_REDIS_PREFIX": f"pre:{tmp_path.name}:",
+            }
+        ),
+    }
+    with gunicorn(tmp_path, "-w", "2", "--preload", env=env) as server:
+        shared = (tmp_path / "warm.sid").read_text()
+        tally = _load([(server, shared, ["/inc"] * 20) for _ in range(4)])
+        final = _dump(server, shared)
+    assert tally.errors == [] and tally.statuses == Counter({200: 80})
+    assert final == {"n": 80, "warm": "yes"}
+    assert len(tally.pids) >= 2, "the load never reached a second worker process"
