@@ -28,8 +28,8 @@
 //!   keys carry a hash tag on a Cluster (`keys`), the lock is taken in a way the pool may
 //!   retry through a failover (a script on a Cluster, `LOCK_LUA`; the single node's
 //!   pipeline plus a read of the lock behind Sentinel), and
-//!   `SESSION_REDIS_WAIT_REPLICAS` makes every write wait for that many replicas (`WAIT`, in
-//!   the same round trip as the script) before the response.
+//!   `SESSION_REDIS_WAIT_REPLICAS` makes every write wait for that many replicas (`WAIT`,
+//!   right after the script, on the same connection / the key's node) before the response.
 
 mod keys;
 mod orphans;
