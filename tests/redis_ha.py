@@ -507,7 +507,7 @@ def final_values(port: int, cookies: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for cookie in cookies:
-        for _ in range(200):
+        for _ in range(600):
             status, body, _ = _get(conn, "/dump", cookie)
             if status == 200:
                 out[cookie] = int(json.loads(body).get("n", 0))

@@ -204,7 +204,7 @@ def test_primary_killed_under_load(tmp_path: Path, shape: str, wait: int) -> Non
             cluster.wait_replicas(timeout=60)
 
         numbers = drive_failover(server.port, slots, fail, recovered)
-        assert "Traceback" not in server.log.read_text()
+        assert "Traceback" not in server.log.read_text(), server.log_tail()
     name = f"cluster-sigkill-{shape}-{'wait1' if wait else 'nowait'}"
     report(tmp_path / "failover.json", name, numbers.as_dict())
     assert numbers.errors == 0, numbers

@@ -181,7 +181,7 @@ def test_failover_under_load(tmp_path: Path, how: str, shape: str, wait: int) ->
             sentinels.wait_replicated(timeout=60)
 
         numbers = drive_failover(server.port, slots, fail, recovered)
-        assert "Traceback" not in server.log.read_text()
+        assert "Traceback" not in server.log.read_text(), server.log_tail()
     name = f"sentinel-{how}-{shape}-{'wait1' if wait else 'nowait'}"
     report(tmp_path / "failover.json", name, numbers.as_dict())
     assert numbers.errors == 0, numbers
