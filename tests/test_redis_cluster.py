@@ -186,7 +186,10 @@ def test_primary_killed_under_load(tmp_path: Path, shape: str, wait: int) -> Non
     ):
         if shape == "shared-counter":
             first = server.client()
-            assert first.get("/inc").status == 200
+            try:
+                assert first.get("/inc").status == 200
+            finally:
+                first.close()
             sid = first.sid
             assert sid is not None
             slots: list[list[str | None]] = [[sid] for _ in range(6)]

@@ -155,7 +155,10 @@ def test_failover_under_load(tmp_path: Path, how: str, shape: str, wait: int) ->
     ):
         if shape == "shared-counter":
             first = server.client()
-            assert first.get("/inc").status == 200
+            try:
+                assert first.get("/inc").status == 200
+            finally:
+                first.close()
             slots: list[list[str | None]] = [[first.sid] for _ in range(6)]
         else:
             slots = [[None] * 20 for _ in range(10)]
