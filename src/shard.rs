@@ -34,9 +34,18 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// Beaker's file-backend directory (legacy records).
 pub const LEGACY_DIR: &str = "container_file";
 
-/// Hex SHA-256 of the id's textual form.
+/// Hex SHA-256 of the id's textual form (one allocation: the id's hex is built on the stack).
 pub fn digest(id: &SessionId) -> String {
-    hex::encode(Sha256::digest(id.to_hex().as_bytes()))
+    hex::encode(digest_bytes(id))
+}
+
+/// SHA-256 of the id's textual form, without allocating: callers that write the hex into a
+/// larger string (the Redis backend's key names) encode it there.
+pub fn digest_bytes(id: &SessionId) -> [u8; 32] {
+    let mut text = [0u8; 32];
+    // 16 bytes always fit 32 hex characters: this cannot fail.
+    let _ = hex::encode_to_slice(id.as_bytes(), &mut text);
+    Sha256::digest(text).into()
 }
 
 /// Path of the record of `id` under `data_dir`.

@@ -13,6 +13,7 @@ from flask_beaker_session import sweeper
 from helpers import FakeClock, MakeApp, build_app
 from postgres_server import PostgresServer
 from postgres_server import running_server as running_postgres
+from redis_ha import RedisCluster, RedisSentinels, running
 from redis_server import RedisServer, running_server
 
 
@@ -72,3 +73,19 @@ def postgres_server() -> Iterator[PostgresServer]:
 def prefix(tmp_path: Path) -> str:
     """A Redis key prefix of this test only, so tests never see each other's keys."""
     return f"t:{tmp_path.name}:"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 primaries + 3 replicas shared by the run (tests keep apart by
+    key prefix); tests that kill nodes start their own (``redis_ha.RedisCluster``)."""
+    with running(RedisCluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
+    """A primary + replica watched by 3 Sentinels, shared by the run; tests that fail it
+    over start their own (``redis_ha.RedisSentinels``)."""
+    with running(RedisSentinels(tmp_path_factory.mktemp("sentinel"))) as sentinels:
+        yield sentinels

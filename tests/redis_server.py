@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,14 +148,17 @@ class RedisServer:
         password: str | None = None,
         unixsocket: str | None = None,
         extra: list[str] | None = None,
+        pick_port: Callable[[], int] | None = None,
     ) -> None:
         self.binary = redis_server_binary()
+        #: How a port is chosen (a Cluster node also needs port + 10000 free).
+        self.pick_port = pick_port or free_port
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.password = password
         self.unixsocket = unixsocket
         self.extra = list(extra or [])
-        self.port = free_port()
+        self.port = self.pick_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = False
         self.log = self.workdir / "redis.log"
@@ -207,7 +210,7 @@ class RedisServer:
                     time.sleep(0.02)
             self._reap()
             if not self.started:
-                self.port = free_port()  # someone took the port between check and use
+                self.port = self.pick_port()  # someone took the port between check and use
             time.sleep(0.2)
         raise RuntimeError(f"redis-server did not start; log:\n{self.log.read_text()}")
 

@@ -13,7 +13,7 @@ calls ``init_app``, in the master before it forks):
 * ``FBS_METRICS``: ``"1"`` for ``SESSION_METRICS`` (and a ``/metrics`` route that serves
   every worker's metrics, aggregated by ``prometheus_client``'s multiprocess mode: set
   ``PROMETHEUS_MULTIPROC_DIR`` too).
-* ``FBS_EXTRA_CONFIG``: a JSON object of further config keys (e.g. another backend's).
+* ``FBS_CONFIG_JSON``: further settings, a JSON object (e.g. another backend's).
 * ``FBS_WARMUP_FILE``: if set, the app serves one request to itself at import, storing a
   session (``{"n": 0, "warm": "yes"}``) whose id it writes to that file: with ``--preload``
   this touches the store, its locks and the sweeper in the master before the fork.
@@ -81,7 +81,7 @@ def create_app() -> Flask:
     # No automatic sweep unless a test asks for one (it is on by default).
     app.config["SESSION_SWEEP_INTERVAL"] = float(os.environ.get("FBS_SWEEP") or 0)
     app.config["SESSION_METRICS"] = os.environ.get("FBS_METRICS") == "1"
-    app.config.update(json.loads(os.environ.get("FBS_EXTRA_CONFIG") or "{}"))
+    app.config.update(json.loads(os.environ.get("FBS_CONFIG_JSON") or "{}"))
     fbs.init_app(app)
 
     @app.route("/metrics")

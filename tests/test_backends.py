@@ -27,9 +27,12 @@ from helpers import (
     store_of,
 )
 from postgres_server import PostgresServer, table_for
+from redis_ha import cluster_data_key
 from redis_server import RedisServer, add_contention_routes, data_key
 
 BACKENDS = ["file", "redis", "memory", "postgresql"]
+#: Redis as a Cluster and behind Sentinel: the same backend found another way.
+BACKENDS += ["redis-cluster", "redis-sentinel"]
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Backend:
     prefix: str
     server: RedisServer | None
     config: dict[str, Any] = field(default_factory=dict)
+    #: The record's key name (hash-tagged on a Cluster).
+    data_key: Any = data_key
     pg: PostgresServer | None = None
 
     def app(self, **config: Any) -> Flask:
@@ -55,7 +60,7 @@ class Backend:
         if self.kind == "redis":
             assert self.server is not None
             with self.server.client() as c:
-                value: bytes | None = c("GET", data_key(self.prefix, sid))
+                value: bytes | None = c("GET", self.data_key(self.prefix, sid))
                 return value
         if self.kind == "postgresql":
             assert self.pg is not None
@@ -80,7 +85,7 @@ class Backend:
         elif self.kind == "redis":
             assert self.server is not None
             with self.server.client() as c:
-                c("SET", data_key(self.prefix, sid), value, "KEEPTTL")
+                c("SET", self.data_key(self.prefix, sid), value, "KEEPTTL")
         elif self.kind == "postgresql":
             assert self.pg is not None
             self.pg.overwrite(self.config["SESSION_DATABASE_TABLE"], sid, value)
@@ -124,13 +129,19 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> B
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         config.update(SESSION_REDIS_URL=server.url, SESSION_REDIS_PREFIX=prefix)
+    if kind in ("redis-cluster", "redis-sentinel"):
+        server = request.getfixturevalue(kind.replace("-", "_").replace("sentinel", "sentinels"))
+        config.update(SESSION_TYPE="redis", SESSION_REDIS_URL=server.url)
+        config.update(SESSION_REDIS_PREFIX=prefix)
+        key = cluster_data_key if kind == "redis-cluster" else data_key
+        return Backend("redis", tmp_path / "sessions", prefix, server, config, key)
     pg = None
     if kind == "postgresql":
         pg = request.getfixturevalue("postgres_server")
         config.update(
             SESSION_DATABASE_URL=pg.url(), SESSION_DATABASE_TABLE=table_for(tmp_path.name)
         )
-    return Backend(kind, tmp_path / "sessions", prefix, server, config, pg)
+    return Backend(kind, tmp_path / "sessions", prefix, server, config, pg=pg)
 
 
 @pytest.fixture(params=BACKENDS)

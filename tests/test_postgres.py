@@ -585,7 +585,7 @@ MANY = 1000
 def pg_env(server: PostgresServer, table: str, **extra: Any) -> dict[str, str]:
     config = pg_config(server, table, **extra)
     config.pop("SECRET_KEY")  # server_app sets its own
-    return {"FBS_EXTRA_CONFIG": json.dumps(config)}
+    return {"FBS_CONFIG_JSON": json.dumps(config)}
 
 
 def drive(server: Server, sid: str, count: int, keepalive: bool) -> Counter[int]:

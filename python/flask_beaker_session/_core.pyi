@@ -152,6 +152,9 @@ class RedisBackend:
         lock_ttl: float = 60.0,
         tls_ca_certs: bytes | None = None,
         tls_client: tuple[bytes, bytes] | None = None,
+        sentinel_password: str | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> RedisBackend: ...
     @property
     def url(self) -> str: ...

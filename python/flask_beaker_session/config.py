@@ -103,6 +103,17 @@ SESSION_REDIS_TLS_CA_CERTS = None
 #: default): the client certificate chain and its private key, PEM files, both or neither.
 SESSION_REDIS_TLS_CERTFILE = None
 SESSION_REDIS_TLS_KEYFILE = None
+#: Redis behind Sentinel or as a Cluster is a ``SESSION_REDIS_URL`` too:
+#: ``redis+sentinel://[:password@]host1:26379,host2:26379/<service>/<db>`` (the password is
+#: the data nodes') and ``redis+cluster://[:password@]host1:7000,host2:7001``
+#: (``rediss+sentinel://``, ``rediss+cluster://`` for TLS). ``docs/redis-ha.md``.
+#: The Sentinels' own password (``requirepass`` in ``sentinel.conf``), if they have one.
+SESSION_REDIS_SENTINEL_PASSWORD = None
+#: Replicas every session write must reach (Redis ``WAIT``) before the response; ``0``: do
+#: not wait. With ``1`` or more, an acknowledged save survives the primary's death; a save
+#: that reaches fewer within ``SESSION_REDIS_WAIT_TIMEOUT`` seconds answers 503.
+SESSION_REDIS_WAIT_REPLICAS = 0
+SESSION_REDIS_WAIT_TIMEOUT = 1.0
 
 #: PostgreSQL database for ``SESSION_TYPE = 'postgresql'`` (required then):
 #: ``postgresql://user:password@host:5432/dbname``, with ``?sslmode=disable``, ``prefer``
@@ -151,6 +162,14 @@ _PG_SCHEMES = ("postgresql://", "postgres://")
 _PG_SSLMODES = ("disable", "prefer", "require")
 _PG_TABLE_MAX = 52
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
+_REDIS_HA_SCHEMES = (
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
+#: Largest ``SESSION_REDIS_WAIT_REPLICAS``.
+_MAX_WAIT_REPLICAS = 100
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f"}
 
@@ -195,6 +214,9 @@ class SessionConfig:
     database_lock_ttl: float = SESSION_DATABASE_LOCK_TTL
     database_create: bool = SESSION_DATABASE_CREATE
     database_tls_ca_certs: bytes | None = field(default=None, repr=False)
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_wait_replicas: int = SESSION_REDIS_WAIT_REPLICAS
+    redis_wait_timeout: float = SESSION_REDIS_WAIT_TIMEOUT
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -379,10 +401,46 @@ def _redacted(url: str) -> str:
 
 def _redis_url(value: Any) -> str:
     key = "SESSION_REDIS_URL"
-    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+    schemes = _REDIS_SCHEMES + _REDIS_HA_SCHEMES
+    if not isinstance(value, str) or not value.startswith(schemes):
         shown = _redacted(value) if isinstance(value, str) else value
-        raise _fail(key, shown, "a URL starting with " + ", ".join(_REDIS_SCHEMES))
+        raise _fail(key, shown, "a URL starting with " + ", ".join(schemes))
     return value
+
+
+def _redis_ha(config: Mapping[str, Any], url: str, prefix: str) -> tuple[str | None, int, float]:
+    """(Sentinel password, replicas to WAIT for, WAIT timeout), validated against the URL."""
+    password = config.get("SESSION_REDIS_SENTINEL_PASSWORD", SESSION_REDIS_SENTINEL_PASSWORD)
+    if password is not None:
+        if not isinstance(password, str) or not password:
+            raise _fail("SESSION_REDIS_SENTINEL_PASSWORD", "***", "a non-empty string or None")
+        if "+sentinel://" not in url:
+            raise ConfigurationError(
+                "SESSION_REDIS_SENTINEL_PASSWORD is set but SESSION_REDIS_URL="
+                f"{_redacted(url)!r} is not a redis+sentinel:// (or rediss+sentinel://) URL"
+            )
+    if "+cluster://" in url and ("{" in prefix or "}" in prefix):
+        raise _fail(
+            "SESSION_REDIS_PREFIX",
+            prefix,
+            "a prefix without '{' or '}' on a Redis Cluster (the session's digest is the "
+            "hash tag of its keys)",
+        )
+    replicas: Any = config.get("SESSION_REDIS_WAIT_REPLICAS", SESSION_REDIS_WAIT_REPLICAS)
+    if isinstance(replicas, str) and replicas.strip().isdigit():
+        replicas = int(replicas.strip())
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 0 <= replicas <= _MAX_WAIT_REPLICAS
+    ):
+        raise _fail(
+            "SESSION_REDIS_WAIT_REPLICAS",
+            replicas,
+            f"a whole number of replicas from 0 (no WAIT) to {_MAX_WAIT_REPLICAS}",
+        )
+    timeout = _positive(config, "SESSION_REDIS_WAIT_TIMEOUT", SESSION_REDIS_WAIT_TIMEOUT, _DAY)
+    return password, replicas, timeout
 
 
 def _pem(config: Mapping[str, Any], key: str, kind: str, marker: bytes) -> bytes | None:
@@ -424,7 +482,7 @@ def _redis_tls(
             "the certificate and its key"
         )
     for name, data in ((ca_key, ca), (cert_key, cert), (key_key, key)):
-        if data is not None and not url.startswith("rediss://"):
+        if data is not None and not url.startswith(("rediss://", "rediss+")):
             raise ConfigurationError(
                 f"{name} is set but SESSION_REDIS_URL={_redacted(url)!r} does not use TLS: "
                 "use a rediss:// URL"
@@ -510,6 +568,8 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
     lock_timeout = _positive(config, "SESSION_LOCK_TIMEOUT", SESSION_LOCK_TIMEOUT, _DAY)
     redis_url = _redis_url(config.get("SESSION_REDIS_URL", SESSION_REDIS_URL))
     tls_ca_certs, tls_client = _redis_tls(config, redis_url)
+    redis_prefix = _prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX))
+    sentinel_password, wait_replicas, wait_timeout = _redis_ha(config, redis_url, redis_prefix)
     sweep_interval = _sweep_interval(config.get("SESSION_SWEEP_INTERVAL", SESSION_SWEEP_INTERVAL))
     loaded = SessionConfig(
         type=type_,
@@ -539,7 +599,7 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         time_keys=_bool("SESSION_TIME_KEYS", config.get("SESSION_TIME_KEYS", SESSION_TIME_KEYS)),
         metrics=_bool("SESSION_METRICS", config.get("SESSION_METRICS", SESSION_METRICS)),
         redis_url=redis_url,
-        redis_prefix=_prefix(config.get("SESSION_REDIS_PREFIX", SESSION_REDIS_PREFIX)),
+        redis_prefix=redis_prefix,
         redis_connect_timeout=_positive(
             config, "SESSION_REDIS_CONNECT_TIMEOUT", SESSION_REDIS_CONNECT_TIMEOUT, _DAY
         ),
@@ -584,6 +644,9 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         database_tls_ca_certs=_pem(
             config, "SESSION_DATABASE_TLS_CA_CERTS", "CA certificates", b"-----BEGIN CERTIFICATE"
         ),
+        redis_sentinel_password=sentinel_password,
+        redis_wait_replicas=wait_replicas,
+        redis_wait_timeout=wait_timeout,
     )
     if loaded.type == "file":
         _data_dir_exists(loaded.data_dir)

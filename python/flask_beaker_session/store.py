@@ -66,6 +66,9 @@ def _backend(
             lock_ttl=config.redis_lock_ttl,
             tls_ca_certs=config.redis_tls_ca_certs,
             tls_client=config.redis_tls_client,
+            sentinel_password=config.redis_sentinel_password,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout=config.redis_wait_timeout,
         )
     return _core.FileBackend(
         data_dir=config.data_dir, read_legacy=config.read_legacy, max_size=config.max_size

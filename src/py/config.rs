@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 
 use crate::expiry::Expiry;
 use crate::record::Keys;
+use crate::store::redis::Secret;
 use crate::store::{
     BackendConfig, FileConfig, PostgresConfig, RedisConfig, RedisTls, StoreConfig, DEFAULT_MAX_SIZE,
 };
@@ -103,6 +104,9 @@ impl PyRedisBackend {
         lock_ttl = 60.0,
         tls_ca_certs = None,
         tls_client = None,
+        sentinel_password = None,
+        wait_replicas = 0,
+        wait_timeout = 1.0,
     ))]
     fn new(
         url: String,
@@ -112,6 +116,9 @@ impl PyRedisBackend {
         lock_ttl: f64,
         tls_ca_certs: Option<Vec<u8>>,
         tls_client: Option<(Vec<u8>, Vec<u8>)>,
+        sentinel_password: Option<String>,
+        wait_replicas: u32,
+        wait_timeout: f64,
     ) -> PyResult<Self> {
         Ok(PyRedisBackend(RedisConfig {
             url,
@@ -123,6 +130,9 @@ impl PyRedisBackend {
                 ca_certs: tls_ca_certs,
                 client: tls_client,
             },
+            sentinel_password: sentinel_password.map(Secret),
+            wait_replicas,
+            wait_timeout: seconds("wait_timeout", wait_timeout)?,
         }))
     }
 

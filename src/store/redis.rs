@@ -23,15 +23,24 @@
 //! * Orphaned locks (`orphans`): a lock that a timed-out command may have left behind is
 //!   released in the background once Redis answers again.
 //! * TTLs are clamped to `MAX_TTL_MS` (Redis refuses larger expiry times).
+//! * Sentinel and Cluster (`topology`) are this backend with another way to find the node:
+//!   the pool asks Sentinel for the primary or goes through the crate's Cluster client,
+//!   keys carry a hash tag on a Cluster (`keys`), the lock is taken in a way the pool may
+//!   retry through a failover (a script on a Cluster, `LOCK_LUA`; the single node's
+//!   pipeline plus a read of the lock behind Sentinel), and
+//!   `SESSION_REDIS_WAIT_REPLICAS` makes every write wait for that many replicas (`WAIT`,
+//!   right after the script, on the same connection / the key's node) before the response.
 
 mod keys;
 mod orphans;
 mod pool;
 mod scripts;
+mod topology;
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 
 use crate::error::{StoreError, StoreResult};
@@ -39,16 +48,18 @@ use crate::expiry;
 use crate::lock::{generation, ForkLocal, LockKey, LockScope, ThreadLock};
 use crate::record::{self, Keys, HEADER_LEN};
 use crate::report::{Report, WalkMode};
-use crate::shard;
 use crate::sid::SessionId;
 use crate::store::{
     lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
 };
 
 pub use keys::glob_escape;
+use keys::SessionKeys;
 use orphans::Orphans;
 use pool::Pool;
-use scripts::{DELETE_LUA, RELEASE_LUA, SAVE_LUA, TOUCH_LUA};
+use scripts::{DELETE_LUA, LOCK_LUA, RELEASE_LUA, SAVE_LUA, TOUCH_LUA};
+pub use topology::Topology;
+use topology::{Conn, Finder};
 
 /// The longest TTL given to Redis (100 years in ms): `PX` refuses expiry times past
 /// ~2^63 ms, and an idle timeout or lock TTL beyond this is "never" in practice.
@@ -82,6 +93,22 @@ pub struct RedisConfig {
     /// TLS material for `rediss://` beyond the defaults (trust the public CAs, no client
     /// certificate).
     pub tls: RedisTls,
+    /// Password of the Sentinels (`redis+sentinel://`), when they require one of their own.
+    pub sentinel_password: Option<Secret>,
+    /// Replicas every write waits for (`WAIT`) before it is acknowledged; 0: none.
+    pub wait_replicas: u32,
+    /// Bound on that wait.
+    pub wait_timeout: Duration,
+}
+
+/// A password: shown as `***` by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// PEM bytes for a `rediss://` connection: a private CA, and a client certificate for
@@ -106,7 +133,7 @@ impl std::fmt::Debug for RedisTls {
 
 /// The Redis client for a URL and its TLS material (no connection is made). The TLS
 /// material is consumed: the client keeps what it needs, and the store no second copy.
-fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
+pub(crate) fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
     if tls.ca_certs.is_none() && tls.client.is_none() {
         return Client::open(url)
             .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")));
@@ -126,12 +153,22 @@ fn client_for(url: &str, tls: RedisTls) -> StoreResult<Client> {
 /// the last touch.
 type LockReply = (Option<String>, Option<Vec<u8>>, Option<String>);
 
+/// The reply of `LOCK_LUA`: 1 if locked, the record, the last touch.
+type LockScriptReply = (i64, Option<Vec<u8>>, Option<String>);
+
 struct Shared {
     cfg: StoreConfig,
     prefix: String,
     lock_ttl_ms: u64,
     scope: LockScope,
     pool: Pool,
+    /// Sentinel or Cluster: the lock is taken in a way that is safe to retry.
+    ha: bool,
+    /// Keys carry a hash tag (Cluster).
+    tagged: bool,
+    /// `WAIT` after each write: replicas, timeout in ms.
+    wait: Option<(u32, u64)>,
+    lock: Script,
     save: Script,
     touch: Script,
     delete: Script,
@@ -148,7 +185,7 @@ pub struct RedisStore {
 pub struct RedisHandle {
     store: Arc<Shared>,
     id: SessionId,
-    digest: String,
+    keys: SessionKeys,
     token: String,
     payload: Vec<u8>,
     created: f64,
@@ -186,37 +223,74 @@ impl Shared {
     /// when uncontended; retried with back-off until `deadline`.
     fn lock_and_read(
         self: &Arc<Self>,
-        digest: &str,
+        keys: &SessionKeys,
         token: &str,
         deadline: Instant,
     ) -> StoreResult<(Option<Vec<u8>>, Option<String>)> {
-        let (lock, data, access) = (
-            self.key("l", digest),
-            self.key("s", digest),
-            self.key("a", digest),
-        );
-        self.adopt_orphan(&lock)?;
+        self.adopt_orphan(&keys.lock)?;
         let mut backoff = Duration::from_micros(200);
         loop {
-            let reply: StoreResult<LockReply> = self.pool.run(|c| {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&lock)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.lock_ttl_ms)
-                    .cmd("GET")
-                    .arg(&data)
-                    .cmd("GET")
-                    .arg(&access)
-                    .query(c)
-            });
+            let reply: StoreResult<LockReply> = if self.tagged {
+                // Cluster: one atomic script, so a slot being migrated answers for all three
+                // keys at once (ASK / TRYAGAIN), never for some of them.
+                self.pool
+                    .run(|c| {
+                        self.lock
+                            .key(&keys.lock)
+                            .key(&keys.record)
+                            .key(&keys.access)
+                            .arg(token)
+                            .arg(self.lock_ttl_ms)
+                            .invoke::<LockScriptReply>(c)
+                    })
+                    .map(|(got, value, touched)| ((got == 1).then(String::new), value, touched))
+            } else if self.ha {
+                // Sentinel: the single node's pipeline, made safe to run again after a reply
+                // lost in a failover by reading the lock back (a lock already holding our
+                // token is ours; `SET NX` alone would say it is taken).
+                self.pool
+                    .run(|c| {
+                        redis::pipe()
+                            .cmd("SET")
+                            .arg(&keys.lock)
+                            .arg(token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(self.lock_ttl_ms)
+                            .ignore()
+                            .cmd("GET")
+                            .arg(&keys.lock)
+                            .cmd("GET")
+                            .arg(&keys.record)
+                            .cmd("GET")
+                            .arg(&keys.access)
+                            .query::<LockReply>(c)
+                    })
+                    .map(|(holder, value, touched)| {
+                        let ours = holder.as_deref() == Some(token);
+                        (ours.then(String::new), value, touched)
+                    })
+            } else {
+                self.pool.run(|c| {
+                    redis::pipe()
+                        .cmd("SET")
+                        .arg(&keys.lock)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(self.lock_ttl_ms)
+                        .cmd("GET")
+                        .arg(&keys.record)
+                        .cmd("GET")
+                        .arg(&keys.access)
+                        .query(c)
+                })
+            };
             let (got, value, touched) = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
                     // The SET NX may have reached Redis (a timeout, a dropped reply).
-                    self.orphan(lock, token.to_owned());
+                    self.orphan(keys.lock.clone(), token.to_owned());
                     return Err(e);
                 }
             };
@@ -233,6 +307,39 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// With `SESSION_REDIS_WAIT_REPLICAS`: waits, on the connection that just wrote, until
+    /// that many replicas have the write (or the wait timeout). Fewer is an error: the write
+    /// is on the primary but could be lost with it, so it must not be acknowledged.
+    fn wait_replicas(&self, c: &mut Conn, key: &str) -> redis::RedisResult<()> {
+        let Some((replicas, timeout_ms)) = self.wait else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        let acked: i64 = match c {
+            // The Cluster client would send WAIT to every primary: send it to the primary
+            // of the key's slot, which the write went to.
+            Conn::Cluster(cluster) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                redis::from_redis_value(cluster.route_command(&cmd, route)?)?
+            }
+            Conn::Node(node) => cmd.query(node)?,
+        };
+        if acked < i64::from(replicas) {
+            // Not an error the pool retries: the write itself succeeded.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the write reached fewer replicas than SESSION_REDIS_WAIT_REPLICAS within \
+                 SESSION_REDIS_WAIT_TIMEOUT",
+                format!("{acked} of {replicas}"),
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl RedisStore {
     /// Builds a store; connects lazily (nothing is opened before a pre-fork server forks).
     pub fn new(cfg: StoreConfig, mut rcfg: RedisConfig) -> StoreResult<Self> {
@@ -241,15 +348,39 @@ impl RedisStore {
             // rustls needs a process-wide crypto provider for rediss:// URLs.
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        let client = client_for(&rcfg.url, std::mem::take(&mut rcfg.tls))?;
+        let topology = Topology::of(&rcfg.url);
+        let finder = Finder::new(
+            &rcfg.url,
+            std::mem::take(&mut rcfg.tls),
+            rcfg.sentinel_password.as_ref().map(|s| s.0.as_str()),
+            rcfg.connect_timeout,
+            rcfg.io_timeout,
+        )?;
+        let tagged = finder.is_cluster();
+        if tagged && (rcfg.prefix.contains('{') || rcfg.prefix.contains('}')) {
+            return Err(StoreError::Config(
+                "on a Redis Cluster the key prefix must not contain '{' or '}' (the session's \
+                 digest is the keys' hash tag)"
+                    .to_owned(),
+            ));
+        }
+        let ha = topology != Topology::Node;
+        // Sentinel and Cluster ride out a failover for as long as a request would wait for a
+        // session lock; a single node's failure is reported at once.
+        let retry_for = if ha { cfg.lock_timeout } else { Duration::ZERO };
         let scope = LockScope::Server(Arc::from(format!("{}\n{}", rcfg.url, rcfg.prefix)));
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 cfg,
                 lock_ttl_ms: ttl_ms(rcfg.lock_ttl),
                 scope,
-                pool: Pool::new(client, rcfg.connect_timeout, rcfg.io_timeout),
+                pool: Pool::new(finder, rcfg.connect_timeout, rcfg.io_timeout, retry_for),
                 prefix: rcfg.prefix,
+                ha,
+                tagged,
+                wait: (rcfg.wait_replicas > 0)
+                    .then(|| (rcfg.wait_replicas, ttl_ms(rcfg.wait_timeout))),
+                lock: Script::new(LOCK_LUA),
                 save: Script::new(SAVE_LUA),
                 touch: Script::new(TOUCH_LUA),
                 delete: Script::new(DELETE_LUA),
@@ -276,13 +407,13 @@ impl Store for RedisStore {
             id: *id,
         };
         let (thread_lock, deadline) = lock_thread(key, &shared.cfg)?;
-        let digest = shard::digest(id);
+        let keys = shared.session_keys(id);
         let token = SessionId::generate()?.to_hex();
-        let (value, touched) = shared.lock_and_read(&digest, &token, deadline)?;
+        let (value, touched) = shared.lock_and_read(&keys, &token, deadline)?;
         let mut handle = RedisHandle {
             store: Arc::clone(shared),
             id: *id,
-            digest,
+            keys,
             token,
             payload: Vec::new(),
             created: now,
@@ -330,14 +461,16 @@ impl Store for RedisStore {
         let shared = &self.shared;
         let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
         let ttl = clamp_ttl(shared.cfg.expiry.ttl_ms(created, now));
-        let key = shared.key("s", &shard::digest(id));
+        let key = shared.session_keys(id).record;
         let stored: Option<String> = shared.pool.run(|c| {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&key).arg(value.as_slice()).arg("NX");
             if ttl > 0 {
                 cmd.arg("PX").arg(ttl);
             }
-            cmd.query(c)
+            let stored = cmd.query(c)?;
+            shared.wait_replicas(c, &key)?;
+            Ok(stored)
         })?;
         stored.map(|_| ()).ok_or(StoreError::IdCollision)
     }
@@ -372,22 +505,28 @@ impl RedisHandle {
     /// Runs one of the token-checking scripts on this session's keys; the lock is gone
     /// afterwards whatever the outcome (released by the script, or no longer ours).
     fn run(&mut self, script: &Script, args: &[&[u8]]) -> StoreResult<()> {
-        let keys = ["l", "s", "a"].map(|kind| self.store.key(kind, &self.digest));
-        let ok: StoreResult<i64> = self.store.pool.run(|c| {
-            let mut invocation = script.key(&keys[..]);
+        let keys = &self.keys;
+        let store = &self.store;
+        let ok: StoreResult<i64> = store.pool.run(|c| {
+            let mut invocation = script.key(&keys.lock);
+            invocation.key(&keys.record).key(&keys.access);
             invocation.arg(&self.token);
             for arg in args {
                 invocation.arg(*arg);
             }
-            invocation.invoke(c)
+            let ok = invocation.invoke(c)?;
+            if ok == 1 {
+                store.wait_replicas(c, &keys.record)?;
+            }
+            Ok(ok)
         });
         self.released = true;
         let ok = match ok {
             Ok(ok) => ok,
             Err(e) => {
                 // The script may not have run: the lock may still hold our token.
-                let [lock, ..] = keys;
-                self.store.orphan(lock, self.token.clone());
+                self.store
+                    .orphan(self.keys.lock.clone(), self.token.clone());
                 return Err(e);
             }
         };
@@ -410,16 +549,16 @@ impl RedisHandle {
         if std::mem::replace(&mut self.released, true) || self.generation != generation() {
             return;
         }
-        let lock = self.store.key("l", &self.digest);
+        let lock = &self.keys.lock;
         let released = self.store.pool.run(|c| {
             self.store
                 .release
-                .key(&lock)
+                .key(lock)
                 .arg(&self.token)
                 .invoke::<i64>(c)
         });
         if released.is_err() {
-            self.store.orphan(lock, self.token.clone());
+            self.store.orphan(lock.clone(), self.token.clone());
         }
     }
 }

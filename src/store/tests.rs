@@ -256,6 +256,9 @@ fn build_gives_the_kind_asked_for_and_connects_to_nothing() {
             io_timeout: Duration::from_millis(100),
             lock_ttl: Duration::from_secs(60),
             tls: RedisTls::default(),
+            sentinel_password: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         };
         build(config(None, None), BackendConfig::Redis(cfg))
     };

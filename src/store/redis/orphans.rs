@@ -91,18 +91,28 @@ impl Shared {
 
     /// Releases what it can of `batch` in one round trip; returns the orphans it deleted.
     /// One that is absent stays an orphan (its `SET NX` may still be on its way).
+    /// On a Cluster, one script per lock (locks of several sessions are in several slots).
     fn release_now(&self, batch: &[Orphan]) -> StoreResult<Vec<Orphan>> {
-        let outcome: Vec<i64> = self.pool.run(|c| {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RELEASE_ORPHANS_LUA).arg(batch.len());
-            for o in batch {
-                cmd.arg(&o.key);
-            }
-            for o in batch {
-                cmd.arg(&o.token);
-            }
-            cmd.query(c)
-        })?;
+        let chunk = if self.pool.is_cluster() {
+            1
+        } else {
+            batch.len().max(1)
+        };
+        let mut outcome: Vec<i64> = Vec::with_capacity(batch.len());
+        for part in batch.chunks(chunk) {
+            let released: Vec<i64> = self.pool.run(|c| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(RELEASE_ORPHANS_LUA).arg(part.len());
+                for o in part {
+                    cmd.arg(&o.key);
+                }
+                for o in part {
+                    cmd.arg(&o.token);
+                }
+                cmd.query(c)
+            })?;
+            outcome.extend(released);
+        }
         Ok((batch.iter().zip(outcome))
             .filter(|(_, r)| *r == 1)
             .map(|(o, _)| o.clone())

@@ -2,6 +2,23 @@
 //! first check the lock's token (a request whose lock expired cannot overwrite a newer
 //! holder's data) and release the lock in the same round trip; a bare release is a
 //! compare-and-delete, and the orphan releaser runs one over a batch of locks.
+//!
+//! The token check is also what makes a save safe across a failover: the lock and the
+//! record are in one hash slot and every script's writes replicate as one unit, in order, so
+//! a replica that has our lock has the record version we read under it. A promoted replica
+//! that lost our lock (or holds another request's) refuses the save (`LockLost`: 503), it
+//! never overwrites a newer version.
+
+// KEYS: lock, record, last touch. ARGV: token, lock TTL in ms. A Cluster takes the lock
+// with this script instead of the single node's `SET NX` pipeline: it is atomic (a slot
+// in migration answers for all three keys at once) and idempotent (a lock already holding
+// our token is ours), so the pool may run it again after a reply lost in a failover.
+// Returns {1 if locked, record, last touch}.
+pub(super) const LOCK_LUA: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return {0, false, false} end
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}";
 
 // KEYS: lock, record, last touch. ARGV: token, record, TTL in ms (0: none).
 pub(super) const SAVE_LUA: &str = r"

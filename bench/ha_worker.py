@@ -1,0 +1,54 @@
+"""Runs inside a bench venv (``ours`` or ``baseline``) for ``ha_bench.py``: one Flask app on
+the Redis deployment named by a JSON config, the benchmark routes of ``apps``, and per
+scenario the median time of ``client.get`` over N requests (after a warm-up), printed as
+one JSON object. Scenarios: ``free`` (no session: the baseline), ``ro`` (reads a key),
+``rw`` (increments a counter), ``new`` (no cookie: creates a session).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+from apps import add_routes
+from flask import Flask
+from flask_beaker_session.session import Session
+from impls import SECRET_KEY
+
+
+def main(config_json: str, n: str) -> None:
+    app = Flask(__name__)
+    app.secret_key = SECRET_KEY
+    app.config.update(json.loads(config_json))
+    Session(app)
+    add_routes(app)
+    count = int(n)
+    client = app.test_client()
+    client.get("/rw")  # a session for ro/rw
+    cookie = client.get_cookie("beaker.session.id")
+    assert cookie is not None
+    header = {"Cookie": f"beaker.session.id={cookie.value}"}
+    out = {}
+    for scenario, path, headers in (
+        ("free", "/free", {}),
+        ("ro", "/ro", header),
+        ("rw", "/rw", header),
+        ("new", "/rw", {}),
+    ):
+        fresh = app.test_client(use_cookies=False)
+        for _ in range(max(10, count // 10)):
+            fresh.get(path, headers=headers)
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            response = fresh.get(path, headers=headers)
+            samples.append(time.perf_counter_ns() - started)
+            assert response.status_code == 200, (scenario, response.status_code)
+        out[scenario] = statistics.median(samples)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
