@@ -141,6 +141,40 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
     })
 }
 
+/// Why a whole stored value is not a usable record (see [`check_value`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Written by a newer format version: left in place.
+    Newer,
+    /// Torn or garbled.
+    Corrupt,
+    /// Whole, but its tag fails under every key.
+    Unauthenticated,
+}
+
+impl Refused {
+    /// Whether the stored value must be removed (a newer version's record is left alone).
+    pub fn removes(self) -> bool {
+        !matches!(self, Refused::Newer)
+    }
+}
+
+/// Checks a record stored as one value, header and payload together (the network
+/// backends store it so): its header, its exact length and its tag.
+pub fn check_value(keys: &Keys, id: &SessionId, value: &[u8]) -> Result<SlotHeader, Refused> {
+    match parse_header(value) {
+        Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
+            if verify(keys, value, &h, id, &value[HEADER_LEN..]) {
+                Ok(h)
+            } else {
+                Err(Refused::Unauthenticated)
+            }
+        }
+        Ok(_) | Err(HeaderError::Garbage) => Err(Refused::Corrupt),
+        Err(HeaderError::Newer(_)) => Err(Refused::Newer),
+    }
+}
+
 /// Checks the tag of a slot given its header bytes and payload. A keyed store accepts only
 /// keyed records; an unkeyed store only unkeyed ones (a planted checksum-only file must not
 /// pass once a `SECRET_KEY` is configured).
@@ -343,6 +377,45 @@ mod tests {
         let h = parse_header(&slot).unwrap();
         let other_id = SessionId::parse("ffffffffffffffffffffffffffffffff").unwrap();
         assert!(!verify(&signed, &slot, &h, &other_id, b"x"));
+    }
+
+    #[test]
+    fn whole_values_are_checked_for_length_tag_and_version() {
+        let keys = Keys::new(&[b"k".to_vec()]);
+        let value = encode_slot(&keys, &id(), 1, 1.0, 2.0, b"payload");
+        let header = check_value(&keys, &id(), &value).unwrap();
+        assert_eq!((header.created, header.payload_len), (1.0, 7));
+        // One byte more or less than the header announces: torn.
+        assert_eq!(
+            check_value(&keys, &id(), &value[..value.len() - 1]),
+            Err(Refused::Corrupt)
+        );
+        let mut longer = value.clone();
+        longer.push(0);
+        assert_eq!(check_value(&keys, &id(), &longer), Err(Refused::Corrupt));
+        // Another key, another id, a flipped payload byte: unauthenticated.
+        let other = Keys::new(&[b"other".to_vec()]);
+        assert_eq!(
+            check_value(&other, &id(), &value),
+            Err(Refused::Unauthenticated)
+        );
+        let moved = SessionId::parse("ffffffffffffffffffffffffffffffff").unwrap();
+        assert_eq!(
+            check_value(&keys, &moved, &value),
+            Err(Refused::Unauthenticated)
+        );
+        let mut flipped = value.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            check_value(&keys, &id(), &flipped),
+            Err(Refused::Unauthenticated)
+        );
+        // A newer format version is left alone; garbage is removed.
+        let mut newer = value.clone();
+        newer[4..6].copy_from_slice(&9u16.to_le_bytes());
+        assert_eq!(check_value(&keys, &id(), &newer), Err(Refused::Newer));
+        assert!(!Refused::Newer.removes() && Refused::Corrupt.removes());
+        assert_eq!(check_value(&keys, &id(), b"garbage"), Err(Refused::Corrupt));
     }
 
     #[test]

@@ -151,6 +151,16 @@ pub enum Opened<H> {
     Untrusted,
 }
 
+impl<H> From<crate::record::Refused> for Opened<H> {
+    fn from(refused: crate::record::Refused) -> Self {
+        match refused {
+            crate::record::Refused::Newer => Opened::Newer,
+            crate::record::Refused::Corrupt => Opened::Corrupt,
+            crate::record::Refused::Unauthenticated => Opened::Unauthenticated,
+        }
+    }
+}
+
 impl<H> Opened<H> {
     /// The same outcome with the handle converted.
     pub fn map<T>(self, f: impl FnOnce(H) -> T) -> Opened<T> {

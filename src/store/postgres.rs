@@ -46,7 +46,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::{self, Expiry};
 use crate::lock::{clear_if_free, generation, lock, ForkLocal, LockKey, LockScope, ThreadLock};
-use crate::record::{self, Keys, HEADER_LEN};
+use crate::record::{self, HEADER_LEN};
 use crate::report::{Report, WalkMode, SIZE_BUCKETS};
 use crate::shard;
 use crate::sid::SessionId;
@@ -231,28 +231,6 @@ pub struct PostgresHandle {
     released: bool,
     generation: u64,
     _lock: ThreadLock,
-}
-
-/// What a stored record is.
-enum Decoded {
-    Valid(record::SlotHeader),
-    Newer,
-    Corrupt,
-    Unauthenticated,
-}
-
-fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
-    match record::parse_header(value) {
-        Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
-            if record::verify(keys, value, &h, id, &value[HEADER_LEN..]) {
-                Decoded::Valid(h)
-            } else {
-                Decoded::Unauthenticated
-            }
-        }
-        Ok(_) | Err(record::HeaderError::Garbage) => Decoded::Corrupt,
-        Err(record::HeaderError::Newer(_)) => Decoded::Newer,
-    }
 }
 
 /// When a session expires on the injected clock (for the sweep; `None`: never): the
@@ -464,19 +442,15 @@ impl Store for PostgresStore {
             generation: generation(),
             _lock: thread_lock,
         };
-        let header = match decode(&shared.cfg.keys, id, &value) {
-            Decoded::Valid(h) => h,
-            Decoded::Newer => {
-                handle.release();
-                return Ok(Opened::Newer);
-            }
-            Decoded::Corrupt => {
-                handle.remove()?;
-                return Ok(Opened::Corrupt);
-            }
-            Decoded::Unauthenticated => {
-                handle.remove()?;
-                return Ok(Opened::Unauthenticated);
+        let header = match record::check_value(&shared.cfg.keys, id, &value) {
+            Ok(h) => h,
+            Err(refused) => {
+                if refused.removes() {
+                    handle.remove()?;
+                } else {
+                    handle.release();
+                }
+                return Ok(refused.into());
             }
         };
         let last_access = expiry::last_access(header.saved_at, touched);
@@ -665,6 +639,7 @@ impl Drop for PostgresHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Keys;
 
     #[test]
     fn expires_at_is_the_earlier_limit() {

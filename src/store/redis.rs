@@ -46,7 +46,7 @@ use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::lock::{generation, ForkLocal, LockKey, LockScope, ThreadLock};
-use crate::record::{self, Keys, HEADER_LEN};
+use crate::record::{self, HEADER_LEN};
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
@@ -194,28 +194,6 @@ pub struct RedisHandle {
     released: bool,
     generation: u64,
     _lock: ThreadLock,
-}
-
-/// What a record value is.
-enum Decoded {
-    Valid(record::SlotHeader),
-    Newer,
-    Corrupt,
-    Unauthenticated,
-}
-
-fn decode(keys: &Keys, id: &SessionId, value: &[u8]) -> Decoded {
-    match record::parse_header(value) {
-        Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
-            if record::verify(keys, value, &h, id, &value[HEADER_LEN..]) {
-                Decoded::Valid(h)
-            } else {
-                Decoded::Unauthenticated
-            }
-        }
-        Ok(_) | Err(record::HeaderError::Garbage) => Decoded::Corrupt,
-        Err(record::HeaderError::Newer(_)) => Decoded::Newer,
-    }
 }
 
 impl Shared {
@@ -427,19 +405,15 @@ impl Store for RedisStore {
             handle.release();
             return Ok(Opened::Missing);
         };
-        let header = match decode(&shared.cfg.keys, id, &value) {
-            Decoded::Valid(h) => h,
-            Decoded::Newer => {
-                handle.release();
-                return Ok(Opened::Newer);
-            }
-            Decoded::Corrupt => {
-                handle.remove()?;
-                return Ok(Opened::Corrupt);
-            }
-            Decoded::Unauthenticated => {
-                handle.remove()?;
-                return Ok(Opened::Unauthenticated);
+        let header = match record::check_value(&shared.cfg.keys, id, &value) {
+            Ok(h) => h,
+            Err(refused) => {
+                if refused.removes() {
+                    handle.remove()?;
+                } else {
+                    handle.release();
+                }
+                return Ok(refused.into());
             }
         };
         let touched = touched.and_then(|t| t.parse::<f64>().ok());
