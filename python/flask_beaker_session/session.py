@@ -106,7 +106,7 @@ def _warn_memory_after_fork() -> None:
         logger.warning(
             "SESSION_TYPE='memory' in a forked worker: every worker process keeps its "
             "own sessions, so users lose them when their requests reach another worker; "
-            "use 'file' or 'redis'"
+            "use 'file', 'redis' or 'postgresql'"
         )
 
 
@@ -145,7 +145,7 @@ class Session:
             if _declared_workers() > 1:
                 logger.warning(
                     "SESSION_TYPE='memory' with %d worker processes: sessions are not "
-                    "shared between workers; use 'file' or 'redis'",
+                    "shared between workers; use 'file', 'redis' or 'postgresql'",
                     _declared_workers(),
                 )
         app.session_interface = BeakerSessionInterface(cfg)
