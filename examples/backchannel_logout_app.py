@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify, request, session
+from flask_beaker_session import Session
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from werkzeug.wrappers import Response
-
-from flask_beaker_session import Session
 
 HERE = Path(__file__).parent
 

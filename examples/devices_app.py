@@ -26,11 +26,16 @@ import os
 from pathlib import Path
 
 from flask import Flask, abort, redirect, render_template_string, request, session, url_for
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
-from flask_login import logout_user
-from werkzeug.wrappers import Response
-
 from flask_beaker_session import Session
+from flask_login import (
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_required,
+    login_user,
+    logout_user,
+)
+from werkzeug.wrappers import Response
 
 HERE = Path(__file__).parent
 
@@ -92,9 +97,7 @@ def create_app() -> Flask:
 
     @app.get("/")
     def index() -> str:
-        devices = (
-            sessions.user_sessions(current_user.id) if current_user.is_authenticated else []
-        )
+        devices = sessions.user_sessions(current_user.id) if current_user.is_authenticated else []
         return render_template_string(PAGE, devices=devices)
 
     @app.post("/login")

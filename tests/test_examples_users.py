@@ -20,9 +20,7 @@ from joserfc.jwk import KeySet, RSAKey
 
 
 @pytest.fixture(params=["file", "memory", "redis"])
-def store_env(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, prefix: str
-) -> str:
+def store_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
     monkeypatch.setenv("SESSION_TYPE", request.param)
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
@@ -82,7 +80,10 @@ def test_password_change_logs_out_the_other_sessions(devices: ModuleType) -> Non
     assert owner.post("/password", data={"password": "a-new-passphrase"}).status_code == 302
     assert not signed_in(thief)
     assert signed_in(owner)
-    assert thief.post("/login", data={"username": "alice", "password": "wonderland"}).status_code == 403
+    assert (
+        thief.post("/login", data={"username": "alice", "password": "wonderland"}).status_code
+        == 403
+    )
     devices.PASSWORDS["alice"] = "wonderland"
 
 
@@ -97,9 +98,7 @@ def idp_key() -> RSAKey:
 
 
 @pytest.fixture
-def rp(
-    store_env: str, data_dir: Path, idp_key: RSAKey, monkeypatch: pytest.MonkeyPatch
-) -> Flask:
+def rp(store_env: str, data_dir: Path, idp_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> Flask:
     module = load_example("backchannel_logout_app", data_dir)
     monkeypatch.setenv("SESSION_DATA_DIR", str(data_dir))  # create_app reads it again
     app: Flask = module.create_app(KeySet([idp_key]))
@@ -132,12 +131,15 @@ def rp_login(app: Flask, sub: str, sid: str) -> FlaskClient:
     return client
 
 
-def test_backchannel_logout_by_sid_ends_that_idp_sessions_logins(rp: Flask, idp_key: RSAKey) -> None:
+def test_backchannel_logout_by_sid_ends_that_idp_sessions_logins(
+    rp: Flask, idp_key: RSAKey
+) -> None:
     a1 = rp_login(rp, "alice", "idp-s1")
     a2 = rp_login(rp, "alice", "idp-s2")
     idp = rp.test_client()
     response = idp.post(
-        "/backchannel-logout", data={"logout_token": logout_token(idp_key, sub="alice", sid="idp-s1")}
+        "/backchannel-logout",
+        data={"logout_token": logout_token(idp_key, sub="alice", sid="idp-s1")},
     )
     assert response.status_code == 200 and response.get_json() == {"revoked": 1}
     assert response.headers["Cache-Control"] == "no-store"

@@ -28,10 +28,18 @@ BACKENDS = ["file", "memory", "redis", "cluster"]
 def _config(kind: str, request: pytest.FixtureRequest, prefix: str) -> dict[str, Any]:
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
-        return {"SESSION_TYPE": "redis", "SESSION_REDIS_URL": server.url, "SESSION_REDIS_PREFIX": prefix}
+        return {
+            "SESSION_TYPE": "redis",
+            "SESSION_REDIS_URL": server.url,
+            "SESSION_REDIS_PREFIX": prefix,
+        }
     if kind == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
-        return {"SESSION_TYPE": "redis", "SESSION_REDIS_URL": cluster.url, "SESSION_REDIS_PREFIX": prefix}
+        return {
+            "SESSION_TYPE": "redis",
+            "SESSION_REDIS_URL": cluster.url,
+            "SESSION_REDIS_PREFIX": prefix,
+        }
     return {"SESSION_TYPE": kind}
 
 
@@ -255,7 +263,9 @@ def test_cli_sessions_and_revoke(make: Any) -> None:
     keep = _logged_in(app, "alice")
     gone = _logged_in(app, "alice")
     runner = app.test_cli_runner()
-    listed = json.loads(runner.invoke(args=["beaker-session", "sessions", "alice", "--json"]).output)
+    listed = json.loads(
+        runner.invoke(args=["beaker-session", "sessions", "alice", "--json"]).output
+    )
     assert len(listed) == 2
     text = runner.invoke(args=["beaker-session", "sessions", "alice"]).output
     assert all(s["handle"] in text for s in listed)
@@ -275,9 +285,10 @@ def test_index_off_changes_nothing(data_dir: Path) -> None:
     with app.app_context(), pytest.raises(ConfigurationError, match="SESSION_USER_KEY"):
         app.extensions["flask_beaker_session"].user_sessions("alice")
     runner = app.test_cli_runner()
-    assert "SESSION_USER_KEY is not set" in runner.invoke(
-        args=["beaker-session", "sessions", "alice"]
-    ).output
+    assert (
+        "SESSION_USER_KEY is not set"
+        in runner.invoke(args=["beaker-session", "sessions", "alice"]).output
+    )
 
 
 def test_unchanged_user_writes_no_entry(data_dir: Path) -> None:
@@ -301,7 +312,7 @@ def test_bad_user_key_is_a_configuration_error(data_dir: Path, value: Any) -> No
 
 
 def test_user_key_refused_on_postgresql(data_dir: Path) -> None:
-    with pytest.raises(ConfigurationError, match="SESSION_USER_KEY.*postgresql"):
+    with pytest.raises(ConfigurationError, match=r"SESSION_USER_KEY.*postgresql"):
         users_app(
             data_dir,
             SESSION_TYPE="postgresql",

@@ -30,12 +30,12 @@ from flask import session as flask_session
 
 from . import _fork
 from . import config as _config
+from . import users as _users
 from ._log import PROCESS, logger
+from .beaker_session import BeakerSession
 from .cli import group as cli_group
 from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .responses import lock_timeout_response, unavailable_response
-from . import users as _users
-from .beaker_session import BeakerSession
 from .session_interface import BeakerSessionInterface, release_request_sessions
 from .store import AppState
 from .users import MetadataHook, UserSession

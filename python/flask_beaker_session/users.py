@@ -77,6 +77,13 @@ def user_id(value: Any) -> str | None:
     return text or None
 
 
+def _key(state: AppState) -> str:
+    """The app's ``SESSION_USER_KEY`` (this module runs only when it is set)."""
+    key = state.config.user_key
+    assert key is not None
+    return key
+
+
 def index_grace(lock_timeout: float) -> float:
     """Seconds an index entry whose record is missing is kept by the sweep: its record may
     still be on its way (the entry is written first). A minute beyond the lock timeout."""
@@ -148,13 +155,13 @@ class IndexedStoredSession(StoredSession):
     def load(self, now: float) -> Loaded | None:
         loaded = super().load(now)
         if loaded is not None and self.stored_id is not None:
-            user = user_id(loaded[0].get(self.app.config.user_key))
+            user = user_id(loaded[0].get(_key(self.app)))
             self.indexed = None if user is None else (user, self.stored_id)
         return loaded
 
     def persist(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
         store = self.app.store
-        user = user_id(data.get(self.app.config.user_key))
+        user = user_id(data.get(_key(self.app)))
         sid = self.id
         target = (user, sid) if user is not None and sid is not None else None
         if target is not None and (data or self.keep) and target != self.indexed:
@@ -221,7 +228,7 @@ def list_sessions(state: AppState, user: Any, now: float) -> list[UserSession]:
     if name is None:
         return []
     store = state.store
-    key = state.config.user_key
+    key = _key(state)
     session, current_sid = _current(state)
     out: list[UserSession] = []
     for sid, _, raw in store.index_list(name):
@@ -241,7 +248,9 @@ def list_sessions(state: AppState, user: Any, now: float) -> list[UserSession]:
                 continue  # gone or expired: a stale entry
             try:
                 try:
-                    decoded = decode(handle.kind, handle.payload, handle.created, handle.last_access)
+                    decoded = decode(
+                        handle.kind, handle.payload, handle.created, handle.last_access
+                    )
                 except PayloadError:
                     continue
                 if user_id(decoded.data.get(key)) != name:
@@ -269,7 +278,7 @@ def _revoke_sid(state: AppState, name: str, sid: str, now: float) -> bool:
     store = state.store
     session, current_sid = _current(state)
     if sid == current_sid:
-        if user_id(dict.get(session, state.config.user_key)) != name:
+        if user_id(dict.get(session, _key(state))) != name:
             return False
         session.delete()  # removes the record now, under the lock this request holds
     else:
@@ -280,7 +289,7 @@ def _revoke_sid(state: AppState, name: str, sid: str, now: float) -> bool:
             decoded = decode_or_remove(handle, store, now, state.once)
             if decoded is None:
                 return False  # unreadable: removed, so dead all the same
-            if user_id(decoded.data.get(state.config.user_key)) != name:
+            if user_id(decoded.data.get(_key(state))) != name:
                 return False  # a stale entry: the session belongs to someone else now
             handle.delete()
         finally:

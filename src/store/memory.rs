@@ -16,7 +16,8 @@ use crate::lock::{clone_if_free, lock, ForkLocal, LockKey, LockScope, ThreadLock
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
-    lock_thread, BackendKind, IndexEntry, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+    lock_thread, BackendKind, IndexEntry, Loaded, Opened, PayloadKind, SessionHandle, Store,
+    StoreConfig,
 };
 
 #[derive(Clone)]

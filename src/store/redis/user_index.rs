@@ -37,8 +37,9 @@ impl Shared {
 
     pub(super) fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
         let key = self.user_key(user);
-        let fields: Vec<(Vec<u8>, Vec<u8>)> =
-            self.pool.run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = self
+            .pool
+            .run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
         Ok(fields
             .iter()
             .filter_map(|(_, value)| IndexEntry::decode(value))
@@ -52,15 +53,17 @@ impl Shared {
         let mut removed = 0u64;
         self.scan("u", |keys| {
             for key in keys {
-                let fields: Vec<(Vec<u8>, Vec<u8>)> =
-                    self.pool.run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+                let fields: Vec<(Vec<u8>, Vec<u8>)> = self
+                    .pool
+                    .run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
                 for (field, value) in fields {
                     let stale = match IndexEntry::decode(&value) {
                         None => true,
                         Some(entry) if now - entry.written_at > grace => {
                             let record = self.session_keys(&entry.id).record;
-                            let exists: i64 =
-                                self.pool.run(|c| redis::cmd("EXISTS").arg(&record).query(c))?;
+                            let exists: i64 = self
+                                .pool
+                                .run(|c| redis::cmd("EXISTS").arg(&record).query(c))?;
                             exists == 0
                         }
                         Some(_) => false,
