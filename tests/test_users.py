@@ -21,8 +21,9 @@ from flask_beaker_session.session import Session
 from flask_beaker_session.stored import StoredSession
 from flask_beaker_session.users import IndexedStoredSession, index_grace
 from helpers import FakeClock, build_app, cookie_of, interface_of
+from postgres_server import table_for
 
-BACKENDS = ["file", "memory", "redis", "cluster"]
+BACKENDS = ["file", "memory", "redis", "cluster", "postgresql"]
 
 
 def _config(kind: str, request: pytest.FixtureRequest, prefix: str) -> dict[str, Any]:
@@ -39,6 +40,13 @@ def _config(kind: str, request: pytest.FixtureRequest, prefix: str) -> dict[str,
             "SESSION_TYPE": "redis",
             "SESSION_REDIS_URL": cluster.url,
             "SESSION_REDIS_PREFIX": prefix,
+        }
+    if kind == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        return {
+            "SESSION_TYPE": "postgresql",
+            "SESSION_DATABASE_URL": server.url(),
+            "SESSION_DATABASE_TABLE": table_for(prefix),
         }
     return {"SESSION_TYPE": kind}
 
@@ -311,15 +319,6 @@ def test_bad_user_key_is_a_configuration_error(data_dir: Path, value: Any) -> No
         users_app(data_dir, SESSION_USER_KEY=value)
 
 
-def test_user_key_refused_on_postgresql(data_dir: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"SESSION_USER_KEY.*postgresql"):
-        users_app(
-            data_dir,
-            SESSION_TYPE="postgresql",
-            SESSION_DATABASE_URL="postgresql://u@127.0.0.1:1/db",
-        )
-
-
 def test_symlinks_in_the_index_tree_are_never_followed(data_dir: Path, tmp_path: Path) -> None:
     """The index's directories follow the data dir's confinement: a symlink planted at
     ``users1`` is replaced (its target untouched), one planted at an entry is not read."""
@@ -338,3 +337,27 @@ def test_symlinks_in_the_index_tree_are_never_followed(data_dir: Path, tmp_path:
     assert client.get("/devices").get_json() == []
     interface_of(app).store.index_sweep(1e12, 0.0)
     assert (outside / "keep").read_text() == "mine"
+
+
+def test_postgresql_table_from_before_the_index_gets_its_index_table(
+    data_dir: Path, prefix: str, request: pytest.FixtureRequest
+) -> None:
+    """A sessions table created before the index existed: the first index write creates
+    ``<table>_users`` (``SESSION_DATABASE_CREATE``), or says to run ``init-db``."""
+    server = request.getfixturevalue("postgres_server")
+    table = table_for(prefix + "old")
+    base = {
+        "SESSION_TYPE": "postgresql",
+        "SESSION_DATABASE_URL": server.url(),
+        "SESSION_DATABASE_TABLE": table,
+    }
+    old = build_app(data_dir, **base)
+    assert old.test_client().get("/set/a/1").status_code == 200
+    server.psql(f'DROP TABLE "{table}_users"')
+    strict = users_app(data_dir, SESSION_DATABASE_CREATE=False, **base)
+    response = strict.test_client().get("/login/alice")
+    assert response.status_code == 503  # the login is refused: its entry cannot be written
+    app = users_app(data_dir, **base)
+    client = _logged_in(app, "alice")
+    assert len(client.get("/devices").get_json()) == 1
+    assert "t" in server.psql(f"SELECT to_regclass('\"{table}_users\"') IS NOT NULL")

@@ -69,7 +69,7 @@ SESSION_METRICS = False
 #: The session key holding the logged-in user's id (Flask-Login's is ``"_user_id"``):
 #: set, the store keeps a per-user index of sessions, so that an application can list a
 #: user's sessions and revoke them (:doc:`users`). ``None`` (default): no index, and
-#: nothing on the request path looks for one. Not supported with ``'postgresql'``.
+#: nothing on the request path looks for one.
 SESSION_USER_KEY: str | None = None
 #: With ``SESSION_USER_KEY``: also record the client's user agent and IP address in the
 #: index when a user logs in, shown by :meth:`Session.user_sessions` (personal data: see
@@ -565,17 +565,12 @@ def _sweep_interval(value: Any) -> float | None:
     )
 
 
-def _user_key(value: Any, type_: str) -> str | None:
+def _user_key(value: Any) -> str | None:
     accepted = "None, or the name of the session key holding the user's id (e.g. '_user_id')"
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or value in _TIME_KEY_NAMES:
         raise _fail("SESSION_USER_KEY", value, accepted)
-    if type_ == "postgresql":
-        raise ConfigurationError(
-            "SESSION_USER_KEY is not supported with SESSION_TYPE='postgresql' yet: "
-            "expected None there (use 'file', 'redis' or 'memory' for a per-user index)"
-        )
     return value
 
 
@@ -677,7 +672,7 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         redis_sentinel_password=sentinel_password,
         redis_wait_replicas=wait_replicas,
         redis_wait_timeout=wait_timeout,
-        user_key=_user_key(config.get("SESSION_USER_KEY", SESSION_USER_KEY), type_),
+        user_key=_user_key(config.get("SESSION_USER_KEY", SESSION_USER_KEY)),
         user_metadata=_bool(
             "SESSION_USER_METADATA", config.get("SESSION_USER_METADATA", SESSION_USER_METADATA)
         ),
