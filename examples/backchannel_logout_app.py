@@ -44,19 +44,18 @@ BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 MAX_AGE = 120
 
 
-def create_app(keys: KeySet | None = None) -> Flask:
+def create_app(config: Mapping[str, Any] | None = None, keys: KeySet | None = None) -> Flask:
+    """The app; ``config`` overrides the defaults, ``keys`` are the IdP's signing keys
+    (default: the JWKS in ``IDP_JWKS``)."""
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=os.environ.get("SECRET_KEY", "backchannel-example-secret"),
-        SESSION_TYPE=os.environ.get("SESSION_TYPE", "file"),
         SESSION_DATA_DIR=os.environ.get("SESSION_DATA_DIR", str(HERE / ".sessions")),
         SESSION_USER_KEY="_user_id",
         IDP_ISSUER=os.environ.get("IDP_ISSUER", "https://idp.example"),
         CLIENT_ID=os.environ.get("CLIENT_ID", "example-client"),
     )
-    for key in ("SESSION_REDIS_URL", "SESSION_REDIS_PREFIX"):
-        if key in os.environ:
-            app.config[key] = os.environ[key]
+    app.config.update(config or {})
     if keys is None:
         jwks = os.environ.get("IDP_JWKS")
         # Without keys every logout token is refused (400).

@@ -16,14 +16,16 @@ What it shows (``SESSION_USER_KEY = "_user_id"``, Flask-Login's key):
 * Changing the password ends every other session of the user: whoever else had the old
   password is out.
 
-Set ``SESSION_TYPE`` (and ``SESSION_REDIS_URL``) in the environment to try another store.
+``create_app(config)`` takes settings, e.g. ``{"SESSION_TYPE": "redis"}``.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, abort, redirect, render_template_string, request, session, url_for
 from flask_beaker_session import Session
@@ -76,18 +78,16 @@ class User(UserMixin):
         self.id = uid
 
 
-def create_app() -> Flask:
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The app; ``config`` overrides the defaults (e.g. ``SESSION_TYPE="redis"``)."""
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=os.environ.get("SECRET_KEY", "devices-example-secret"),
-        SESSION_TYPE=os.environ.get("SESSION_TYPE", "file"),
         SESSION_DATA_DIR=os.environ.get("SESSION_DATA_DIR", str(HERE / ".sessions")),
         SESSION_USER_KEY="_user_id",
         SESSION_USER_METADATA=True,
     )
-    for key in ("SESSION_REDIS_URL", "SESSION_REDIS_PREFIX"):
-        if key in os.environ:
-            app.config[key] = os.environ[key]
+    app.config.update(config or {})
     sessions = Session(app)
     manager = LoginManager(app)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,18 +19,20 @@ from joserfc.jwk import KeySet, RSAKey
 
 
 @pytest.fixture(params=["file", "memory", "redis"])
-def store_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
-    monkeypatch.setenv("SESSION_TYPE", request.param)
+def store(request: pytest.FixtureRequest, data_dir: Path, prefix: str) -> dict[str, Any]:
+    """The settings of one store (the examples' ``create_app(config)``)."""
+    config: dict[str, Any] = {"SESSION_TYPE": request.param, "SESSION_DATA_DIR": str(data_dir)}
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
-        monkeypatch.setenv("SESSION_REDIS_URL", server.url)
-        monkeypatch.setenv("SESSION_REDIS_PREFIX", prefix)
-    return str(request.param)
+        config.update(SESSION_REDIS_URL=server.url, SESSION_REDIS_PREFIX=prefix)
+    return config
 
 
 @pytest.fixture
-def devices(store_env: str, data_dir: Path) -> ModuleType:
-    return load_example("devices_app", data_dir)
+def devices(store: dict[str, Any], data_dir: Path) -> Flask:
+    module = load_example("devices_app", data_dir)
+    app: Flask = module.create_app(store)
+    return app
 
 
 def device(app: Flask, agent: str, user: str = "alice", password: str = "wonderland") -> Any:
@@ -46,9 +47,9 @@ def signed_in(client: FlaskClient) -> bool:
     return b'id="whoami"' in client.get("/").data
 
 
-def test_devices_page_lists_each_login(devices: ModuleType) -> None:
-    phone = device(devices.app, "Phone/1.0")
-    laptop = device(devices.app, "Laptop/2.0")
+def test_devices_page_lists_each_login(devices: Flask) -> None:
+    phone = device(devices, "Phone/1.0")
+    laptop = device(devices, "Laptop/2.0")
     page = laptop.get("/").data.decode()
     assert "Phone/1.0" in page and "Laptop/2.0" in page
     assert page.count('class="device"') == 2
@@ -56,11 +57,11 @@ def test_devices_page_lists_each_login(devices: ModuleType) -> None:
     assert signed_in(phone)
 
 
-def test_log_out_one_device_then_everywhere_else(devices: ModuleType) -> None:
-    phone = device(devices.app, "Phone/1.0")
-    tablet = device(devices.app, "Tablet/1.0")
-    laptop = device(devices.app, "Laptop/2.0")
-    bob = device(devices.app, "Bob/1.0", "bob", "builder")
+def test_log_out_one_device_then_everywhere_else(devices: Flask) -> None:
+    phone = device(devices, "Phone/1.0")
+    tablet = device(devices, "Tablet/1.0")
+    laptop = device(devices, "Laptop/2.0")
+    bob = device(devices, "Bob/1.0", "bob", "builder")
     page = laptop.get("/").data.decode()
     start = page.index("Phone/1.0")
     handle = page[page.rindex('data-handle="', 0, start) + 13 :][:32]
@@ -73,10 +74,9 @@ def test_log_out_one_device_then_everywhere_else(devices: ModuleType) -> None:
     assert laptop.get("/").data.decode().count('class="device"') == 1
 
 
-def test_password_change_logs_out_the_other_sessions(devices: ModuleType) -> None:
-    devices.PASSWORDS["alice"] = "wonderland"
-    thief = device(devices.app, "Thief/1.0")
-    owner = device(devices.app, "Owner/1.0")
+def test_password_change_logs_out_the_other_sessions(devices: Flask) -> None:
+    thief = device(devices, "Thief/1.0")
+    owner = device(devices, "Owner/1.0")
     assert owner.post("/password", data={"password": "a-new-passphrase"}).status_code == 302
     assert not signed_in(thief)
     assert signed_in(owner)
@@ -84,7 +84,6 @@ def test_password_change_logs_out_the_other_sessions(devices: ModuleType) -> Non
         thief.post("/login", data={"username": "alice", "password": "wonderland"}).status_code
         == 403
     )
-    devices.PASSWORDS["alice"] = "wonderland"
 
 
 # -- OpenID Connect back-channel logout --------------------------------------------------
@@ -98,10 +97,9 @@ def idp_key() -> RSAKey:
 
 
 @pytest.fixture
-def rp(store_env: str, data_dir: Path, idp_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> Flask:
+def rp(store: dict[str, Any], data_dir: Path, idp_key: RSAKey) -> Flask:
     module = load_example("backchannel_logout_app", data_dir)
-    monkeypatch.setenv("SESSION_DATA_DIR", str(data_dir))  # create_app reads it again
-    app: Flask = module.create_app(KeySet([idp_key]))
+    app: Flask = module.create_app(store, KeySet([idp_key]))
 
     @app.get("/test-login/<sub>/<sid>")
     def test_login(sub: str, sid: str) -> str:

@@ -57,8 +57,8 @@ def users_app(data_dir: Path, **config: Any) -> Flask:
     config.setdefault("SESSION_USER_KEY", "_user_id")
     app = build_app(data_dir, **config)
     ext: Session = app.extensions["flask_beaker_session"]
-    gate = threading.Event()
-    app.config["gate"] = gate
+    gate, holding = threading.Event(), threading.Event()
+    app.config.update(gate=gate, holding=holding)
 
     @app.route("/login/<uid>")
     def login(uid: str) -> str:
@@ -99,7 +99,8 @@ def users_app(data_dir: Path, **config: Any) -> Flask:
 
     @app.route("/hold")
     def hold() -> str:
-        flask_session["held"] = "yes"
+        flask_session["held"] = "yes"  # loads the session: its lock is held from here
+        holding.set()
         gate.wait(30)
         return "held"
 
@@ -195,30 +196,37 @@ def test_regenerate_moves_the_entry(make: Any) -> None:
 
 
 def test_a_revocation_waits_for_the_request_holding_the_lock(make: Any) -> None:
-    """Revocation goes through the session lock: it waits for the request in flight, which
-    saves its changes; then the session is gone, and its next request is a fresh one."""
+    """Revocation goes through the session lock: it waits for the request in flight (which
+    saves its changes), and a request of the session waiting for the lock as well either
+    runs before it (and is then revoked) or after it (and finds a fresh, empty session):
+    never is the revoked session brought back."""
     app = make()
     victim = _logged_in(app, "alice")
-    admin = Session()
-    admin_app = app
-    results: list[Any] = []
-    holder = threading.Thread(target=lambda: results.append(victim.get("/hold").data))
+    holder_result: list[bytes] = []
+    holder = threading.Thread(target=lambda: holder_result.append(victim.get("/hold").data))
     holder.start()
+    # The holder has the lock once its view runs.
+    assert app.config["holding"].wait(10)
     revoked: list[int] = []
 
     def revoke() -> None:
-        with admin_app.app_context():
-            ext: Session = admin_app.extensions["flask_beaker_session"]
+        with app.app_context():
+            ext: Session = app.extensions["flask_beaker_session"]
             revoked.append(ext.revoke_user_sessions("alice"))
 
     revoker = threading.Thread(target=revoke)
     revoker.start()
+    waiter_result: list[bytes] = []
+    waiter = threading.Thread(target=lambda: waiter_result.append(victim.get("/whoami").data))
+    waiter.start()
     app.config["gate"].set()
-    holder.join(10)
-    revoker.join(10)
-    assert results == [b"held"] and revoked == [1]
+    for thread in (holder, revoker, waiter):
+        thread.join(20)
+    assert holder_result == [b"held"] and revoked == [1]
+    assert waiter_result in ([b"alice"], [b"None"])
     assert victim.get("/whoami").data == b"None"
-    assert admin is not None
+    with app.app_context():
+        assert app.extensions["flask_beaker_session"].user_sessions("alice") == []
 
 
 def test_expired_sessions_are_not_listed_and_the_sweep_drops_their_entries(make: Any) -> None:
