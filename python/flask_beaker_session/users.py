@@ -181,7 +181,7 @@ class IndexedStoredSession(StoredSession):
                     "index-remove",
                     logging.WARNING,
                     "session %s: its old per-user index entry could not be removed (%s); "
-                    "it is ignored, and removed by the next sweep",
+                    "readers ignore it, and a sweep removes it once the session is gone",
                     log_id(old[1]),
                     exc,
                 )
