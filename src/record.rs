@@ -70,7 +70,8 @@ impl Keys {
         self.keyed
     }
 
-    fn primary(&self) -> &[u8; 32] {
+    /// The key new records are tagged with (also the root of the session handles' key).
+    pub(crate) fn primary(&self) -> &[u8; 32] {
         &self.keys[0]
     }
 }

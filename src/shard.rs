@@ -11,6 +11,7 @@
 //! <data_dir>/fbs1/<d[0..2]>/<d>.<r>.tmp  temporary file of an install in progress
 //! <data_dir>/container_file/<i[0]>/<i[0..2]>/<i>.cache   legacy Beaker file (i = the id)
 //! <data_dir>/container_file_lock/<h[0]>/<h[0..2]>/<h>.lock   Beaker lock file (h = sha1 hex)
+//! <data_dir>/users1/<u[0..2]>/<u>/<d>   per-user index entry (`store::file::user_index`)
 //! ```
 //!
 //! These names are the only ones the store ever removes (`classify`, `legacy_session_id`,

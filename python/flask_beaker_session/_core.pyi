@@ -288,6 +288,16 @@ class Store:
         True if something was created, None for stores that need nothing."""
     def legacy_ids(self) -> list[str]:
         """Ids of the legacy Beaker session files present (file stores)."""
+    def handle_of(self, sid: str) -> str:
+        """The non-secret handle of session ``sid`` (keyed hash; never the id)."""
+    def index_put(self, user: str, sid: str, meta: bytes, now: float) -> None:
+        """Adds (or replaces) the entry of ``sid`` under ``user`` (``meta``: <= 4096 bytes)."""
+    def index_remove(self, user: str, sid: str) -> None:
+        """Removes session ``sid`` from ``user``'s entries."""
+    def index_list(self, user: str) -> list[tuple[str, float, bytes]]:
+        """``user``'s entries as ``(sid, written_at, meta)``."""
+    def index_sweep(self, now: float, grace: float) -> int:
+        """Removes unreadable entries and those older than ``grace`` whose record is gone."""
 
 @final
 class Handle:

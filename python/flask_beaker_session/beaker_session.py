@@ -102,7 +102,7 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         # Flask >= 3.1 sets ``accessed`` whenever the proxy is used; older Flask leaves
         # that to the session class (as its SecureCookieSession does on reads).
         self.accessed = True
-        stored = self._stored = StoredSession(self._app, self._cookie_value)
+        stored = self._stored = self._app.stored_class(self._app, self._cookie_value)
         if self.finished:  # first used inside a streamed body: read without locking
             stored.finished = True
         now = self._app.clock()

@@ -3,7 +3,9 @@
 ``sweep`` removes expired sessions and leftovers (``--dry-run``: says what it would
 remove), ``stats`` describes the store, ``clear`` removes every session, ``migrate``
 converts the original package's Beaker files, ``init-db`` creates the PostgreSQL table
-(idempotent; a deploy step for roles that should not run DDL at request time). Each runs
+(idempotent; a deploy step for roles that should not run DDL at request time); with
+``SESSION_USER_KEY``, ``sessions USER`` lists a user's sessions and ``revoke USER``
+ends them. Each runs
 against the data directory of the app that ``flask`` loads, with that app's configuration.
 
 ``stats --json`` prints one object, :data:`STATS_SCHEMA` (documented in the README); it
@@ -12,6 +14,7 @@ never holds the sweep-only counts (``removed``, ``bytes_freed``).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 from collections.abc import Callable
@@ -21,7 +24,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import _core
+from . import _core, users
 from ._log import log_id, logger
 from .codec import PayloadError, encode
 from .config import CREATED_DATA_DIRS, _redacted
@@ -143,13 +146,18 @@ def sweep_command(dry_run: bool) -> None:
     if dry_run:
         _dry_run(store)
         return
-    report = store.walk(_interface().clock(), _core.WalkMode.Sweep)
+    now = _interface().clock()
+    report = store.walk(now, _core.WalkMode.Sweep)
     click.echo(
         f"removed {report.removed} files ({_human(report.bytes_freed)}): "
         f"{report.expired} expired, {report.corrupt} corrupt, "
         f"{report.temp} temporary, {report.legacy_expired} legacy; "
         f"kept {report.live} live sessions"
     )
+    config = _interface().config
+    if config.user_key is not None:
+        stale = store.index_sweep(now, users.index_grace(config.lock_timeout))
+        click.echo(f"removed {stale} stale per-user index entries")
     if report.errors:
         click.echo(f"{report.errors} files could not be read or removed", err=True)
     _obstacles(store, report)
@@ -248,8 +256,60 @@ def clear_command(yes: bool) -> None:
     store = _store()
     if not yes:
         click.confirm(f"Remove every session stored in {_where(store)}?", abort=True)
-    report = store.walk(_interface().clock(), _core.WalkMode.Clear)
+    now = _interface().clock()
+    report = store.walk(now, _core.WalkMode.Clear)
     click.echo(f"removed {report.removed} files ({_human(report.bytes_freed)})")
+    if _interface().config.user_key is not None:
+        # No session is left: every entry of the per-user index is stale.
+        store.index_sweep(now, 0.0)
+
+
+def _user_state() -> Any:
+    """The app's session state, which must keep the per-user index."""
+    interface = _interface()
+    if interface.config.user_key is None:
+        raise click.ClickException(
+            "SESSION_USER_KEY is not set: this app keeps no per-user index of sessions"
+        )
+    return interface.state
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+
+
+@group.command("sessions")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per session.")
+@_store_errors
+def sessions_command(user: str, as_json: bool) -> None:
+    """List USER's live sessions (SESSION_USER_KEY): handle, times, metadata."""
+    state = _user_state()
+    listed = users.list_sessions(state, user, state.now())
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in listed]))
+        return
+    for s in listed:
+        meta = " ".join(f"{k}={v!r}" for k, v in sorted(s.metadata.items()))
+        click.echo(
+            f"{s.handle}  created {_when(s.created)}  last access {_when(s.last_access)}  "
+            f"expires {_when(s.expires)}" + (f"  {meta}" if meta else "")
+        )
+
+
+@group.command("revoke")
+@click.argument("user")
+@click.option("--except", "except_handle", help="Keep the session with this handle.")
+@_store_errors
+def revoke_command(user: str, except_handle: str | None) -> None:
+    """End every session of USER at once (all but --except HANDLE)."""
+    state = _user_state()
+    count = users.revoke_all(state, user, state.now(), except_handle=except_handle)
+    click.echo(f"revoked {count} session{'s' if count != 1 else ''} of {user}")
 
 
 @group.command("init-db")

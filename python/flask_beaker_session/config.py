@@ -66,6 +66,16 @@ SESSION_TIME_KEYS = False
 #: is installed. Off: nothing is counted and the request path does not look at metrics.
 SESSION_METRICS = False
 
+#: The session key holding the logged-in user's id (Flask-Login's is ``"_user_id"``):
+#: set, the store keeps a per-user index of sessions, so that an application can list a
+#: user's sessions and revoke them (:doc:`users`). ``None`` (default): no index, and
+#: nothing on the request path looks for one.
+SESSION_USER_KEY: str | None = None
+#: With ``SESSION_USER_KEY``: also record the client's user agent and IP address in the
+#: index when a user logs in, shown by :meth:`Session.user_sessions` (personal data: see
+#: :doc:`users` before turning it on).
+SESSION_USER_METADATA = False
+
 #: Largest session accepted, in bytes of its pickled data (4 MiB). Saving a bigger one
 #: raises :class:`~flask_beaker_session.errors.SessionTooLargeError` naming both sizes (the
 #: request fails, the stored session is unchanged); a stored record announcing more is read
@@ -217,6 +227,8 @@ class SessionConfig:
     redis_sentinel_password: str | None = field(default=None, repr=False)
     redis_wait_replicas: int = SESSION_REDIS_WAIT_REPLICAS
     redis_wait_timeout: float = SESSION_REDIS_WAIT_TIMEOUT
+    user_key: str | None = SESSION_USER_KEY
+    user_metadata: bool = SESSION_USER_METADATA
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigurationError:
@@ -553,6 +565,19 @@ def _sweep_interval(value: Any) -> float | None:
     )
 
 
+def _user_key(value: Any) -> str | None:
+    accepted = "None, or the name of the session key holding the user's id (e.g. '_user_id')"
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or value in _TIME_KEY_NAMES:
+        raise _fail("SESSION_USER_KEY", value, accepted)
+    return value
+
+
+#: The time keys the session answers for itself: never a user's id.
+_TIME_KEY_NAMES = ("_creation_time", "_accessed_time")
+
+
 def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
     """Validates the ``SESSION_*`` keys of a Flask config and returns frozen settings.
 
@@ -647,6 +672,10 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         redis_sentinel_password=sentinel_password,
         redis_wait_replicas=wait_replicas,
         redis_wait_timeout=wait_timeout,
+        user_key=_user_key(config.get("SESSION_USER_KEY", SESSION_USER_KEY)),
+        user_metadata=_bool(
+            "SESSION_USER_METADATA", config.get("SESSION_USER_METADATA", SESSION_USER_METADATA)
+        ),
     )
     if loaded.type == "file":
         _data_dir_exists(loaded.data_dir)

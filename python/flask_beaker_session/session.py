@@ -25,15 +25,20 @@ import types
 import weakref
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
+from flask import session as flask_session
 
 from . import _fork
 from . import config as _config
+from . import users as _users
 from ._log import PROCESS, logger
+from .beaker_session import BeakerSession
 from .cli import group as cli_group
 from .errors import ConfigurationError, LockTimeoutError, StoreUnavailableError
 from .responses import lock_timeout_response, unavailable_response
 from .session_interface import BeakerSessionInterface, release_request_sessions
+from .store import AppState
+from .users import MetadataHook, UserSession
 
 __all__ = ["Session", "init_app"]
 
@@ -113,9 +118,65 @@ def _warn_memory_after_fork() -> None:
 class Session:
     """Server-side sessions for one or several Flask applications."""
 
+    #: The application's metadata function (:meth:`user_metadata`), or None.
+    metadata_hook: MetadataHook | None = None
+
     def __init__(self, app: Any = None) -> None:
         if app is not None:
             self.init_app(app)
+
+    # -- a user's sessions (SESSION_USER_KEY; flask_beaker_session.users) ----------------
+
+    def user_metadata(self, hook: MetadataHook) -> MetadataHook:
+        """Registers (as a decorator) a function that, given the session's data when a user
+        logs in, returns extra ``str`` fields to keep in the index entry and show in
+        :meth:`user_sessions` (e.g. an OpenID Connect ``sid``, a device name)."""
+        self.metadata_hook = hook
+        return hook
+
+    def user_sessions(self, user: Any, *, app: Flask | None = None) -> list[UserSession]:
+        """The live sessions of ``user`` (the value of ``SESSION_USER_KEY``), oldest first.
+
+        :raises ConfigurationError: ``SESSION_USER_KEY`` is not set.
+        """
+        state = _user_state(app)
+        return _users.list_sessions(state, user, state.now())
+
+    def revoke_session(self, user: Any, handle: str, *, app: Flask | None = None) -> bool:
+        """Ends ``user``'s session named ``handle`` (from :meth:`user_sessions`) at once;
+        False if ``user`` has no such session. Revoking the current request's session
+        deletes it as :meth:`BeakerSession.delete
+        <flask_beaker_session.beaker_session.BeakerSession.delete>` does."""
+        state = _user_state(app)
+        return _users.revoke(state, user, handle, state.now())
+
+    def revoke_user_sessions(
+        self,
+        user: Any,
+        *,
+        except_current: bool = False,
+        except_handle: str | None = None,
+        app: Flask | None = None,
+    ) -> int:
+        """Ends every session of ``user`` at once ("log out everywhere"), but the current
+        request's with ``except_current`` and the one named ``except_handle``; returns
+        how many were ended."""
+        state = _user_state(app)
+        return _users.revoke_all(
+            state,
+            user,
+            state.now(),
+            except_current=except_current,
+            except_handle=except_handle,
+        )
+
+    def session_handle(self, *, app: Flask | None = None) -> str | None:
+        """The handle of the current request's session, if it is stored (else None)."""
+        state = _user_state(app)
+        session = flask_session._get_current_object()  # type: ignore[attr-defined]
+        if not isinstance(session, BeakerSession) or session.is_new:
+            return None
+        return state.store.handle_of(session.id)
 
     def init_app(self, app: Any) -> None:
         """Validates ``app.config`` and installs the session interface on ``app``.
@@ -155,6 +216,21 @@ class Session:
             app.register_error_handler(StoreUnavailableError, unavailable_response)
             app.cli.add_command(cli_group)
         app.extensions[EXTENSION_KEY] = self
+
+
+def _user_state(app: Flask | None) -> AppState:
+    """The session state of ``app`` (default: the current app), which must keep the
+    per-user index."""
+    target = app if app is not None else current_app
+    interface = target.session_interface
+    if not isinstance(interface, BeakerSessionInterface):
+        raise ConfigurationError("this app does not use flask-beaker-session (call init_app)")
+    if interface.config.user_key is None:
+        raise ConfigurationError(
+            "SESSION_USER_KEY is not set: set it to the session key holding the user's id "
+            "(e.g. '_user_id' with Flask-Login) to list and revoke a user's sessions"
+        )
+    return interface.state
 
 
 _default = Session()

@@ -38,6 +38,7 @@ from .store import AppState, Clock, system_clock
 from .stored import Outcome
 from .sweeper import AutoSweeper
 from .time_keys_session import TimeKeysSession
+from .users import index_grace
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -79,7 +80,13 @@ class BeakerSessionInterface(SessionInterface):
         )
         #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
         self.sweeper = (
-            AutoSweeper(self.state.store, config.sweep_interval, self.state.now, self.state.metrics)
+            AutoSweeper(
+                self.state.store,
+                config.sweep_interval,
+                self.state.now,
+                self.state.metrics,
+                None if config.user_key is None else index_grace(config.lock_timeout),
+            )
             if config.sweep_interval
             else None
         )

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import _core
 from ._log import Once
 from .config import SessionConfig
 from .errors import ConfigurationError
 from .metrics import process_metrics
+
+if TYPE_CHECKING:
+    from .stored import StoredSession
 
 __all__ = ["AppState", "Clock", "build_store", "system_clock"]
 
@@ -124,6 +128,15 @@ class AppState:
         self.clock: Clock = clock
         #: The process's metrics with ``SESSION_METRICS`` on, else None (nothing counted).
         self.metrics = process_metrics() if config.metrics else None
+        # (Imported here: both modules import this one.)
+        from .stored import StoredSession
+        from .users import IndexedStoredSession
+
+        #: The class of each request's stored side: with ``SESSION_USER_KEY``, the one that
+        #: keeps the per-user index (:mod:`flask_beaker_session.users`).
+        self.stored_class: type[StoredSession] = (
+            IndexedStoredSession if config.user_key is not None else StoredSession
+        )
 
     def now(self) -> float:
         """The current time (epoch seconds) by this application's clock."""

@@ -71,6 +71,7 @@ class AutoSweeper:
         interval: float,
         clock: Clock,
         metrics: Metrics | None = None,
+        index_grace: float | None = None,
     ) -> None:
         #: The store swept.
         self.store = store
@@ -80,6 +81,9 @@ class AutoSweeper:
         self.clock = clock
         #: Where each sweep is counted (``SESSION_METRICS``), or None.
         self.metrics = metrics
+        #: With ``SESSION_USER_KEY``: how old a stale index entry must be to be removed
+        #: after each sweep (:func:`flask_beaker_session.users.index_grace`); None: no index.
+        self.index_grace = index_grace
         #: The counts of the last sweep this process ran, or None.
         self.last_report: _core.Report | None = None
         #: This process's sweeping thread; ``thread.started_in`` (the fork generation
@@ -104,7 +108,11 @@ class AutoSweeper:
         """Sweeps now if no process did in the last interval; returns the counts."""
         # One thread: a background sweep must not compete with requests for every core.
         started = time.perf_counter()
-        report = self.store.sweep_if_due(self.clock(), self.interval, 1)
+        now = self.clock()
+        report = self.store.sweep_if_due(now, self.interval, 1)
+        if report is not None and self.index_grace is not None:
+            # After the records: entries whose expired record just went go too.
+            self.store.index_sweep(now, self.index_grace)
         if report is not None:
             if self.metrics is not None:
                 self.metrics.swept(report, time.perf_counter() - started)

@@ -14,7 +14,12 @@ use super::handle::PyHandle;
 use super::report::PyReport;
 use crate::error::StoreError;
 use crate::sid::SessionId;
+use crate::store::index::{handle_of, IndexEntry, MAX_META};
 use crate::store::{self, Store};
+
+fn parse_id(sid: &str) -> PyResult<SessionId> {
+    Ok(SessionId::parse(sid).ok_or(StoreError::InvalidId)?)
+}
 
 /// A session store.
 #[pyclass(name = "Store", module = "flask_beaker_session._core", frozen)]
@@ -125,5 +130,57 @@ impl PyStore {
     /// Ids of the legacy Beaker session files present (file stores).
     fn legacy_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         guarded(py, || Ok(self.inner.legacy_ids()))
+    }
+
+    // -- the per-user index (`SESSION_USER_KEY`) ------------------------------------------
+
+    /// The non-secret handle of session `sid` (keyed hash; never the id).
+    fn handle_of(&self, sid: &str) -> PyResult<String> {
+        Ok(handle_of(&self.inner.config().keys, &parse_id(sid)?))
+    }
+
+    /// Adds (or replaces) the entry of session `sid` under `user`, with `meta` (at most
+    /// 4096 bytes) written at `now`.
+    fn index_put(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        sid: &str,
+        meta: &[u8],
+        now: f64,
+    ) -> PyResult<()> {
+        if meta.len() > MAX_META {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "index metadata of {} bytes is larger than {MAX_META}",
+                meta.len()
+            )));
+        }
+        let entry = IndexEntry {
+            id: parse_id(sid)?,
+            written_at: now,
+            meta: meta.to_vec(),
+        };
+        guarded(py, || self.inner.index_put(user, &entry))
+    }
+
+    /// Removes session `sid` from `user`'s entries.
+    fn index_remove(&self, py: Python<'_>, user: &str, sid: &str) -> PyResult<()> {
+        let id = parse_id(sid)?;
+        guarded(py, || self.inner.index_remove(user, &id))
+    }
+
+    /// `user`'s entries as `(sid, written_at, meta)`.
+    fn index_list(&self, py: Python<'_>, user: &str) -> PyResult<Vec<(String, f64, Vec<u8>)>> {
+        let entries = guarded(py, || self.inner.index_list(user))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| (e.id.to_hex(), e.written_at, e.meta))
+            .collect())
+    }
+
+    /// Removes unreadable entries, and entries older than `grace` seconds whose record is
+    /// gone; how many went.
+    fn index_sweep(&self, py: Python<'_>, now: f64, grace: f64) -> PyResult<u64> {
+        guarded(py, || self.inner.index_sweep(now, grace))
     }
 }

@@ -25,6 +25,7 @@ pub mod sweep;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod user_index;
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
@@ -42,7 +43,7 @@ use crate::report::{Report, WalkMode};
 use crate::shard;
 use crate::sid::SessionId;
 use crate::store::{
-    lock_thread, worker_count, BackendKind, Opened, SessionHandle, Store, StoreConfig,
+    lock_thread, worker_count, BackendKind, IndexEntry, Opened, SessionHandle, Store, StoreConfig,
 };
 
 use record_io::{check_len, fill_new, read_record, ReadError};
@@ -575,5 +576,21 @@ impl Store for FileStore {
 
     fn data_dir(&self) -> Option<&Path> {
         Some(&self.shared.data_dir)
+    }
+
+    fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
+        self.put_entry(user, entry)
+    }
+
+    fn index_remove(&self, user: &str, id: &SessionId) -> StoreResult<()> {
+        self.remove_entry(user, id)
+    }
+
+    fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
+        self.list_entries(user)
+    }
+
+    fn index_sweep(&self, now: f64, grace: f64) -> StoreResult<u64> {
+        self.sweep_entries(now, grace)
     }
 }

@@ -16,7 +16,8 @@ use crate::lock::{clone_if_free, lock, ForkLocal, LockKey, LockScope, ThreadLock
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
-    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+    lock_thread, BackendKind, IndexEntry, Loaded, Opened, PayloadKind, SessionHandle, Store,
+    StoreConfig,
 };
 
 #[derive(Clone)]
@@ -33,7 +34,13 @@ struct Shared {
     /// (or none, if a parent thread held them at the fork), never with a mutex a vanished
     /// thread holds.
     data: ForkLocal<Mutex<HashMap<SessionId, Entry>>>,
+    /// The per-user index (`SESSION_USER_KEY`), by user id then session; per fork
+    /// generation as `data`.
+    users: ForkLocal<Mutex<Users>>,
 }
+
+/// The per-user index of a memory store.
+type Users = HashMap<String, HashMap<SessionId, IndexEntry>>;
 
 /// Sessions kept in this process's memory.
 pub struct MemoryStore {
@@ -53,6 +60,10 @@ impl Shared {
         lock(self.data.get_or_inherit(clone_if_free))
     }
 
+    fn users(&self) -> MutexGuard<'_, Users> {
+        lock(self.users.get_or_inherit(clone_if_free))
+    }
+
     fn expired(&self, now: f64, e: &Entry) -> bool {
         self.cfg
             .expiry
@@ -68,6 +79,7 @@ impl MemoryStore {
                 cfg,
                 scope: LockScope::unique(),
                 data: ForkLocal::here(),
+                users: ForkLocal::here(),
             }),
         }
     }
@@ -143,6 +155,47 @@ impl Store for MemoryStore {
             WalkMode::Sweep | WalkMode::Clear => data.len() as u64,
         };
         Ok(report)
+    }
+
+    fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
+        let mut users = self.shared.users();
+        let sessions = users.entry(user.to_owned()).or_default();
+        sessions.insert(entry.id, entry.clone());
+        Ok(())
+    }
+
+    fn index_remove(&self, user: &str, id: &SessionId) -> StoreResult<()> {
+        let mut users = self.shared.users();
+        if let Some(sessions) = users.get_mut(user) {
+            sessions.remove(id);
+            if sessions.is_empty() {
+                users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
+        let users = self.shared.users();
+        Ok(users
+            .get(user)
+            .map(|sessions| sessions.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn index_sweep(&self, now: f64, grace: f64) -> StoreResult<u64> {
+        // The record map first, then the index (never both locks in the other order).
+        let live: std::collections::HashSet<SessionId> =
+            self.shared.data().keys().copied().collect();
+        let mut users = self.shared.users();
+        let mut removed = 0u64;
+        for sessions in users.values_mut() {
+            let before = sessions.len();
+            sessions.retain(|id, e| live.contains(id) || now - e.written_at <= grace);
+            removed += (before - sessions.len()) as u64;
+        }
+        users.retain(|_, sessions| !sessions.is_empty());
+        Ok(removed)
     }
 }
 

@@ -19,6 +19,7 @@
 //! `src/py/config.rs`. Nothing else branches on the backend.
 
 pub mod file;
+pub mod index;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
@@ -33,6 +34,7 @@ use crate::lock::{deadline_after, Acquired, LockKey, ThreadLock};
 use crate::record::Keys;
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
+pub use index::IndexEntry;
 
 pub use file::{FileConfig, DEFAULT_MAX_SIZE};
 pub use postgres::PostgresConfig;
@@ -92,6 +94,18 @@ pub enum BackendKind {
     Redis,
     /// A PostgreSQL table.
     Postgres,
+}
+
+impl BackendKind {
+    /// The backend's `SESSION_TYPE` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::File => "file",
+            BackendKind::Memory => "memory",
+            BackendKind::Redis => "redis",
+            BackendKind::Postgres => "postgresql",
+        }
+    }
 }
 
 /// Builds a store. Does no I/O that could block (no connection; a file store only checks
@@ -238,6 +252,38 @@ pub trait Store: Send + Sync {
     /// that need nothing created.
     fn init_schema(&self) -> StoreResult<Option<bool>> {
         Ok(None)
+    }
+
+    // -- the per-user index (`SESSION_USER_KEY`, `index`) ---------------------------------
+    // Written before the record that names the user and removed after the record stopped
+    // naming them (the Python layer orders the calls), so a crash leaves at worst a stale
+    // entry. An entry is a candidate, never proof: readers check the record.
+
+    /// Adds (or replaces) `entry` under `user`.
+    fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
+        let _ = (user, entry);
+        Err(index::unsupported(self.kind().name()))
+    }
+
+    /// Removes session `id` from `user`'s entries (nothing if it is not there).
+    fn index_remove(&self, user: &str, id: &SessionId) -> StoreResult<()> {
+        let _ = (user, id);
+        Err(index::unsupported(self.kind().name()))
+    }
+
+    /// `user`'s entries, in no particular order (unreadable ones are left out).
+    fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
+        let _ = user;
+        Err(index::unsupported(self.kind().name()))
+    }
+
+    /// Removes every entry whose record no longer exists and that was written more than
+    /// `grace` seconds before `now` (younger ones may be ahead of their record), and entries
+    /// that cannot be read; returns how many went. Run after a sweep removed the expired
+    /// records, it leaves the index naming exactly the stored sessions.
+    fn index_sweep(&self, now: f64, grace: f64) -> StoreResult<u64> {
+        let _ = (now, grace);
+        Err(index::unsupported(self.kind().name()))
     }
 }
 

@@ -33,6 +33,7 @@
 
 mod pool;
 mod schema;
+mod user_index;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once};
@@ -51,7 +52,8 @@ use crate::report::{Report, WalkMode, SIZE_BUCKETS};
 use crate::shard;
 use crate::sid::SessionId;
 use crate::store::{
-    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+    lock_thread, BackendKind, IndexEntry, Loaded, Opened, PayloadKind, SessionHandle, Store,
+    StoreConfig,
 };
 
 use pool::{Param, Pool};
@@ -528,6 +530,22 @@ impl Store for PostgresStore {
     fn init_schema(&self) -> StoreResult<Option<bool>> {
         let shared = &self.shared;
         shared.table.migrate(&shared.pool, shared.timeout).map(Some)
+    }
+
+    fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
+        self.shared.index_put(user, entry)
+    }
+
+    fn index_remove(&self, user: &str, id: &SessionId) -> StoreResult<()> {
+        self.shared.index_remove(user, id)
+    }
+
+    fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
+        self.shared.index_list(user)
+    }
+
+    fn index_sweep(&self, now: f64, grace: f64) -> StoreResult<u64> {
+        self.shared.index_sweep(now, grace)
     }
 }
 

@@ -36,6 +36,7 @@ mod orphans;
 mod pool;
 mod scripts;
 mod topology;
+mod user_index;
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -50,7 +51,8 @@ use crate::record::{self, HEADER_LEN};
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
-    lock_thread, BackendKind, Loaded, Opened, PayloadKind, SessionHandle, Store, StoreConfig,
+    lock_thread, BackendKind, IndexEntry, Loaded, Opened, PayloadKind, SessionHandle, Store,
+    StoreConfig,
 };
 
 pub use keys::glob_escape;
@@ -472,6 +474,22 @@ impl Store for RedisStore {
     /// Redis expires keys itself: nothing to sweep.
     fn sweep_if_due(&self, _now: f64, _interval: f64, _: usize) -> StoreResult<Option<Report>> {
         Ok(None)
+    }
+
+    fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
+        self.shared.index_put(user, entry)
+    }
+
+    fn index_remove(&self, user: &str, id: &SessionId) -> StoreResult<()> {
+        self.shared.index_remove(user, id)
+    }
+
+    fn index_list(&self, user: &str) -> StoreResult<Vec<IndexEntry>> {
+        self.shared.index_list(user)
+    }
+
+    fn index_sweep(&self, now: f64, grace: f64) -> StoreResult<u64> {
+        self.shared.index_sweep(now, grace)
     }
 }
 

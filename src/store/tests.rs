@@ -313,3 +313,63 @@ fn two_file_stores_on_one_directory_exclude_each_other_in_process() {
     drop(h);
     drop(found(&*b, &id, 1.0));
 }
+
+fn entry(id: SessionId, written_at: f64, meta: &[u8]) -> IndexEntry {
+    IndexEntry {
+        id,
+        written_at,
+        meta: meta.to_vec(),
+    }
+}
+
+fn listed(s: &dyn Store, user: &str) -> Vec<SessionId> {
+    let mut ids: Vec<SessionId> = s.index_list(user).unwrap().iter().map(|e| e.id).collect();
+    ids.sort_by_key(|id| id.to_hex());
+    ids
+}
+
+#[test]
+fn the_user_index_puts_lists_removes_and_sweeps_alike() {
+    let t = real_now();
+    let (_dir, stores) = both(Some(3600.0), None);
+    for s in &stores {
+        let s = &**s;
+        let kind = s.kind();
+        let (a, b, ahead) = (new_id(), new_id(), new_id());
+        assert!(listed(s, "alice").is_empty(), "{kind:?}");
+        // Entries first, records after (as the Python layer orders them).
+        s.index_put("alice", &entry(a, t, b"{\"ip\":\"1\"}"))
+            .unwrap();
+        s.index_put("alice", &entry(b, t, b"")).unwrap();
+        s.index_put("alice ", &entry(ahead, t, b"")).unwrap();
+        s.create(&a, b"a", t, t).unwrap();
+        s.create(&b, b"b", t, t).unwrap();
+        let mut both_ids = vec![a, b];
+        both_ids.sort_by_key(|id| id.to_hex());
+        assert_eq!(listed(s, "alice"), both_ids, "{kind:?}");
+        assert_eq!(
+            listed(s, "alice "),
+            vec![ahead],
+            "{kind:?}: users are exact strings"
+        );
+        // Replacing an entry keeps one, with the new metadata.
+        s.index_put("alice", &entry(a, t + 1.0, b"{}")).unwrap();
+        let entries = s.index_list("alice").unwrap();
+        assert_eq!(entries.len(), 2, "{kind:?}");
+        assert!(entries.iter().any(|e| e.id == a && e.meta == b"{}"));
+        // Removing is idempotent.
+        s.index_remove("alice", &b).unwrap();
+        s.index_remove("alice", &b).unwrap();
+        s.index_remove("nobody", &b).unwrap();
+        assert_eq!(listed(s, "alice"), vec![a], "{kind:?}");
+        // The sweep keeps entries with a record, and young ones without (their record may
+        // be on its way); it drops old ones whose record is gone.
+        assert_eq!(s.index_sweep(t + 10.0, 60.0).unwrap(), 0, "{kind:?}");
+        assert_eq!(listed(s, "alice "), vec![ahead]);
+        assert_eq!(s.index_sweep(t + 100.0, 60.0).unwrap(), 1, "{kind:?}");
+        assert!(listed(s, "alice ").is_empty());
+        found(s, &a, t + 1.0).delete().unwrap();
+        assert_eq!(s.index_sweep(t + 100.0, 60.0).unwrap(), 1, "{kind:?}");
+        assert!(listed(s, "alice").is_empty(), "{kind:?}");
+    }
+}

@@ -8,9 +8,10 @@ use needs nothing; the Beaker methods need the session's own type, via ``cast``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flask import Flask, session
 from flask_beaker_session import Session, __version__
@@ -126,3 +127,25 @@ def busy(error: LockTimeoutError) -> tuple[str, int]:
 @app.errorhandler(StoreUnavailableError)
 def down(error: StoreUnavailableError) -> tuple[str, int]:
     return "store down", 503
+
+
+def users_devices(ext: Session, user_id: str) -> list[str]:
+    """A user's sessions (``SESSION_USER_KEY``): list, revoke one, revoke the others."""
+    from flask_beaker_session.users import UserSession
+
+    listed: list[UserSession] = ext.user_sessions(user_id)
+    lines = [
+        f"{s.handle} {s.created} {s.last_access} {s.expires} {s.metadata.get('ip')} {s.current}"
+        for s in listed
+    ]
+    if listed:
+        ok: bool = ext.revoke_session(user_id, listed[0].handle)
+        assert isinstance(ok, bool)
+    ended: int = ext.revoke_user_sessions(user_id, except_current=True)
+    mine: str | None = ext.session_handle()
+
+    @ext.user_metadata
+    def device_name(data: Mapping[str, Any]) -> dict[str, str]:
+        return {"device": str(data.get("device", ""))}
+
+    return [*lines, str(ended), str(mine)]

@@ -364,3 +364,55 @@ fn cached_directories_follow_a_data_dir_removed_or_replaced() {
     s.create(&mine, b"mine", now(), now()).unwrap();
     assert!(exists(&s.record_path(&mine)));
 }
+
+#[test]
+#[cfg_attr(
+    windows,
+    ignore = "needs symlinks, which Wine (CI) cannot create; run with --ignored on Windows"
+)]
+fn the_user_index_never_follows_a_symlink_and_removes_only_its_names() {
+    use crate::store::index::user_digest;
+    use crate::store::IndexEntry;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let (victim, files) = victim(root.path());
+    let s = short_idle(&data);
+    s.create(&new_id(), b"mine", now(), now()).unwrap();
+    // A symlink where the index's directory belongs: replaced, never followed.
+    symlink(&victim, data.join("users1")).unwrap();
+    let id = new_id();
+    let e = IndexEntry {
+        id,
+        written_at: now(),
+        meta: Vec::new(),
+    };
+    s.index_put("alice", &e).unwrap();
+    assert!(fs::symlink_metadata(data.join("users1")).unwrap().is_dir());
+    intact(&files);
+    // A symlink at a user's directory: nothing listed through it, the link stays, and the
+    // next put replaces it.
+    let u = user_digest("bob");
+    let shard_dir = data.join("users1").join(&u[..2]);
+    fs::create_dir_all(&shard_dir).unwrap();
+    symlink(&victim, shard_dir.join(&u)).unwrap();
+    let fake = victim.join(shard::digest(&id));
+    plant(&fake, &e.encode());
+    assert!(Store::index_list(&s, "bob").unwrap().is_empty());
+    // A symlink at an entry's name: not read, and not removed either (only files are).
+    let alice_dir = data.join("users1").join(&user_digest("alice")[..2]);
+    let alice_dir = alice_dir.join(user_digest("alice"));
+    let name = shard::digest(&id);
+    fs::remove_file(alice_dir.join(&name)).unwrap();
+    symlink(&fake, alice_dir.join(&name)).unwrap();
+    assert!(Store::index_list(&s, "alice").unwrap().is_empty());
+    // Foreign names are left alone by the sweep, however old.
+    plant(&alice_dir.join("notes.txt"), b"precious");
+    let swept = Store::index_sweep(&s, now() + 86400.0, 0.0).unwrap();
+    assert_eq!(swept, 0);
+    assert!(alice_dir.join("notes.txt").exists());
+    s.index_put("bob", &e).unwrap();
+    assert!(fs::symlink_metadata(shard_dir.join(&u)).unwrap().is_dir());
+    intact(&files);
+    intact(&[victim.join("report.pdf")]);
+    assert_eq!(fs::read(&fake).unwrap(), e.encode());
+}

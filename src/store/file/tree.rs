@@ -191,12 +191,25 @@ impl Tree {
     /// Opens a directory below the data directory by the names of its components (no
     /// caching; for the legacy tree and the sweeper).
     pub(crate) fn open_path(&self, components: &[&str]) -> io::Result<Found> {
-        let Some(root) = self.root(false)? else {
+        self.walk_path(components, false)
+    }
+
+    /// `open_path`, creating (0700) what is missing when `create`, by the same rules as the
+    /// shards: one name at a time from the data directory's descriptor, a symlink or a
+    /// file in the way of one of our names replaced by a directory (`make_subdir`), never
+    /// followed. For the per-user index (`user_index`), whose names are all digests.
+    pub(crate) fn walk_path(&self, components: &[&str], create: bool) -> io::Result<Found> {
+        let Some(root) = self.root(create)? else {
             return Ok(Found::Missing);
         };
         let mut current = root;
         for name in components {
-            match found(platform::subdir(&current, name)?) {
+            let sub = if create {
+                platform::make_subdir(&current, name)?
+            } else {
+                platform::subdir(&current, name)?
+            };
+            match found(sub) {
                 Found::Dir(fd) => current = fd,
                 other => return Ok(other),
             }

@@ -16,6 +16,15 @@
 //! ) WITH (fillfactor = 70);
 //! CREATE INDEX <table>_expires_at ON <schema>.<table> (expires_at);
 //! ALTER TABLE <schema>.<table> ALTER COLUMN record SET STORAGE EXTERNAL;
+//! -- The per-user index (SESSION_USER_KEY; `crate::store::index`), created with the
+//! -- table, and on its own by the first index operation of a store whose table predates it:
+//! CREATE TABLE <schema>.<table>_users (
+//!     user_digest text COLLATE "C",                -- BLAKE3 digest of the user id
+//!     id          text COLLATE "C",                -- the session's row id
+//!     entry       bytea NOT NULL,                  -- `IndexEntry::encode`
+//!     written_at  double precision NOT NULL,       -- injected clock (sweep grace)
+//!     PRIMARY KEY (user_digest, id)
+//! );
 //! ```
 //!
 //! `fillfactor` leaves room in each page so that the lock's updates (which change no
@@ -48,9 +57,12 @@ pub fn is_identifier(name: &str, max: usize) -> bool {
 pub struct Table {
     /// `"schema"."table"` or `"table"`.
     pub qualified: String,
+    /// The per-user index's table, `"schema"."table_users"` or `"table_users"`.
+    pub users: String,
     index: String,
     create: bool,
     ready: AtomicBool,
+    users_ready: AtomicBool,
 }
 
 impl Table {
@@ -62,21 +74,23 @@ impl Table {
                  starting with a digit), at most {MAX_TABLE_LEN} characters"
             )));
         }
-        let qualified = match schema {
-            Some(s) if !is_identifier(s, 63) => {
-                return Err(StoreError::Config(format!(
-                    "invalid schema name {s:?}: expected letters, digits and '_' (not \
-                     starting with a digit), at most 63 characters"
-                )))
-            }
-            Some(s) => format!("\"{s}\".\"{table}\""),
-            None => format!("\"{table}\""),
+        let quoted = |name: &str| match schema {
+            Some(s) => format!("\"{s}\".\"{name}\""),
+            None => format!("\"{name}\""),
         };
+        if let Some(s) = schema.filter(|s| !is_identifier(s, 63)) {
+            return Err(StoreError::Config(format!(
+                "invalid schema name {s:?}: expected letters, digits and '_' (not \
+                 starting with a digit), at most 63 characters"
+            )));
+        }
         Ok(Table {
-            qualified,
+            qualified: quoted(table),
+            users: quoted(&format!("{table}_users")),
             index: format!("\"{table}_expires_at\""),
             create,
             ready: AtomicBool::new(false),
+            users_ready: AtomicBool::new(false),
         })
     }
 
@@ -102,16 +116,24 @@ impl Table {
              ) WITH (fillfactor = 70);
              CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at);
              {storage}
+             CREATE TABLE IF NOT EXISTS {} (
+                 user_digest text COLLATE \"C\",
+                 id text COLLATE \"C\",
+                 entry bytea NOT NULL,
+                 written_at double precision NOT NULL,
+                 PRIMARY KEY (user_digest, id)
+             );
              COMMIT;",
-            self.index
+            self.index, self.users
         )
     }
 
     fn exists(&self, pool: &Pool) -> StoreResult<bool> {
-        let rows = pool.query(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[(&self.qualified, Type::TEXT)],
-        )?;
+        Self::regclass(pool, &self.qualified)
+    }
+
+    fn regclass(pool: &Pool, name: &str) -> StoreResult<bool> {
+        let rows = pool.query("SELECT to_regclass($1) IS NOT NULL", &[(&name, Type::TEXT)])?;
         Ok(rows
             .first()
             .and_then(|r| r.try_get::<_, bool>(0).ok())
@@ -132,7 +154,28 @@ impl Table {
                 other => other,
             })?;
         self.ready.store(true, Ordering::Release);
+        self.users_ready.store(true, Ordering::Release);
         Ok(!existed)
+    }
+
+    /// Before the first index statement of this process: the index's table exists (a
+    /// table created before 0.3.0 lacks it), or is created as `ensure` creates the table.
+    pub fn ensure_users(&self, pool: &Pool, limit: Duration) -> StoreResult<()> {
+        if self.users_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if Self::regclass(pool, &self.users)? {
+            self.users_ready.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if !self.create {
+            return Err(StoreError::Unavailable(format!(
+                "postgresql: the per-user index table {} does not exist and \
+                 SESSION_DATABASE_CREATE is off: create it with `flask beaker-session init-db`",
+                self.users
+            )));
+        }
+        self.migrate(pool, limit).map(drop)
     }
 
     /// Before the first statement of this process: the table exists, or is created if

@@ -1,6 +1,6 @@
 //! The Redis backend's key names, and finding them again. `<prefix>s:<sha256(id)>` holds
 //! the record, `<prefix>l:<sha256(id)>` the lock, `<prefix>a:<sha256(id)>` the time of the
-//! last touch. The id never appears in a key, so `KEYS`/`SCAN` output cannot be replayed as
+//! last touch, `<prefix>u:<user digest>` a user's index entries (`user_index`). The id never appears in a key, so `KEYS`/`SCAN` output cannot be replayed as
 //! cookies. The prefix is literal: its glob characters are escaped in `SCAN MATCH`, and
 //! every key returned is checked to be ours (prefix, kind, a 64-hex digest) before it is
 //! counted or deleted.
@@ -57,6 +57,15 @@ impl Shared {
             record: self.key('s', &hex),
             access: self.key('a', &hex),
         }
+    }
+
+    /// The key of `user`'s index entries (`SESSION_USER_KEY`): `<prefix>u:<digest>`, a
+    /// hash from record digest to entry, in its own slot on a Cluster (a user's sessions
+    /// are spread over every slot, so no command ever spans the index and a record).
+    pub(super) fn user_key(&self, user: &str) -> String {
+        let mut hex = [0u8; 64];
+        hex.copy_from_slice(crate::store::index::user_digest(user).as_bytes());
+        self.key('u', &hex)
     }
 
     fn key(&self, kind: char, hex: &[u8; 64]) -> String {
