@@ -173,7 +173,8 @@ def test_rotation_through_fallbacks_and_rekey_on_files(data_dir: Path) -> None:
     value = marker()
     old = build_app(data_dir, SECRET_KEY="old-key")
     sealed = [new_session(old, value) for _ in range(3)]
-    legacy_plain = new_session(build_app(data_dir, SECRET_KEY="old-key", SESSION_ENCRYPT=False), value)
+    unencrypted = build_app(data_dir, SECRET_KEY="old-key", SESSION_ENCRYPT=False)
+    legacy_plain = new_session(unencrypted, value)
     rotated = build_app(data_dir, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"])
     for sid in [*sealed, legacy_plain]:
         assert read_back(rotated, sid) == value
@@ -359,9 +360,7 @@ def test_rotation_and_rekey_on_postgres(tmp_path: Path, postgres_server: Postgre
     value = marker()
     old = pg_app(postgres_server, table, SECRET_KEY="old-key")
     sids = [new_session(old, value) for _ in range(3)]
-    rotated = pg_app(
-        postgres_server, table, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"]
-    )
+    rotated = pg_app(postgres_server, table, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"])
     assert "would re-encrypt 3 of 3" in cli(rotated, "rekey", "--dry-run").output
     done = cli(rotated, "rekey")
     assert done.exit_code == 0, done.output
