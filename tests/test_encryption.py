@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -378,3 +379,41 @@ def test_rotation_and_rekey_on_postgres(tmp_path: Path, postgres_server: Postgre
 
 def test_the_record_format_version_is_exported() -> None:
     assert _core.RECORD_FORMAT_VERSION == 2
+
+
+# -- Redis Cluster and Sentinel -----------------------------------------------------------
+
+
+def redis_url_app(url: str, prefix: str, **config: Any) -> Flask:
+    return build_app(
+        "/nonexistent-unused",
+        SESSION_TYPE="redis",
+        SESSION_REDIS_URL=url,
+        SESSION_REDIS_PREFIX=prefix,
+        **config,
+    )
+
+
+def rotate_and_rekey(url: str, prefix: str) -> None:
+    """Sessions sealed under an old key, re-sealed by ``rekey`` (every primary of a
+    Cluster is walked), then read under the new key alone."""
+    value = marker()
+    old = redis_url_app(url, prefix, SECRET_KEY="old-key")
+    sids = [new_session(old, value) for _ in range(6)]
+    rotated = redis_url_app(url, prefix, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"])
+    done = cli(rotated, "rekey")
+    assert done.exit_code == 0, done.output
+    assert "re-encrypted 6 of 6 sessions" in done.output
+    new_only = redis_url_app(url, prefix, SECRET_KEY="new-key")
+    for sid in sids:
+        assert read_back(new_only, sid) == value
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux")
+def test_rotation_and_rekey_on_a_redis_cluster(redis_cluster: Any, prefix: str) -> None:
+    rotate_and_rekey(redis_cluster.url, prefix)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux")
+def test_rotation_and_rekey_under_sentinel(redis_sentinels: Any, prefix: str) -> None:
+    rotate_and_rekey(redis_sentinels.url, prefix)
