@@ -103,12 +103,22 @@ fn noise(seed: u64, len: usize, alphabet: Option<&[u8]>) -> Vec<u8> {
         .collect()
 }
 
-/// Whether one encoded slot (header + payload, maybe followed by spare capacity) verifies
-/// with `keys` for `id`, returning its payload if so. Mirrors what the store does.
+/// Whether one encoded slot (header + stored bytes, maybe followed by spare capacity)
+/// verifies and opens with `keys` for `id`, returning its payload if so. Mirrors what the
+/// store does.
 fn accept(keys: &Keys, id: &SessionId, slot: &[u8]) -> Option<Vec<u8>> {
     let header = record::parse_header(slot).ok()?;
-    let payload = slot.get(HEADER_LEN..HEADER_LEN.checked_add(header.payload_len)?)?;
-    record::verify(keys, slot, &header, id, payload).then(|| payload.to_vec())
+    let stored = slot.get(HEADER_LEN..HEADER_LEN.checked_add(header.payload_len)?)?;
+    record::open(keys, slot, &header, id, stored).map(|v| v.payload)
+}
+
+/// The keys of a case: unkeyed, keyed authenticated-only, or keyed and sealing.
+fn keys_of(kind: u8) -> Keys {
+    match kind % 3 {
+        0 => Keys::new(&[]),
+        1 => Keys::new(&[b"secret".to_vec()]).encrypting(false),
+        _ => Keys::new(&[b"secret".to_vec()]),
+    }
 }
 
 /// The legacy Beaker fixture files (read once).
@@ -190,9 +200,9 @@ proptest! {
     #[test]
     fn record_arbitrary_bytes_never_accepted(
         bytes in proptest::collection::vec(any::<u8>(), 0..256),
-        keyed in any::<bool>(),
+        kind in any::<u8>(),
     ) {
-        let keys = if keyed { Keys::new(&[b"k".to_vec()]) } else { Keys::new(&[]) };
+        let keys = keys_of(kind);
         if let Ok(header) = record::parse_header(&bytes) {
             // verify on whatever payload slice is available, even a wrong-sized one.
             let end = HEADER_LEN.saturating_add(header.payload_len).min(bytes.len());
@@ -216,6 +226,10 @@ proptest! {
             Err(HeaderError::Garbage) | Ok(_) => {}
         }
         prop_assert!(accept(&Keys::new(&[]), &sid(), &bytes).is_none());
+        prop_assert!(accept(&keys_of(2), &sid(), &bytes).is_none());
+        let digest = crate::shard::digest_bytes(&sid());
+        let rekeyed = record::rekey_value(&keys_of(2), &digest, &bytes).expect("no I/O");
+        prop_assert!(!matches!(rekeyed, record::Rekey::Reseal(_) | record::Rekey::Current));
     }
 
     /// An encoded slot round-trips; any edit of its header or payload bytes is rejected
@@ -226,21 +240,54 @@ proptest! {
         seq in any::<u64>(),
         created in any::<f64>(),
         saved in any::<f64>(),
-        keyed in any::<bool>(),
+        kind in any::<u8>(),
         edits in proptest::collection::vec(edit(), 1..4),
     ) {
-        let keys = if keyed { Keys::new(&[b"secret".to_vec()]) } else { Keys::new(&[]) };
-        let slot = record::encode_slot(&keys, &sid(), seq, created, saved, &payload);
+        let keys = keys_of(kind);
+        let slot = record::encode_slot(&keys, &sid(), seq, created, saved, &payload).expect("random");
         prop_assert_eq!(accept(&keys, &sid(), &slot), Some(payload.clone()));
         let other_id = SessionId::parse("ffeeddccbbaa99887766554433221100").expect("id");
         prop_assert!(accept(&keys, &other_id, &slot).is_none());
-        let other_keys = if keyed { Keys::new(&[]) } else { Keys::new(&[b"secret".to_vec()]) };
+        let other_keys = if keys.is_keyed() { Keys::new(&[]) } else { keys_of(2) };
         prop_assert!(accept(&other_keys, &sid(), &slot).is_none());
+        prop_assert!(accept(&Keys::new(&[b"other".to_vec()]), &sid(), &slot).is_none());
         let mut bad = slot.clone();
         apply(&mut bad, &edits);
         if bad != slot {
             prop_assert!(accept(&keys, &sid(), &bad).is_none(), "edited slot accepted");
+            // Nor does a walk by digest re-seal an edited record.
+            let digest = crate::shard::digest_bytes(&sid());
+            let rekeyed = record::rekey_value(&keys_of(2), &digest, &bad).expect("no I/O");
+            prop_assert!(!matches!(rekeyed, record::Rekey::Reseal(_) | record::Rekey::Current));
         }
+    }
+
+    /// Rotation: a record sealed under an old key and opened through a fallback re-seals
+    /// (by digest, as `rekey` does) into a record the new key alone opens, with the same
+    /// payload and times; the re-sealed record is current.
+    #[test]
+    fn record_rekey_round_trip(
+        payload in proptest::collection::vec(any::<u8>(), 0..200),
+        created in any::<f64>(),
+        saved in any::<f64>(),
+    ) {
+        let old = Keys::new(&[b"old".to_vec()]);
+        let rotated = Keys::new(&[b"new".to_vec(), b"old".to_vec()]);
+        let new = Keys::new(&[b"new".to_vec()]);
+        let value = record::encode_slot(&old, &sid(), 3, created, saved, &payload).expect("random");
+        let digest = crate::shard::digest_bytes(&sid());
+        let record::Rekey::Reseal(resealed) = record::rekey_value(&rotated, &digest, &value).expect("random") else {
+            return Err(TestCaseError::fail("not re-sealed"));
+        };
+        prop_assert_eq!(accept(&new, &sid(), &resealed), Some(payload.clone()));
+        prop_assert!(accept(&old, &sid(), &resealed).is_none());
+        let h = record::parse_header(&resealed).expect("header");
+        prop_assert_eq!((h.seq, h.created.to_bits(), h.saved_at.to_bits()), (4, created.to_bits(), saved.to_bits()));
+        prop_assert_eq!(record::rekey_value(&rotated, &digest, &resealed).expect("random"), record::Rekey::Current);
+        // Another digest (a record moved to another name) does not open.
+        let other = SessionId::parse("ffeeddccbbaa99887766554433221100").expect("id");
+        let moved = crate::shard::digest_bytes(&other);
+        prop_assert_eq!(record::rekey_value(&rotated, &moved, &value).expect("random"), record::Rekey::Unopenable);
     }
 
     /// Two slots in one buffer (as on disk), then random edits anywhere: `choose` never
@@ -254,9 +301,9 @@ proptest! {
         newer_first in any::<bool>(),
     ) {
         let keys = Keys::new(&[b"secret".to_vec()]);
-        let slot_size = record::slot_size_for(120);
-        let a = record::encode_slot(&keys, &sid(), 7, 1.0, 2.0, &old);
-        let b = record::encode_slot(&keys, &sid(), 8, 1.0, 3.0, &new);
+        let slot_size = record::slot_size_for(120 + record::SEAL_OVERHEAD);
+        let a = record::encode_slot(&keys, &sid(), 7, 1.0, 2.0, &old).expect("random");
+        let b = record::encode_slot(&keys, &sid(), 8, 1.0, 3.0, &new).expect("random");
         let (first, second) = if newer_first { (&b, &a) } else { (&a, &b) };
         let mut file = vec![0u8; 2 * slot_size];
         file[..first.len()].copy_from_slice(first);
@@ -275,7 +322,8 @@ proptest! {
             file.get(start..start.checked_add(h.payload_len)?).map(<[u8]>::to_vec)
         });
         match choice {
-            Choice::Valid(_, h, payload) => {
+            Choice::Valid(_, v) => {
+                let (h, payload) = (v.header, v.payload);
                 prop_assert!(
                     (h.seq == 8 && payload == new) || (h.seq == 7 && payload == old),
                     "altered data accepted"
@@ -284,7 +332,7 @@ proptest! {
                     prop_assert_eq!(h.seq, 8);
                 }
             }
-            Choice::Newer(_) | Choice::Unauthenticated | Choice::Corrupt => {
+            Choice::Newer(_) | Choice::Unauthenticated | Choice::Corrupt | Choice::Unbound => {
                 prop_assert!(!new_intact)
             }
         }

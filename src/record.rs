@@ -3,66 +3,118 @@
 //! rewrites only the *older* slot with one positioned write, so a crash at any instant leaves
 //! the newer slot intact; a reader takes the valid slot with the highest sequence number.
 //! That keeps saves at the in-place `pwrite` floor (≈3.5 µs) instead of temp-file + rename
-//! (≈160 µs) while staying crash-safe (SPEC §6).
+//! (≈160 µs) while staying crash-safe (SPEC §6). The network backends store one slot as one
+//! value.
 //!
 //! ```text
 //! file  = slot 0 | slot 1                 (each `slot_size` bytes; file length = 2 × slot_size)
-//! slot  = header (64 bytes) | payload | unused capacity
+//! slot  = header (64 bytes) | stored bytes | unused capacity
 //! header, little endian:
 //!   0  magic        4  b"FBSR"
-//!   4  version      2  format version (1)
-//!   6  flags        2  bit 0: tag is keyed from SECRET_KEY
+//!   4  version      2  1: stored bytes = the pickle; 2: stored bytes sealed (below)
+//!   6  flags        2  bit 0: tag is keyed from a secret; bit 1: sealed (version 2 only)
 //!   8  seq          8  save counter; the higher valid slot wins
 //!  16  created      8  f64 epoch seconds, fixed at creation
 //!  24  saved_at     8  f64 epoch seconds of this save (last access; mtime may be newer)
-//!  32  payload_len  4
+//!  32  payload_len  4  length of the stored bytes
 //!  36  reserved    12  zero
-//!  48  tag         16  BLAKE3 keyed hash of header[0..48] ‖ id bytes ‖ payload, truncated
+//!  48  tag         16  BLAKE3 keyed hash of header[0..48] ‖ id bytes ‖ stored bytes, truncated
+//! sealed stored bytes (version 2) = nonce (24, random) ‖ XChaCha20-Poly1305 ciphertext of
+//!   the pickle ‖ Poly1305 tag (16); associated data = id bytes ‖ header[0..8] ‖ header[16..24]
 //! ```
 //!
-//! The tag authenticates the record *before* Python unpickles it: with a `SECRET_KEY` the key
-//! is derived from it (and each fallback key is tried on reads), so a planted file is
-//! rejected; without one the key is a public constant and the tag is only a checksum that
-//! catches torn and bit-flipped records. Binding the id means a record copied to another
-//! session's name does not verify either.
+//! The tag authenticates the record *before* anything is decrypted or unpickled: with a
+//! secret (`SECRET_KEY`, or the file store's generated key) its key is derived from it (and
+//! each fallback key is tried on reads), so a planted file is rejected; without one the key
+//! is a public constant and the tag is only a checksum that catches torn and bit-flipped
+//! records. Binding the id means a record copied to another session's name does not verify.
+//!
+//! With a secret, records are also *sealed* (encrypted) unless `SESSION_ENCRYPT = False`:
+//! the encryption key is a second subkey derived from the same secret under its own context
+//! string, never the raw secret nor the tag key. The header stays in the clear so the
+//! sweeper reads times without any key and a touch needs no re-encryption; the AEAD binds
+//! the ciphertext to the id and the immutable header fields, the BLAKE3 tag to the whole
+//! header. Records of version 1 (0.2/0.3, or written with `SESSION_ENCRYPT = False`) are
+//! still read; a record opened under a fallback key or in the other format is *stale*: its
+//! next save writes it under the current key and format (`flask beaker-session rekey`).
 
+use std::borrow::Cow;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::error::{StoreError, StoreResult};
 use crate::sid::SessionId;
 
 /// Magic bytes at the start of every slot header.
 pub const MAGIC: [u8; 4] = *b"FBSR";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The highest format version this build reads (and the one it writes when sealing).
+pub const VERSION: u16 = 2;
+/// The format version of unsealed records (what 0.2 and 0.3 wrote, and still read).
+pub const VERSION_PLAIN: u16 = 1;
 /// Size of a slot header.
 pub const HEADER_LEN: usize = 64;
 const TAG_OFFSET: usize = 48;
 const TAG_LEN: usize = 16;
 const FLAG_KEYED: u16 = 1;
+const FLAG_SEALED: u16 = 2;
+const NONCE_LEN: usize = 24;
+const AEAD_TAG_LEN: usize = 16;
+/// How many bytes sealing adds to a payload (nonce and Poly1305 tag).
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + AEAD_TAG_LEN;
 const KDF_CONTEXT: &str = "flask-beaker-session 2026-11 record tag v1";
+const SEAL_CONTEXT: &str = "flask-beaker-session 2026-12 record encryption v1";
 
-/// The keys records are tagged with: the first signs new records, all verify.
+/// One secret's two subkeys; both are wiped from memory when dropped.
+#[derive(Clone)]
+struct KeyPair {
+    tag: Zeroizing<[u8; 32]>,
+    seal: Zeroizing<[u8; 32]>,
+}
+
+/// The keys records are tagged (and sealed) with: the first signs new records, all verify
+/// and open.
 #[derive(Clone)]
 pub struct Keys {
-    keys: Vec<[u8; 32]>,
+    keys: Vec<KeyPair>,
     keyed: bool,
+    encrypt: bool,
 }
 
 impl Keys {
-    /// Derives tag keys from Flask's `SECRET_KEY` followed by `SECRET_KEY_FALLBACKS`.
-    /// An empty list gives the unkeyed (checksum-only) mode.
+    /// Derives keys from Flask's `SECRET_KEY` followed by `SECRET_KEY_FALLBACKS`. An empty
+    /// list gives the unkeyed (checksum-only, never sealed) mode. Records are sealed
+    /// whenever there is a secret, unless [`Keys::encrypting`] turns it off.
     pub fn new(secrets: &[Vec<u8>]) -> Self {
         if secrets.is_empty() {
             return Keys {
-                keys: vec![blake3::derive_key(KDF_CONTEXT, b"")],
+                keys: vec![KeyPair {
+                    tag: Zeroizing::new(blake3::derive_key(KDF_CONTEXT, b"")),
+                    seal: Zeroizing::new([0u8; 32]),
+                }],
                 keyed: false,
+                encrypt: true,
             };
         }
         Keys {
             keys: secrets
                 .iter()
-                .map(|s| blake3::derive_key(KDF_CONTEXT, s))
+                .map(|s| KeyPair {
+                    tag: Zeroizing::new(blake3::derive_key(KDF_CONTEXT, s)),
+                    seal: Zeroizing::new(blake3::derive_key(SEAL_CONTEXT, s)),
+                })
                 .collect(),
             keyed: true,
+            encrypt: true,
         }
+    }
+
+    /// The same keys, sealing new records or not (`SESSION_ENCRYPT`). Sealed records are
+    /// opened either way, so turning encryption off is as reversible as turning it on.
+    pub fn encrypting(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
     }
 
     /// Whether the keys come from a secret (else the tag is only a checksum).
@@ -70,20 +122,126 @@ impl Keys {
         self.keyed
     }
 
-    /// The key new records are tagged with (also the root of the session handles' key).
-    pub(crate) fn primary(&self) -> &[u8; 32] {
+    /// Whether encryption was asked for (`SESSION_ENCRYPT`), secret or not: a file store
+    /// that generates its key carries it over to the generated key's `Keys`.
+    pub fn wants_encryption(&self) -> bool {
+        self.encrypt
+    }
+
+    /// Whether new records are sealed: encryption asked for, under a secret key (a public
+    /// key would hide nothing).
+    pub fn seals(&self) -> bool {
+        self.encrypt && self.keyed
+    }
+
+    /// The tag key new records are written with: also the root of the session handles' key
+    /// (`store::index`), which is derived from it under its own context.
+    pub(crate) fn handle_root(&self) -> &[u8; 32] {
+        &self.primary().tag
+    }
+
+    fn primary(&self) -> &KeyPair {
         &self.keys[0]
     }
 }
 
-fn tag(key: &[u8; 32], head: &[u8], id: &SessionId, payload: &[u8]) -> [u8; TAG_LEN] {
+/// What a record is bound to: its id's 16 bytes (version 1), or the SHA-256 of the id that
+/// names the record in every store (version 2), so that a walk over the store (`rekey`),
+/// which sees names and never ids, can verify and re-seal a record.
+fn binding(id: &SessionId, sealed: bool) -> Vec<u8> {
+    if sealed {
+        crate::shard::digest_bytes(id).to_vec()
+    } else {
+        id.as_bytes().to_vec()
+    }
+}
+
+fn tag(key: &[u8; 32], head: &[u8], bind: &[u8], stored: &[u8]) -> [u8; TAG_LEN] {
     let mut hasher = blake3::Hasher::new_keyed(key);
     hasher.update(&head[..TAG_OFFSET]);
-    hasher.update(id.as_bytes());
-    hasher.update(payload);
+    hasher.update(bind);
+    hasher.update(stored);
     let mut out = [0u8; TAG_LEN];
     out.copy_from_slice(&hasher.finalize().as_bytes()[..TAG_LEN]);
     out
+}
+
+/// The AEAD's associated data: the id's digest and the header fields a record keeps for
+/// life (magic, version, flags, created); `seq`, `saved_at` and the length are covered by
+/// the BLAKE3 tag.
+fn associated_data(digest: &[u8], head8: &[u8], created: &[u8]) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(48);
+    ad.extend_from_slice(digest);
+    ad.extend_from_slice(head8);
+    ad.extend_from_slice(created);
+    ad
+}
+
+fn sealed_head8() -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&(FLAG_KEYED | FLAG_SEALED).to_le_bytes());
+    h
+}
+
+/// The bytes to store for `payload`: sealed under the current key when the keys seal,
+/// else the payload itself. The nonce is 24 random bytes from the OS (XChaCha20's extended
+/// nonce makes random nonces safe at any realistic write rate).
+pub fn seal<'a>(
+    keys: &Keys,
+    id: &SessionId,
+    created: f64,
+    payload: &'a [u8],
+) -> StoreResult<Cow<'a, [u8]>> {
+    if !keys.seals() {
+        return Ok(Cow::Borrowed(payload));
+    }
+    seal_bound(keys, &binding(id, true), created, payload).map(Cow::Owned)
+}
+
+fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> StoreResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(payload);
+    let ad = associated_data(digest, &sealed_head8(), &created.to_bits().to_le_bytes());
+    let cipher = XChaCha20Poly1305::new((&*keys.primary().seal).into());
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[NONCE_LEN..])
+        .map_err(|_| StoreError::TooLarge(payload.len()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Length of the stored bytes for a payload of `len` bytes under `keys`.
+pub fn stored_len(keys: &Keys, len: usize) -> usize {
+    if keys.seals() {
+        len + SEAL_OVERHEAD
+    } else {
+        len
+    }
+}
+
+fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
+    if stored.len() < SEAL_OVERHEAD {
+        return None;
+    }
+    let (nonce, rest) = stored.split_at(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at(rest.len() - AEAD_TAG_LEN);
+    let ad = associated_data(digest, &head[..8], &head[16..24]);
+    let cipher = XChaCha20Poly1305::new((&*pair.seal).into());
+    let mut plain = ciphertext.to_vec();
+    cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            &ad,
+            &mut plain,
+            Tag::from_slice(tag),
+        )
+        .ok()?;
+    Some(plain)
 }
 
 /// Header fields of one slot, as parsed (not yet verified).
@@ -95,9 +253,16 @@ pub struct SlotHeader {
     pub created: f64,
     /// Time of this save (epoch seconds).
     pub saved_at: f64,
-    /// Length of the payload following the header.
+    /// Length of the stored bytes following the header (the payload, or its sealed form).
     pub payload_len: usize,
     flags: u16,
+}
+
+impl SlotHeader {
+    /// Whether the stored bytes are sealed (encrypted).
+    pub fn sealed(&self) -> bool {
+        self.flags & FLAG_SEALED != 0
+    }
 }
 
 /// Why a slot header could not be used.
@@ -119,7 +284,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// Parses the 64-byte header at the start of `slot`.
+/// Parses the 64-byte header at the start of `slot`. Version 1 (plain) and version 2
+/// (sealed, always keyed) are read; a sealed flag on the wrong version is garbage.
 pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
     if slot.len() < HEADER_LEN || slot[..4] != MAGIC {
         return Err(HeaderError::Garbage);
@@ -128,7 +294,14 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
     if version > VERSION {
         return Err(HeaderError::Newer(version));
     }
-    if version != VERSION {
+    let flags = u16_at(slot, 6);
+    let sealed = flags & FLAG_SEALED != 0;
+    let well_formed = match version {
+        VERSION_PLAIN => !sealed,
+        VERSION => sealed && flags & FLAG_KEYED != 0,
+        _ => false,
+    };
+    if !well_formed {
         return Err(HeaderError::Garbage);
     }
     let mut len = [0u8; 4];
@@ -138,7 +311,7 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
         created: f64::from_bits(u64_at(slot, 16)),
         saved_at: f64::from_bits(u64_at(slot, 24)),
         payload_len: u32::from_le_bytes(len) as usize,
-        flags: u16_at(slot, 6),
+        flags,
     })
 }
 
@@ -149,7 +322,7 @@ pub enum Refused {
     Newer,
     /// Torn or garbled.
     Corrupt,
-    /// Whole, but its tag fails under every key.
+    /// Whole, but no key verifies (and opens) it.
     Unauthenticated,
 }
 
@@ -160,73 +333,138 @@ impl Refused {
     }
 }
 
-/// Checks a record stored as one value, header and payload together (the network
-/// backends store it so): its header, its exact length and its tag.
-pub fn check_value(keys: &Keys, id: &SessionId, value: &[u8]) -> Result<SlotHeader, Refused> {
+/// A record that verified and, if sealed, decrypted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verified {
+    /// Its header.
+    pub header: SlotHeader,
+    /// The payload in the clear (the pickle).
+    pub payload: Vec<u8>,
+    /// Opened under a fallback key, or sealed when the keys do not seal (or the reverse):
+    /// the next save rewrites it under the current key and format.
+    pub stale: bool,
+    /// Opened under a fallback key (`SECRET_KEY_FALLBACKS`).
+    pub fallback: bool,
+}
+
+/// Checks a record stored as one value, header and stored bytes together (the network
+/// backends store it so): its header, its exact length, its tag, and opens it.
+pub fn check_value(keys: &Keys, id: &SessionId, value: &[u8]) -> Result<Verified, Refused> {
     match parse_header(value) {
         Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
-            if verify(keys, value, &h, id, &value[HEADER_LEN..]) {
-                Ok(h)
-            } else {
-                Err(Refused::Unauthenticated)
-            }
+            open(keys, value, &h, id, &value[HEADER_LEN..]).ok_or(Refused::Unauthenticated)
         }
         Ok(_) | Err(HeaderError::Garbage) => Err(Refused::Corrupt),
         Err(HeaderError::Newer(_)) => Err(Refused::Newer),
     }
 }
 
-/// Checks the tag of a slot given its header bytes and payload. A keyed store accepts only
-/// keyed records; an unkeyed store only unkeyed ones (a planted checksum-only file must not
-/// pass once a `SECRET_KEY` is configured).
-pub fn verify(
+/// Which key's tag verifies a slot, by index (0 = the current key), given its header bytes
+/// and stored bytes. A keyed store accepts only keyed records; an unkeyed store only
+/// unkeyed ones (a planted checksum-only file must not pass once a secret is configured).
+fn verifying_key(
     keys: &Keys,
     head: &[u8],
     header: &SlotHeader,
-    id: &SessionId,
-    payload: &[u8],
-) -> bool {
+    bind: &[u8],
+    stored: &[u8],
+) -> Option<usize> {
     if (header.flags & FLAG_KEYED != 0) != keys.keyed || head.len() < HEADER_LEN {
-        return false;
+        return None;
     }
-    let stored = &head[TAG_OFFSET..TAG_OFFSET + TAG_LEN];
-    keys.keys.iter().any(|key| {
-        let expected = tag(key, head, id, payload);
+    let expected_tag = &head[TAG_OFFSET..TAG_OFFSET + TAG_LEN];
+    keys.keys.iter().position(|pair| {
+        let expected = tag(&pair.tag, head, bind, stored);
         // Constant-time comparison: the tag is a MAC when keyed.
         expected
             .iter()
-            .zip(stored)
+            .zip(expected_tag)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     })
 }
 
-/// The 64-byte header of a slot holding `payload` for `id` (tag included). The caller
-/// guarantees `payload.len()` fits in `u32` (checked by the store).
+/// Checks the tag of a slot given its header bytes and stored bytes (no decryption).
+pub fn verify(
+    keys: &Keys,
+    head: &[u8],
+    header: &SlotHeader,
+    id: &SessionId,
+    stored: &[u8],
+) -> bool {
+    verifying_key(keys, head, header, &binding(id, header.sealed()), stored).is_some()
+}
+
+/// Verifies a slot and, if sealed, decrypts it with the subkey of the secret whose tag
+/// verified. `None` if no key verifies, or the ciphertext does not open (never happens for
+/// a record this package wrote and whose tag verified).
+pub fn open(
+    keys: &Keys,
+    head: &[u8],
+    header: &SlotHeader,
+    id: &SessionId,
+    stored: &[u8],
+) -> Option<Verified> {
+    open_bound(keys, head, header, &binding(id, header.sealed()), stored)
+}
+
+fn open_bound(
+    keys: &Keys,
+    head: &[u8],
+    header: &SlotHeader,
+    bind: &[u8],
+    stored: &[u8],
+) -> Option<Verified> {
+    let index = verifying_key(keys, head, header, bind, stored)?;
+    let payload = if header.sealed() {
+        unseal(&keys.keys[index], head, bind, stored)?
+    } else {
+        stored.to_vec()
+    };
+    Some(Verified {
+        header: *header,
+        payload,
+        stale: index != 0 || header.sealed() != keys.seals(),
+        fallback: index != 0,
+    })
+}
+
+/// The 64-byte header of a slot holding `stored` (what [`seal`] returned) for `id`, tag
+/// included. The caller guarantees `stored.len()` fits in `u32` (checked by the store).
 pub fn encode_header(
     keys: &Keys,
     id: &SessionId,
     seq: u64,
     created: f64,
     saved_at: f64,
-    payload: &[u8],
+    stored: &[u8],
 ) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
-    out[..4].copy_from_slice(&MAGIC);
-    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    let flags = if keys.keyed { FLAG_KEYED } else { 0 };
-    out[6..8].copy_from_slice(&flags.to_le_bytes());
+    if keys.seals() {
+        out[..8].copy_from_slice(&sealed_head8());
+    } else {
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&VERSION_PLAIN.to_le_bytes());
+        let flags = if keys.keyed { FLAG_KEYED } else { 0 };
+        out[6..8].copy_from_slice(&flags.to_le_bytes());
+    }
     out[8..16].copy_from_slice(&seq.to_le_bytes());
     out[16..24].copy_from_slice(&created.to_bits().to_le_bytes());
     out[24..32].copy_from_slice(&saved_at.to_bits().to_le_bytes());
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let len = u32::try_from(stored.len()).unwrap_or(u32::MAX);
     out[32..36].copy_from_slice(&len.to_le_bytes());
-    let t = tag(keys.primary(), &out, id, payload);
+    let t = tag(
+        &keys.primary().tag,
+        &out,
+        &binding(id, keys.seals()),
+        stored,
+    );
     out[TAG_OFFSET..].copy_from_slice(&t);
     out
 }
 
-/// Serialises one slot (header + payload) for `id`.
+/// Serialises one slot (header + stored bytes) for `id`, sealing `payload` when the keys
+/// seal. Fails only if the OS random source does.
 pub fn encode_slot(
     keys: &Keys,
     id: &SessionId,
@@ -234,11 +472,75 @@ pub fn encode_slot(
     created: f64,
     saved_at: f64,
     payload: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&encode_header(keys, id, seq, created, saved_at, payload));
-    out.extend_from_slice(payload);
-    out
+) -> StoreResult<Vec<u8>> {
+    let stored = seal(keys, id, created, payload)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + stored.len());
+    out.extend_from_slice(&encode_header(keys, id, seq, created, saved_at, &stored));
+    out.extend_from_slice(&stored);
+    Ok(out)
+}
+
+/// What a walk over the store (`flask beaker-session rekey`) does with one record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rekey {
+    /// Sealed under the current key already (or plain under it with encryption off).
+    Current,
+    /// Opened: these bytes (one slot: header and stored bytes, sequence number one higher,
+    /// times unchanged) re-seal it under the current key.
+    Reseal(Vec<u8>),
+    /// A version 1 (unsealed) record: bound to its id, which the store does not keep, so
+    /// it is re-sealed by its session's next save, not by a walk.
+    Plain,
+    /// No key verifies or opens it (left for the next request or sweep to remove).
+    Unopenable,
+    /// Written by a newer version.
+    Newer,
+    /// Torn or garbled.
+    Corrupt,
+}
+
+/// The new slot re-sealing `v` (opened by digest) under the current key, or `None` if it is
+/// current already. Sealed records stay sealed even with encryption off: without the id a
+/// plain record cannot be bound.
+pub fn reseal(keys: &Keys, digest: &[u8; 32], v: &Verified) -> StoreResult<Option<Vec<u8>>> {
+    if !v.fallback && (v.header.sealed() || !keys.seals()) {
+        return Ok(None);
+    }
+    let h = &v.header;
+    let stored = seal_bound(keys, digest, h.created, &v.payload)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + stored.len());
+    let mut head = [0u8; HEADER_LEN];
+    head[..8].copy_from_slice(&sealed_head8());
+    head[8..16].copy_from_slice(&h.seq.wrapping_add(1).to_le_bytes());
+    head[16..24].copy_from_slice(&h.created.to_bits().to_le_bytes());
+    head[24..32].copy_from_slice(&h.saved_at.to_bits().to_le_bytes());
+    let len = u32::try_from(stored.len()).map_err(|_| StoreError::TooLarge(stored.len()))?;
+    head[32..36].copy_from_slice(&len.to_le_bytes());
+    let t = tag(&keys.primary().tag, &head, digest, &stored);
+    head[TAG_OFFSET..].copy_from_slice(&t);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&stored);
+    Ok(Some(out))
+}
+
+/// [`Rekey`] for a record stored as one value (the network backends), known by the digest
+/// of its id.
+pub fn rekey_value(keys: &Keys, digest: &[u8; 32], value: &[u8]) -> StoreResult<Rekey> {
+    let header = match parse_header(value) {
+        Ok(h) if value.len() == HEADER_LEN + h.payload_len => h,
+        Ok(_) | Err(HeaderError::Garbage) => return Ok(Rekey::Corrupt),
+        Err(HeaderError::Newer(_)) => return Ok(Rekey::Newer),
+    };
+    if !header.sealed() {
+        return Ok(Rekey::Plain);
+    }
+    let Some(v) = open_bound(keys, value, &header, digest, &value[HEADER_LEN..]) else {
+        return Ok(Rekey::Unopenable);
+    };
+    Ok(match reseal(keys, digest, &v)? {
+        Some(slot) => Rekey::Reseal(slot),
+        None => Rekey::Current,
+    })
 }
 
 /// Slot size for a payload of `len` bytes: room for 25% growth before the file must be
@@ -251,8 +553,8 @@ pub fn slot_size_for(len: usize) -> usize {
 /// Outcome of choosing the current slot among the two.
 #[derive(Debug, PartialEq)]
 pub enum Choice {
-    /// Slot index, its header and its payload.
-    Valid(usize, SlotHeader, Vec<u8>),
+    /// Slot index and what it holds, verified and opened.
+    Valid(usize, Verified),
     /// No valid slot; at least one was written by a newer format version.
     Newer(u16),
     /// No valid slot, but at least one is whole and well-formed and only its tag fails under
@@ -261,13 +563,52 @@ pub enum Choice {
     Unauthenticated,
     /// No valid slot.
     Corrupt,
+    /// Read by digest only (`Name::Digest`): the newest slot is a version 1 record, bound to
+    /// the id, which the reader does not know; left for its session's next save.
+    Unbound,
 }
 
-/// Picks the newest slot that verifies. `read_slot(i, header)` returns the bytes of slot `i`'s
-/// header and payload (the caller may have them in memory already or read them on demand).
+/// Picks the newest slot that verifies (and opens). `payload_of(i, header)` returns slot
+/// `i`'s stored bytes (the caller may have them in memory already or read them on demand).
 pub fn choose<F>(
     keys: &Keys,
     id: &SessionId,
+    heads: [&[u8]; 2],
+    slot_size: usize,
+    payload_of: F,
+) -> Choice
+where
+    F: FnMut(usize, &SlotHeader) -> Option<Vec<u8>>,
+{
+    choose_named(keys, Name::Id(id), heads, slot_size, payload_of)
+}
+
+/// How a record is known to whoever reads it: by its session id (a request), or only by
+/// the digest of its id that names it in the store (a walk over the store, which never
+/// sees ids).
+#[derive(Clone, Copy, Debug)]
+pub enum Name<'a> {
+    /// The session id.
+    Id(&'a SessionId),
+    /// SHA-256 of the id's hex form (`shard::digest_bytes`).
+    Digest(&'a [u8; 32]),
+}
+
+/// The bytes a record under `name` is bound to, if `name` is enough to know them (a version
+/// 1 record is bound to the id itself).
+fn bound_to(name: Name<'_>, sealed: bool) -> Option<Vec<u8>> {
+    match name {
+        Name::Id(id) => Some(binding(id, sealed)),
+        Name::Digest(digest) if sealed => Some(digest.to_vec()),
+        Name::Digest(_) => None,
+    }
+}
+
+/// [`choose`] for a record known by its id or only by its digest: by digest, a version 1
+/// slot cannot be verified, and [`Choice::Unbound`] says the newest slot is one.
+pub fn choose_named<F>(
+    keys: &Keys,
+    name: Name<'_>,
     heads: [&[u8]; 2],
     slot_size: usize,
     mut payload_of: F,
@@ -289,10 +630,13 @@ where
     candidates.sort_by_key(|c| std::cmp::Reverse(c.1.seq));
     let mut whole = false;
     for (i, header) in candidates {
-        if let Some(payload) = payload_of(i, &header) {
-            if payload.len() == header.payload_len {
-                if verify(keys, heads[i], &header, id, &payload) {
-                    return Choice::Valid(i, header, payload);
+        let Some(bind) = bound_to(name, header.sealed()) else {
+            return Choice::Unbound;
+        };
+        if let Some(stored) = payload_of(i, &header) {
+            if stored.len() == header.payload_len {
+                if let Some(verified) = open_bound(keys, heads[i], &header, &bind, &stored) {
+                    return Choice::Valid(i, verified);
                 }
                 whole = true;
             }
@@ -313,51 +657,101 @@ mod tests {
         SessionId::parse("0123456789abcdef0123456789abcdef").unwrap()
     }
 
+    fn slot(keys: &Keys, seq: u64, payload: &[u8]) -> Vec<u8> {
+        encode_slot(keys, &id(), seq, 1.0, seq as f64, payload).unwrap()
+    }
+
+    /// The payload a slot opens to under `keys` for `id`, if any.
+    fn opened(keys: &Keys, id: &SessionId, bytes: &[u8]) -> Option<Verified> {
+        let h = parse_header(bytes).ok()?;
+        let stored = bytes.get(HEADER_LEN..HEADER_LEN.checked_add(h.payload_len)?)?;
+        open(keys, bytes, &h, id, stored)
+    }
+
     fn check(keys: &Keys, bytes: &[u8]) -> bool {
-        let h = parse_header(bytes).unwrap();
-        verify(
-            keys,
-            bytes,
-            &h,
-            &id(),
-            &bytes[HEADER_LEN..HEADER_LEN + h.payload_len],
-        )
+        opened(keys, &id(), bytes).is_some()
     }
 
     #[test]
     fn round_trip() {
+        for encrypt in [true, false] {
+            let keys = Keys::new(&[b"secret".to_vec()]).encrypting(encrypt);
+            let slot = encode_slot(&keys, &id(), 7, 1.5, 2.5, b"payload").unwrap();
+            let h = parse_header(&slot).unwrap();
+            let len = if encrypt { 7 + SEAL_OVERHEAD } else { 7 };
+            assert_eq!(
+                (h.seq, h.created, h.saved_at, h.payload_len, h.sealed()),
+                (7, 1.5, 2.5, len, encrypt)
+            );
+            assert_eq!(slot.len(), HEADER_LEN + stored_len(&keys, 7));
+            let v = opened(&keys, &id(), &slot).unwrap();
+            assert_eq!((v.payload.as_slice(), v.stale), (&b"payload"[..], false));
+        }
+    }
+
+    #[test]
+    fn sealed_records_hide_the_payload_and_use_fresh_nonces() {
         let keys = Keys::new(&[b"secret".to_vec()]);
-        let slot = encode_slot(&keys, &id(), 7, 1.5, 2.5, b"payload");
-        let h = parse_header(&slot).unwrap();
-        assert_eq!(
-            (h.seq, h.created, h.saved_at, h.payload_len),
-            (7, 1.5, 2.5, 7)
-        );
-        assert!(check(&keys, &slot));
+        let marker = b"MARKER-7f3a9c-oauth-token";
+        let a = slot(&keys, 1, marker);
+        let b = slot(&keys, 1, marker);
+        assert!(!a.windows(marker.len()).any(|w| w == marker));
+        assert_ne!(a[HEADER_LEN..], b[HEADER_LEN..]);
+        assert_eq!(parse_header(&a).unwrap().created, 1.0);
+        // Without a secret nothing is sealed (a public key would hide nothing).
+        let unkeyed = Keys::new(&[]);
+        assert!(!unkeyed.seals() && unkeyed.wants_encryption());
+        let plain = slot(&unkeyed, 1, marker);
+        assert!(!parse_header(&plain).unwrap().sealed());
+        assert_eq!(&plain[HEADER_LEN..], marker);
     }
 
     #[test]
     fn every_bit_flip_is_detected() {
-        let keys = Keys::new(&[]);
-        let slot = encode_slot(&keys, &id(), 1, 1.0, 1.0, b"some pickled bytes");
-        for byte in 0..slot.len() {
-            for bit in 0..8 {
-                let mut bad = slot.clone();
-                bad[byte] ^= 1 << bit;
-                let ok = match parse_header(&bad) {
-                    Ok(h) if HEADER_LEN + h.payload_len <= bad.len() => verify(
-                        &keys,
-                        &bad,
-                        &h,
-                        &id(),
-                        &bad[HEADER_LEN..HEADER_LEN + h.payload_len],
-                    ),
-                    _ => false,
-                };
-                // Flipping a reserved byte is covered by the tag as well.
-                assert!(!ok, "flip of byte {byte} bit {bit} went unnoticed");
+        for keys in [Keys::new(&[]), Keys::new(&[b"k".to_vec()])] {
+            let slot = slot(&keys, 1, b"some pickled bytes");
+            for byte in 0..slot.len() {
+                for bit in 0..8 {
+                    let mut bad = slot.clone();
+                    bad[byte] ^= 1 << bit;
+                    // Flipping a reserved byte is covered by the tag as well.
+                    assert!(
+                        !check(&keys, &bad),
+                        "flip of byte {byte} bit {bit} went unnoticed"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_valid_tag_over_forged_ciphertext_does_not_open() {
+        // Someone holding the tag key but not the encryption key (impossible with one
+        // secret, but the two checks must each hold): the AEAD still refuses the bytes.
+        let keys = Keys::new(&[b"k".to_vec()]);
+        let mut s = slot(&keys, 1, b"payload");
+        s[HEADER_LEN + NONCE_LEN] ^= 1;
+        let h = parse_header(&s).unwrap();
+        let t = tag(
+            &keys.primary().tag,
+            &s,
+            &binding(&id(), true),
+            &s[HEADER_LEN..],
+        );
+        s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
+        assert!(verify(&keys, &s, &h, &id(), &s[HEADER_LEN..]));
+        assert!(opened(&keys, &id(), &s).is_none());
+        // Nor does a sealed record whose created time was rewritten (associated data).
+        let mut s = slot(&keys, 1, b"payload");
+        s[16..24].copy_from_slice(&5.0f64.to_bits().to_le_bytes());
+        let t = tag(
+            &keys.primary().tag,
+            &s,
+            &binding(&id(), true),
+            &s[HEADER_LEN..],
+        );
+        s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
+        assert!(opened(&keys, &id(), &s).is_none());
     }
 
     #[test]
@@ -366,26 +760,59 @@ mod tests {
         let other = Keys::new(&[b"k2".to_vec()]);
         let unkeyed = Keys::new(&[]);
         let with_fallback = Keys::new(&[b"k2".to_vec(), b"k1".to_vec()]);
-        let slot = encode_slot(&signed, &id(), 1, 1.0, 1.0, b"x");
+        let slot = slot(&signed, 1, b"x");
         assert!(check(&signed, &slot));
         assert!(!check(&other, &slot));
         assert!(!check(&unkeyed, &slot));
-        assert!(check(&with_fallback, &slot));
+        // A fallback opens it, and marks it stale (re-sealed under k2 on its next save).
+        let v = opened(&with_fallback, &id(), &slot).unwrap();
+        assert_eq!((v.payload.as_slice(), v.stale), (&b"x"[..], true));
         // A checksum-only (planted) record is refused by a keyed store.
-        let planted = encode_slot(&unkeyed, &id(), 1, 1.0, 1.0, b"x");
+        let planted = encode_slot(&unkeyed, &id(), 1, 1.0, 1.0, b"x").unwrap();
         assert!(!check(&signed, &planted));
         // Another id does not verify.
-        let h = parse_header(&slot).unwrap();
         let other_id = SessionId::parse("ffffffffffffffffffffffffffffffff").unwrap();
-        assert!(!verify(&signed, &slot, &h, &other_id, b"x"));
+        assert!(opened(&signed, &other_id, &slot).is_none());
+    }
+
+    #[test]
+    fn plain_records_of_0_3_still_open_and_are_stale_when_sealing() {
+        let plain_keys = Keys::new(&[b"k".to_vec()]).encrypting(false);
+        let old = slot(&plain_keys, 1, b"pickle");
+        assert_eq!(u16_at(&old, 4), VERSION_PLAIN);
+        let sealing = Keys::new(&[b"k".to_vec()]);
+        let v = opened(&sealing, &id(), &old).unwrap();
+        assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
+        // And a sealed record opens with encryption turned off (stale: saved plain next).
+        let sealed = slot(&sealing, 1, b"pickle");
+        let v = opened(&plain_keys, &id(), &sealed).unwrap();
+        assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
+    }
+
+    #[test]
+    fn the_sealed_flag_must_match_the_version() {
+        let keys = Keys::new(&[b"k".to_vec()]);
+        let mut s = slot(&keys, 1, b"x");
+        s[4..6].copy_from_slice(&VERSION_PLAIN.to_le_bytes());
+        assert_eq!(parse_header(&s), Err(HeaderError::Garbage));
+        let mut p = slot(&keys.clone().encrypting(false), 1, b"x");
+        p[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        assert_eq!(parse_header(&p), Err(HeaderError::Garbage));
+        // Too short to hold a nonce and a tag: never opens, never panics.
+        let mut short = s[..HEADER_LEN].to_vec();
+        short[32..36].copy_from_slice(&0u32.to_le_bytes());
+        assert!(opened(&keys, &id(), &short).is_none());
     }
 
     #[test]
     fn whole_values_are_checked_for_length_tag_and_version() {
         let keys = Keys::new(&[b"k".to_vec()]);
-        let value = encode_slot(&keys, &id(), 1, 1.0, 2.0, b"payload");
-        let header = check_value(&keys, &id(), &value).unwrap();
-        assert_eq!((header.created, header.payload_len), (1.0, 7));
+        let value = encode_slot(&keys, &id(), 1, 1.0, 2.0, b"payload").unwrap();
+        let v = check_value(&keys, &id(), &value).unwrap();
+        assert_eq!(
+            (v.header.created, v.payload.as_slice()),
+            (1.0, &b"payload"[..])
+        );
         // One byte more or less than the header announces: torn.
         assert_eq!(
             check_value(&keys, &id(), &value[..value.len() - 1]),
@@ -422,7 +849,7 @@ mod tests {
     #[test]
     fn newer_versions_and_garbage_are_told_apart() {
         let keys = Keys::new(&[]);
-        let mut slot = encode_slot(&keys, &id(), 1, 1.0, 1.0, b"x");
+        let mut slot = slot(&keys, 1, b"x");
         slot[4] = 9;
         assert_eq!(parse_header(&slot), Err(HeaderError::Newer(9)));
         assert_eq!(parse_header(b"short"), Err(HeaderError::Garbage));
@@ -431,30 +858,35 @@ mod tests {
 
     #[test]
     fn choose_prefers_the_newest_valid_slot() {
-        let keys = Keys::new(&[]);
+        let keys = Keys::new(&[b"k".to_vec()]);
         let size = 512;
-        let a = encode_slot(&keys, &id(), 1, 1.0, 1.0, b"old");
-        let b = encode_slot(&keys, &id(), 2, 1.0, 2.0, b"new");
+        let a = slot(&keys, 1, b"old");
+        let b = slot(&keys, 2, b"new");
         fn payload<'a>(
             slots: [&'a Vec<u8>; 2],
         ) -> impl FnMut(usize, &SlotHeader) -> Option<Vec<u8>> + 'a {
             move |i, h| Some(slots[i][HEADER_LEN..HEADER_LEN + h.payload_len].to_vec())
         }
-        assert!(matches!(
-            choose(&keys, &id(), [&a, &b], size, payload([&a, &b])),
-            Choice::Valid(1, _, _)
-        ));
+        match choose(&keys, &id(), [&a, &b], size, payload([&a, &b])) {
+            Choice::Valid(1, v) => assert_eq!(v.payload, b"new"),
+            other => panic!("{other:?}"),
+        }
         let mut torn = b.clone();
         let last = torn.len() - 1;
         torn[last] ^= 0xff;
-        assert!(matches!(
-            choose(&keys, &id(), [&a, &torn], size, payload([&a, &torn])),
-            Choice::Valid(0, _, _)
-        ));
+        match choose(&keys, &id(), [&a, &torn], size, payload([&a, &torn])) {
+            Choice::Valid(0, v) => assert_eq!(v.payload, b"old"),
+            other => panic!("{other:?}"),
+        }
         let zero = vec![0u8; 64];
         assert_eq!(
             choose(&keys, &id(), [&zero, &zero], size, payload([&zero, &zero])),
             Choice::Corrupt
+        );
+        let other = Keys::new(&[b"other".to_vec()]);
+        assert_eq!(
+            choose(&other, &id(), [&a, &b], size, payload([&a, &b])),
+            Choice::Unauthenticated
         );
     }
 

@@ -10,6 +10,24 @@ pub enum WalkMode {
     Sweep,
     /// Remove every session (records, temporary and legacy files).
     Clear,
+    /// Re-seal every record opened under a fallback key (or not sealed though it could be)
+    /// under the current key, keeping its times (`flask beaker-session rekey`); removes
+    /// nothing: a record no key opens is counted and left for a request or sweep.
+    Rekey,
+    /// `Rekey`, counting only (`rekey --dry-run`).
+    RekeyDryRun,
+}
+
+impl WalkMode {
+    /// Whether the walk removes anything (expired or garbled records, leftovers).
+    pub fn removes(self) -> bool {
+        matches!(self, WalkMode::Sweep | WalkMode::Clear)
+    }
+
+    /// Whether this is a rekey walk (dry run or not).
+    pub fn rekeys(self) -> bool {
+        matches!(self, WalkMode::Rekey | WalkMode::RekeyDryRun)
+    }
 }
 
 /// Upper bounds (bytes) of the size histogram buckets; the last bucket is "larger".
@@ -50,13 +68,23 @@ pub struct Report {
     /// or other non-file where a record, a shard or the sweep stamp belongs): left alone,
     /// not counted as sessions.
     pub foreign: u64,
+    /// Records re-sealed under the current key (`Rekey`; would be, `RekeyDryRun`).
+    pub rekeyed: u64,
+    /// Records already sealed under the current key (`Rekey*`).
+    pub current: u64,
+    /// Unsealed (version 1) records, which only their session's next save can seal: they
+    /// are bound to the id, which no store keeps (`Rekey*`).
+    pub plain: u64,
+    /// Records no key opens, left in place (`Rekey*`): written under a key that is neither
+    /// `SECRET_KEY` nor one of its fallbacks, or forged.
+    pub unopenable: u64,
     /// Record sizes: counts per `SIZE_BUCKETS` bucket, plus one for larger.
     pub sizes: [u64; 7],
 }
 
 impl Report {
     /// The counters by name (everything but `sizes`), in declaration order.
-    pub fn counts(&self) -> [(&'static str, u64); 14] {
+    pub fn counts(&self) -> [(&'static str, u64); 18] {
         [
             ("records", self.records),
             ("bytes", self.bytes),
@@ -72,6 +100,10 @@ impl Report {
             ("errors", self.errors),
             ("symlinks", self.symlinks),
             ("foreign", self.foreign),
+            ("rekeyed", self.rekeyed),
+            ("current", self.current),
+            ("plain", self.plain),
+            ("unopenable", self.unopenable),
         ]
     }
 
@@ -91,6 +123,10 @@ impl Report {
         self.errors += o.errors;
         self.symlinks += o.symlinks;
         self.foreign += o.foreign;
+        self.rekeyed += o.rekeyed;
+        self.current += o.current;
+        self.plain += o.plain;
+        self.unopenable += o.unopenable;
         for (a, b) in self.sizes.iter_mut().zip(o.sizes) {
             *a += b;
         }

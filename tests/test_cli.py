@@ -37,7 +37,7 @@ from helpers import (
 from legacy_objects import LegacyThing
 from redis_server import RedisServer, free_port
 
-COMMANDS = ["sweep", "stats", "clear", "migrate"]
+COMMANDS = ["sweep", "stats", "clear", "migrate", "rekey"]
 
 
 # -- helpers ---------------------------------------------------------------------------

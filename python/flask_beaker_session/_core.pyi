@@ -103,6 +103,8 @@ class WalkMode:
     Stats: ClassVar[WalkMode]
     Sweep: ClassVar[WalkMode]
     Clear: ClassVar[WalkMode]
+    Rekey: ClassVar[WalkMode]
+    RekeyDryRun: ClassVar[WalkMode]
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
@@ -189,7 +191,9 @@ class PostgresBackend:
 @final
 class StoreConfig:
     """Everything a store needs, fixed at ``init_app``. Timeouts are seconds; ``None``
-    disables the idle timeout / absolute lifetime. ``keys``: the tag keys, current first."""
+    disables the idle timeout / absolute lifetime. ``keys``: the secrets records are tagged
+    and sealed under, current first; ``encrypt``: seal (encrypt) records when there is a
+    secret (``SESSION_ENCRYPT``)."""
 
     def __new__(
         cls,
@@ -200,6 +204,7 @@ class StoreConfig:
         absolute_timeout: float | None = None,
         lock_timeout: float = 10.0,
         max_waiters: int | None = None,
+        encrypt: bool = True,
     ) -> StoreConfig: ...
     @property
     def backend(self) -> FileBackend | MemoryBackend | RedisBackend | PostgresBackend: ...
@@ -250,6 +255,18 @@ class Report:
     @property
     def foreign(self) -> int:
         """Entries the store never writes, left alone (not counted as sessions)."""
+    @property
+    def rekeyed(self) -> int:
+        """Records re-sealed under the current key (``Rekey``; would be, ``RekeyDryRun``)."""
+    @property
+    def current(self) -> int:
+        """Records already sealed under the current key (rekey walks)."""
+    @property
+    def plain(self) -> int:
+        """Unsealed records, sealed by their session's next save (rekey walks)."""
+    @property
+    def unopenable(self) -> int:
+        """Records no key opens, left in place (rekey walks)."""
     @property
     def sizes(self) -> list[int]: ...
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +329,9 @@ class Handle:
     def created(self) -> float | None: ...
     @property
     def last_access(self) -> float | None: ...
+    @property
+    def stale(self) -> bool:
+        """Not stored as the store writes now (fallback key, other format, legacy file)."""
     @property
     def payload(self) -> bytes:
         """The stored payload (pickle bytes) as loaded."""

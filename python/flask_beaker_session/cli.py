@@ -2,7 +2,8 @@
 
 ``sweep`` removes expired sessions and leftovers (``--dry-run``: says what it would
 remove), ``stats`` describes the store, ``clear`` removes every session, ``migrate``
-converts the original package's Beaker files, ``init-db`` creates the PostgreSQL table
+converts the original package's Beaker files, ``rekey`` re-encrypts every record under the
+current ``SECRET_KEY`` (``--dry-run``: counts only), ``init-db`` creates the PostgreSQL table
 (idempotent; a deploy step for roles that should not run DDL at request time); with
 ``SESSION_USER_KEY``, ``sessions USER`` lists a user's sessions and ``revoke USER``
 ends them. Each runs
@@ -326,6 +327,60 @@ def init_db_command() -> None:
         click.echo(f"created {_where(store)} (and its expires_at index)")
     else:
         click.echo(f"{_where(store)} already exists (index checked)")
+
+
+@group.command("rekey")
+@click.option(
+    "--dry-run", is_flag=True, help="Only count what would be re-encrypted (writes nothing)."
+)
+@_store_errors
+def rekey_command(dry_run: bool) -> None:
+    """Re-encrypt every stored session under the current SECRET_KEY, so that the keys in
+    SECRET_KEY_FALLBACKS can be removed afterwards."""
+    config = _interface().config
+    if config.type == "memory":
+        click.echo("nothing to rekey: memory sessions never leave the process (never encrypted)")
+        return
+    store = _store()
+    missing = _missing_data_dir(store)
+    if missing is not None:
+        click.echo(f"nothing to rekey: {missing}")
+        return
+    click.echo(f"{'checking' if dry_run else 're-encrypting'} the sessions in {_where(store)} ...")
+    mode = _core.WalkMode.RekeyDryRun if dry_run else _core.WalkMode.Rekey
+    # One native walk: each record is re-sealed under its lock, into the slot a save would
+    # write (crash-safe), with its times kept; a run can be interrupted and repeated.
+    report = store.walk(_interface().clock(), mode)
+    verb = "would re-encrypt" if dry_run else "re-encrypted"
+    click.echo(
+        f"{verb} {report.rekeyed} of {report.records} sessions; "
+        f"{report.current} already under the current key"
+        + (" (nothing was written)" if dry_run else "")
+    )
+    if report.plain:
+        click.echo(
+            f"{report.plain} unencrypted sessions (written by 0.3, or with SESSION_ENCRYPT "
+            "= False) are encrypted by their next save, not by this command: they are bound "
+            "to their session id, which the store does not keep. Keep SECRET_KEY_FALLBACKS "
+            "until they are saved or expire (SESSION_TIMEOUT)",
+            err=True,
+        )
+    if report.unopenable:
+        click.echo(
+            f"{report.unopenable} records open under no configured key (left in place; a "
+            "request or sweep removes them): if that is unexpected, check SECRET_KEY and "
+            "SECRET_KEY_FALLBACKS before removing a key",
+            err=True,
+        )
+    if report.corrupt:
+        click.echo(f"{report.corrupt} corrupt records left to the sweeper", err=True)
+    if report.errors:
+        click.echo(
+            f"{report.errors} records could not be read, or a request held them for longer "
+            "than SESSION_LOCK_TIMEOUT: run the command again",
+            err=True,
+        )
+        raise click.exceptions.Exit(1)
 
 
 @group.command("migrate")

@@ -61,6 +61,14 @@ SESSION_READ_LEGACY = True
 #: ``_accessed_time`` listed and counted among the keys.
 SESSION_TIME_KEYS = False
 
+#: ``True``: whenever there is a secret (``SECRET_KEY``, or the key the file backend
+#: generates in the data dir without one) every record's data is encrypted at rest
+#: (XChaCha20-Poly1305 under a key derived from the secret; docs/security.md). ``False``:
+#: records are authenticated only (tagged, not encrypted), as in 0.3: whoever can read the
+#: data dir, a Redis dump or the table reads every session. Either way records written
+#: the other way still load, and are rewritten this way on their next save.
+SESSION_ENCRYPT = True
+
 #: Count what the session layer does (opens, saves, lock waits, timeouts, outages, sweeps)
 #: in :mod:`flask_beaker_session.metrics`, exported to Prometheus when ``prometheus_client``
 #: is installed. Off: nothing is counted and the request path does not look at metrics.
@@ -202,6 +210,7 @@ class SessionConfig:
     locking: bool = True
     time_keys: bool = SESSION_TIME_KEYS
     metrics: bool = SESSION_METRICS
+    encrypt: bool = SESSION_ENCRYPT
     sweep_interval: float | None = SESSION_SWEEP_INTERVAL
     max_size: int = SESSION_MAX_SIZE
     redis_url: str = SESSION_REDIS_URL
@@ -623,6 +632,7 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         locking=_bool("SESSION_LOCKING", config.get("SESSION_LOCKING", SESSION_LOCKING)),
         time_keys=_bool("SESSION_TIME_KEYS", config.get("SESSION_TIME_KEYS", SESSION_TIME_KEYS)),
         metrics=_bool("SESSION_METRICS", config.get("SESSION_METRICS", SESSION_METRICS)),
+        encrypt=_bool("SESSION_ENCRYPT", config.get("SESSION_ENCRYPT", SESSION_ENCRYPT)),
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         redis_connect_timeout=_positive(

@@ -92,6 +92,7 @@ def build_store(config: SessionConfig) -> _core.Store:
                 backend=_backend(config),
                 # Memory sessions never leave the process: nothing to authenticate.
                 keys=() if config.type == "memory" else config.secret_keys,
+                encrypt=config.encrypt,
                 idle_timeout=config.timeout,
                 absolute_timeout=config.absolute_timeout,
                 lock_timeout=config.lock_timeout,

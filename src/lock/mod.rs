@@ -9,6 +9,6 @@ mod file;
 mod fork;
 mod thread;
 
-pub use file::{flock_bounded, try_flock, Flock, LockedFile};
+pub use file::{flock_bounded, flock_until, try_flock, Flock, LockedFile};
 pub use fork::{clear_if_free, clone_if_free, generation, lock, reset_after_fork, ForkLocal};
 pub use thread::{deadline_after, Acquired, LockKey, LockScope, ThreadLock};

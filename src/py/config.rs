@@ -258,9 +258,11 @@ impl PyStoreConfig {
             absolute_timeout = None,
             lock_timeout = 10.0,
             max_waiters = None,
+            encrypt = true,
         ),
-        text_signature = "(*, backend, keys=(), idle_timeout=None, absolute_timeout=None, lock_timeout=10.0, max_waiters=None)"
+        text_signature = "(*, backend, keys=(), idle_timeout=None, absolute_timeout=None, lock_timeout=10.0, max_waiters=None, encrypt=True)"
     )]
+    #[allow(clippy::too_many_arguments)] // keyword-only, one per setting
     fn new(
         backend: &Bound<'_, PyAny>,
         keys: Vec<Vec<u8>>,
@@ -268,12 +270,13 @@ impl PyStoreConfig {
         absolute_timeout: Option<f64>,
         lock_timeout: f64,
         max_waiters: Option<usize>,
+        encrypt: bool,
     ) -> PyResult<Self> {
         Ok(PyStoreConfig {
             backend_config: backend_config(backend)?,
             backend: backend.clone().unbind(),
             config: StoreConfig {
-                keys: Keys::new(&keys),
+                keys: Keys::new(&keys).encrypting(encrypt),
                 expiry: Expiry {
                     idle: idle_timeout,
                     absolute: absolute_timeout,

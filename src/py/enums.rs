@@ -112,6 +112,8 @@ pub enum PyWalkMode {
     Stats,
     Sweep,
     Clear,
+    Rekey,
+    RekeyDryRun,
 }
 
 impl From<PyWalkMode> for WalkMode {
@@ -120,6 +122,8 @@ impl From<PyWalkMode> for WalkMode {
             PyWalkMode::Stats => WalkMode::Stats,
             PyWalkMode::Sweep => WalkMode::Sweep,
             PyWalkMode::Clear => WalkMode::Clear,
+            PyWalkMode::Rekey => WalkMode::Rekey,
+            PyWalkMode::RekeyDryRun => WalkMode::RekeyDryRun,
         }
     }
 }

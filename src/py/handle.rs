@@ -61,6 +61,13 @@ impl PyHandle {
         self.loaded.last_access
     }
 
+    /// Not stored as the store writes now (a fallback key, the other format, a legacy
+    /// file): the next save rewrites it.
+    #[getter]
+    fn stale(&self) -> bool {
+        self.loaded.stale
+    }
+
     /// The stored payload (pickle bytes) as loaded.
     #[getter]
     fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

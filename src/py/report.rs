@@ -71,6 +71,22 @@ impl PyReport {
         self.0.foreign
     }
     #[getter]
+    fn rekeyed(&self) -> u64 {
+        self.0.rekeyed
+    }
+    #[getter]
+    fn current(&self) -> u64 {
+        self.0.current
+    }
+    #[getter]
+    fn plain(&self) -> u64 {
+        self.0.plain
+    }
+    #[getter]
+    fn unopenable(&self) -> u64 {
+        self.0.unopenable
+    }
+    #[getter]
     fn sizes(&self) -> Vec<u64> {
         self.0.sizes.to_vec()
     }

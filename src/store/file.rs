@@ -168,6 +168,8 @@ pub struct FileHandle {
     pub created: Option<f64>,
     /// Time of the previous access, when known without Python.
     pub last_access: Option<f64>,
+    /// Opened under a fallback key or in the other format: the next save rewrites it.
+    pub stale: bool,
     _thread_lock: ThreadLock,
 }
 
@@ -341,6 +343,7 @@ impl FileStore {
         let mut handle =
             self.handle(id, path, Found::Record(shard), locked, origin, thread_lock)?;
         handle.payload = read.payload;
+        handle.stale = read.stale;
         handle.created = Some(read.created);
         handle.last_access = Some(last_access);
         Ok(Step::Done(Opened::Found(handle)))
@@ -376,6 +379,7 @@ impl FileStore {
             payload: Vec::new(),
             created: None,
             last_access: None,
+            stale: false,
             _thread_lock: lock,
         })
     }
@@ -519,8 +523,8 @@ impl FileStore {
         check_len(payload)?;
         let path = self.record_path(id);
         let keys = self.shared.keys.signing()?;
-        let slot = record::encode_slot(keys, id, 1, created, now, payload);
-        let slot_size = record::slot_size_for(payload.len());
+        let slot = record::encode_slot(keys, id, 1, created, now, payload)?;
+        let slot_size = record::slot_size_for(slot.len() - record::HEADER_LEN);
         let (shard, file) = self.create_record(record_name(&path), &path)?;
         if let Err(e) = fill_new(&file, &path, &slot, slot_size, now) {
             // Nothing of a half-written new record may stay behind (disk full, quota).
@@ -552,6 +556,22 @@ impl Store for FileStore {
 
     fn walk(&self, now: f64, mode: WalkMode, threads: usize) -> StoreResult<Report> {
         let (dir, expiry) = (&self.shared.data_dir, &self.shared.cfg.expiry);
+        if mode.rekeys() {
+            let rekeying = sweep::Rekeying {
+                keys: self.shared.keys.existing()?,
+                max_payload: self.shared.max_size,
+                lock_timeout: self.shared.cfg.lock_timeout,
+            };
+            let threads = worker_count(threads);
+            return Ok(sweep::walk_with(
+                dir,
+                expiry,
+                now,
+                mode,
+                threads,
+                Some(&rekeying),
+            ));
+        }
         Ok(sweep::walk(dir, expiry, now, mode, worker_count(threads)))
     }
 

@@ -97,7 +97,7 @@ pub fn is_digest(name: &str) -> bool {
 /// and without the secret a handle cannot even be checked against a guessed id. Stable for
 /// as long as `SECRET_KEY` is.
 pub fn handle_of(keys: &Keys, id: &SessionId) -> String {
-    let key = blake3::derive_key(HANDLE_CONTEXT, keys.primary());
+    let key = blake3::derive_key(HANDLE_CONTEXT, keys.handle_root());
     let hash = blake3::keyed_hash(&key, id.as_bytes());
     hex::encode(&hash.as_bytes()[..16])
 }

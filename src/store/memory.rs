@@ -143,7 +143,8 @@ impl Store for MemoryStore {
             }
         }
         match mode {
-            WalkMode::Stats => {}
+            // Nothing here is sealed: the sessions never leave this process.
+            WalkMode::Stats | WalkMode::Rekey | WalkMode::RekeyDryRun => {}
             WalkMode::Sweep => data.retain(|_, e| !self.shared.expired(now, e)),
             WalkMode::Clear => data.clear(),
         }
@@ -151,7 +152,7 @@ impl Store for MemoryStore {
         // As the file store counts: the expired are not live, whether or not this walk
         // removed them.
         report.live = match mode {
-            WalkMode::Stats => before - report.expired,
+            WalkMode::Stats | WalkMode::Rekey | WalkMode::RekeyDryRun => before - report.expired,
             WalkMode::Sweep | WalkMode::Clear => data.len() as u64,
         };
         Ok(report)
@@ -209,6 +210,8 @@ impl SessionHandle for MemoryHandle {
             kind: PayloadKind::Record,
             created: Some(self.entry.created),
             last_access: Some(self.entry.last_access),
+            // Kept as Python objects' pickles in this process: never sealed, never stale.
+            stale: false,
         }
     }
 

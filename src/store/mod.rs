@@ -210,6 +210,10 @@ pub struct Loaded {
     pub created: Option<f64>,
     /// Last access (see `expiry::last_access`), when known without unpickling.
     pub last_access: Option<f64>,
+    /// Not stored as the store would write it now (under a fallback key, sealed or not
+    /// against `SESSION_ENCRYPT`, or a legacy file): its next save rewrites it, and
+    /// `flask beaker-session rekey` saves it for that reason alone.
+    pub stale: bool,
 }
 
 /// A session store.

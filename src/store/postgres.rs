@@ -47,7 +47,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::{self, Expiry};
 use crate::lock::{clear_if_free, generation, lock, ForkLocal, LockKey, LockScope, ThreadLock};
-use crate::record::{self, HEADER_LEN};
+use crate::record::{self, Rekey};
 use crate::report::{Report, WalkMode, SIZE_BUCKETS};
 use crate::shard;
 use crate::sid::SessionId;
@@ -137,6 +137,8 @@ struct Sql {
     stats: String,
     sweep: String,
     clear: String,
+    rekey_page: String,
+    rekey: String,
 }
 
 impl Sql {
@@ -199,6 +201,14 @@ impl Sql {
                    RETURNING octet_length(record) AS n)
                  SELECT count(*), coalesce(sum(n), 0)::int8 FROM d"
             ),
+            // `rekey`: the table a page at a time in id order, then each re-sealed record
+            // written back only if its header is still the one read (a request that saved
+            // meanwhile wrote under the current key already).
+            rekey_page: format!("SELECT id, record FROM {t} WHERE id > $1 ORDER BY id LIMIT $2"),
+            rekey: format!(
+                "UPDATE {t} SET record = $3 WHERE id = $1 AND substring(record FROM 1 FOR 64) = $2
+                 RETURNING 1"
+            ),
         }
     }
 }
@@ -230,6 +240,8 @@ pub struct PostgresHandle {
     created: f64,
     last_access: f64,
     seq: u64,
+    /// Opened under a fallback key or in the other format (`record::Verified::stale`).
+    stale: bool,
     released: bool,
     generation: u64,
     _lock: ThreadLock,
@@ -353,6 +365,64 @@ impl Shared {
         Ok(report)
     }
 
+    /// `Rekey` (or its dry run, `write` false) over the whole table, a page at a time.
+    fn rekey(&self, write: bool) -> StoreResult<Report> {
+        let mut report = Report::default();
+        let mut after = String::new();
+        loop {
+            let rows = self.query(
+                &self.sql.rekey_page,
+                &[(&after, Type::TEXT), (&BATCH, Type::INT8)],
+            )?;
+            for row in &rows {
+                let id: String = column(row, 0)?;
+                let value: Vec<u8> = column(row, 1)?;
+                report.records += 1;
+                report.bytes += value.len() as u64;
+                report.add_size(value.len() as u64);
+                let mut digest = [0u8; 32];
+                if hex::decode_to_slice(&id, &mut digest).is_err() {
+                    report.foreign += 1;
+                } else {
+                    self.rekey_one(&id, &digest, &value, write, &mut report)?;
+                }
+                after = id;
+            }
+            if rows.len() < BATCH as usize {
+                return Ok(report);
+            }
+        }
+    }
+
+    fn rekey_one(
+        &self,
+        id: &str,
+        digest: &[u8; 32],
+        value: &[u8],
+        write: bool,
+        report: &mut Report,
+    ) -> StoreResult<()> {
+        match record::rekey_value(&self.cfg.keys, digest, value)? {
+            Rekey::Reseal(new) if write => {
+                let head = &value[..record::HEADER_LEN];
+                let params: [Param<'_>; 3] =
+                    [(&id, Type::TEXT), (&head, Type::BYTEA), (&new, Type::BYTEA)];
+                if self.query(&self.sql.rekey, &params)?.is_empty() {
+                    report.current += 1; // saved by a request meanwhile
+                } else {
+                    report.rekeyed += 1;
+                }
+            }
+            Rekey::Reseal(_) => report.rekeyed += 1,
+            Rekey::Current => report.current += 1,
+            Rekey::Plain => report.plain += 1,
+            Rekey::Unopenable => report.unopenable += 1,
+            Rekey::Newer => report.live += 1,
+            Rekey::Corrupt => report.corrupt += 1,
+        }
+        Ok(())
+    }
+
     /// Deletes in batches with `sql` (`params` then the batch size) until a batch is short;
     /// (rows, bytes) removed.
     fn delete_batches(&self, sql: &str, now: Option<f64>) -> StoreResult<(u64, u64)> {
@@ -440,12 +510,13 @@ impl Store for PostgresStore {
             created: now,
             last_access: now,
             seq: 0,
+            stale: false,
             released: false,
             generation: generation(),
             _lock: thread_lock,
         };
-        let header = match record::check_value(&shared.cfg.keys, id, &value) {
-            Ok(h) => h,
+        let verified = match record::check_value(&shared.cfg.keys, id, &value) {
+            Ok(v) => v,
             Err(refused) => {
                 if refused.removes() {
                     handle.remove()?;
@@ -455,13 +526,15 @@ impl Store for PostgresStore {
                 return Ok(refused.into());
             }
         };
+        let header = verified.header;
         let last_access = expiry::last_access(header.saved_at, touched);
         let expired = (shared.cfg.expiry).is_expired(now, Some(header.created), Some(last_access));
         if expired {
             handle.remove()?;
             return Ok(Opened::Expired);
         }
-        handle.payload = value[HEADER_LEN..].to_vec();
+        handle.payload = verified.payload;
+        handle.stale = verified.stale;
         handle.created = header.created;
         handle.last_access = last_access;
         handle.seq = header.seq;
@@ -471,7 +544,7 @@ impl Store for PostgresStore {
     /// `INSERT … ON CONFLICT DO NOTHING`: never overwrites.
     fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
         let shared = &self.shared;
-        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload)?;
         let expires = expires_at(&shared.cfg.expiry, created, now);
         let rows = shared.query(
             &shared.sql.create,
@@ -493,6 +566,8 @@ impl Store for PostgresStore {
         let shared = &self.shared;
         match mode {
             WalkMode::Stats => shared.stats(now),
+            WalkMode::Rekey => shared.rekey(true),
+            WalkMode::RekeyDryRun => shared.rekey(false),
             WalkMode::Sweep => {
                 let mut report = shared.stats(now)?;
                 let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
@@ -602,6 +677,7 @@ impl SessionHandle for PostgresHandle {
             kind: PayloadKind::Record,
             created: Some(self.created),
             last_access: Some(self.last_access),
+            stale: self.stale,
         }
     }
 
@@ -620,7 +696,7 @@ impl SessionHandle for PostgresHandle {
             self.created,
             now,
             payload,
-        );
+        )?;
         let expires = expires_at(&store.cfg.expiry, self.created, now);
         self.run(
             &store.sql.save,

@@ -47,7 +47,7 @@ use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::lock::{generation, ForkLocal, LockKey, LockScope, ThreadLock};
-use crate::record::{self, HEADER_LEN};
+use crate::record::{self, Rekey};
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
@@ -59,7 +59,7 @@ pub use keys::glob_escape;
 use keys::SessionKeys;
 use orphans::Orphans;
 use pool::Pool;
-use scripts::{DELETE_LUA, LOCK_LUA, RELEASE_LUA, SAVE_LUA, TOUCH_LUA};
+use scripts::{DELETE_LUA, LOCK_LUA, REKEY_LUA, RELEASE_LUA, SAVE_LUA, TOUCH_LUA};
 pub use topology::Topology;
 use topology::{Conn, Finder};
 
@@ -172,6 +172,7 @@ struct Shared {
     wait: Option<(u32, u64)>,
     lock: Script,
     save: Script,
+    rekey_script: Script,
     touch: Script,
     delete: Script,
     release: Script,
@@ -193,6 +194,8 @@ pub struct RedisHandle {
     created: f64,
     last_access: f64,
     seq: u64,
+    /// Opened under a fallback key or in the other format (`record::Verified::stale`).
+    stale: bool,
     released: bool,
     generation: u64,
     _lock: ThreadLock,
@@ -362,6 +365,7 @@ impl RedisStore {
                     .then(|| (rcfg.wait_replicas, ttl_ms(rcfg.wait_timeout))),
                 lock: Script::new(LOCK_LUA),
                 save: Script::new(SAVE_LUA),
+                rekey_script: Script::new(REKEY_LUA),
                 touch: Script::new(TOUCH_LUA),
                 delete: Script::new(DELETE_LUA),
                 release: Script::new(RELEASE_LUA),
@@ -399,6 +403,7 @@ impl Store for RedisStore {
             created: now,
             last_access: now,
             seq: 0,
+            stale: false,
             released: false,
             generation: generation(),
             _lock: thread_lock,
@@ -407,8 +412,8 @@ impl Store for RedisStore {
             handle.release();
             return Ok(Opened::Missing);
         };
-        let header = match record::check_value(&shared.cfg.keys, id, &value) {
-            Ok(h) => h,
+        let verified = match record::check_value(&shared.cfg.keys, id, &value) {
+            Ok(v) => v,
             Err(refused) => {
                 if refused.removes() {
                     handle.remove()?;
@@ -418,6 +423,7 @@ impl Store for RedisStore {
                 return Ok(refused.into());
             }
         };
+        let header = verified.header;
         let touched = touched.and_then(|t| t.parse::<f64>().ok());
         let last_access = expiry::last_access(header.saved_at, touched);
         let expired = (shared.cfg.expiry).is_expired(now, Some(header.created), Some(last_access));
@@ -425,7 +431,8 @@ impl Store for RedisStore {
             handle.remove()?;
             return Ok(Opened::Expired);
         }
-        handle.payload = value[HEADER_LEN..].to_vec();
+        handle.payload = verified.payload;
+        handle.stale = verified.stale;
         handle.created = header.created;
         handle.last_access = last_access;
         handle.seq = header.seq;
@@ -435,7 +442,7 @@ impl Store for RedisStore {
     /// `SET NX`: never overwrites.
     fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
         let shared = &self.shared;
-        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload);
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload)?;
         let ttl = clamp_ttl(shared.cfg.expiry.ttl_ms(created, now));
         let key = shared.session_keys(id).record;
         let stored: Option<String> = shared.pool.run(|c| {
@@ -456,6 +463,16 @@ impl Store for RedisStore {
     fn walk(&self, _now: f64, mode: WalkMode, _threads: usize) -> StoreResult<Report> {
         let shared = &self.shared;
         let mut report = Report::default();
+        if mode.rekeys() {
+            shared.scan("s", |keys| {
+                for key in keys {
+                    report.records += 1;
+                    shared.rekey(&key, mode == WalkMode::Rekey, &mut report)?;
+                }
+                Ok(())
+            })?;
+            return Ok(report);
+        }
         shared.scan("s", |keys| {
             report.records += keys.len() as u64;
             if mode == WalkMode::Clear {
@@ -555,6 +572,52 @@ impl RedisHandle {
     }
 }
 
+impl Shared {
+    /// `Rekey` of one record key: read, re-seal under the current key if a fallback opened
+    /// it, and write back only if its header is still the one read (a request that saved
+    /// meanwhile wrote under the current key already), keeping its TTL.
+    fn rekey(&self, key: &[u8], write: bool, report: &mut Report) -> StoreResult<()> {
+        let mut digest = [0u8; 32];
+        let hex = key.len().checked_sub(if self.tagged { 65 } else { 64 });
+        let hex = hex.and_then(|start| key.get(start..start + 64));
+        if hex.is_none_or(|h| hex::decode_to_slice(h, &mut digest).is_err()) {
+            report.foreign += 1;
+            return Ok(());
+        }
+        let value: Option<Vec<u8>> = self.pool.run(|c| redis::cmd("GET").arg(key).query(c))?;
+        let Some(value) = value else {
+            return Ok(()); // expired or deleted meanwhile
+        };
+        report.bytes += value.len() as u64;
+        report.add_size(value.len() as u64);
+        match record::rekey_value(&self.cfg.keys, &digest, &value)? {
+            Rekey::Reseal(new) if write => {
+                let head = &value[..record::HEADER_LEN];
+                let written: i64 = self.pool.run(|c| {
+                    let n = self.rekey_script.key(key).arg(head).arg(&new).invoke(c)?;
+                    // Our keys are the (UTF-8) prefix and ASCII.
+                    if let (1, Ok(key)) = (n, std::str::from_utf8(key)) {
+                        self.wait_replicas(c, key)?;
+                    }
+                    Ok(n)
+                })?;
+                if written == 1 {
+                    report.rekeyed += 1;
+                } else {
+                    report.current += 1; // saved by a request meanwhile
+                }
+            }
+            Rekey::Reseal(_) => report.rekeyed += 1,
+            Rekey::Current => report.current += 1,
+            Rekey::Plain => report.plain += 1,
+            Rekey::Unopenable => report.unopenable += 1,
+            Rekey::Newer => report.live += 1,
+            Rekey::Corrupt => report.corrupt += 1,
+        }
+        Ok(())
+    }
+}
+
 impl SessionHandle for RedisHandle {
     fn id(&self) -> &SessionId {
         &self.id
@@ -565,6 +628,7 @@ impl SessionHandle for RedisHandle {
             kind: PayloadKind::Record,
             created: Some(self.created),
             last_access: Some(self.last_access),
+            stale: self.stale,
         }
     }
 
@@ -583,7 +647,7 @@ impl SessionHandle for RedisHandle {
             self.created,
             now,
             payload,
-        );
+        )?;
         let ttl = clamp_ttl(store.cfg.expiry.ttl_ms(self.created, now)).to_string();
         self.run(&store.save, &[&value, ttl.as_bytes()])
     }

@@ -154,7 +154,14 @@ fn a_save_during_a_backward_clock_step_keeps_the_session_alive() {
             .save(b"b", t - 7200.0, None)
             .unwrap();
         let h = found(s, &id, t + 30.0);
-        assert_near(h.loaded().last_access, t, s.kind());
+        // The file's mtime is the system time of the writes, after `t` by what they took
+        // (sealing makes that more than a millisecond in an unoptimised build).
+        let last_access = h.loaded().last_access.unwrap_or(f64::NAN);
+        assert!(
+            (t - 1e-3..t + 1.0).contains(&last_access),
+            "{:?}: {last_access} is not just after {t}",
+            s.kind()
+        );
         assert_eq!(h.payload(), b"b");
     }
 }
@@ -371,5 +378,116 @@ fn the_user_index_puts_lists_removes_and_sweeps_alike() {
         found(s, &a, t + 1.0).delete().unwrap();
         assert_eq!(s.index_sweep(t + 100.0, 60.0).unwrap(), 1, "{kind:?}");
         assert!(listed(s, "alice").is_empty(), "{kind:?}");
+    }
+}
+
+/// Every byte of every file under `dir`.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+fn file_store(dir: &std::path::Path, keys: Keys) -> Arc<dyn Store> {
+    let cfg = StoreConfig {
+        keys,
+        ..config(Some(600.0), None)
+    };
+    let file = BackendConfig::File(FileConfig {
+        data_dir: dir.to_path_buf(),
+        read_legacy: true,
+        max_size: crate::store::DEFAULT_MAX_SIZE,
+        generate_key: true,
+    });
+    build(cfg, file).unwrap()
+}
+
+#[test]
+fn file_records_are_sealed_rotated_and_rekeyed_in_place() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let marker = b"MARKER-rust-3f9d1c-oauth-token";
+    let old = file_store(&dir, Keys::new(&[b"old".to_vec()]));
+    let rotated = file_store(&dir, Keys::new(&[b"new".to_vec(), b"old".to_vec()]));
+    let new = file_store(&dir, Keys::new(&[b"new".to_vec()]));
+    let t = real_now() - 100.0;
+    let (a, b) = (new_id(), new_id());
+    old.create(&a, marker, t, t).unwrap();
+    // A 0.3 record (authenticated only) under the old key.
+    let plain = file_store(&dir, Keys::new(&[b"old".to_vec()]).encrypting(false));
+    plain.create(&b, marker, t, t).unwrap();
+    let bytes = all_bytes(&dir);
+    let found_at = |hay: &[u8]| hay.windows(marker.len()).filter(|w| w == marker).count();
+    assert_eq!(
+        found_at(&bytes),
+        1,
+        "only the unencrypted record shows the marker"
+    );
+
+    // Through the fallback both open, stale.
+    let h = found(&*rotated, &a, t + 1.0);
+    assert!(h.loaded().stale);
+    assert_eq!(h.payload(), marker);
+    drop(h);
+
+    let dry = rotated.walk(t + 1.0, WalkMode::RekeyDryRun, 1).unwrap();
+    assert_eq!(
+        (dry.records, dry.rekeyed, dry.current, dry.plain),
+        (2, 1, 0, 1)
+    );
+    assert_eq!(all_bytes(&dir), bytes, "a dry run writes nothing");
+    let done = rotated.walk(t + 1.0, WalkMode::Rekey, 2).unwrap();
+    assert_eq!(
+        (done.rekeyed, done.current, done.plain, done.errors),
+        (1, 0, 1, 0)
+    );
+    let again = rotated.walk(t + 1.0, WalkMode::Rekey, 2).unwrap();
+    assert_eq!((again.rekeyed, again.current, again.plain), (0, 1, 1));
+
+    // The new key alone opens the re-sealed record, with its times kept.
+    let h = found(&*new, &a, t + 2.0);
+    assert!(!h.loaded().stale);
+    assert_eq!(h.payload(), marker);
+    assert_near(h.loaded().created, t, BackendKind::File);
+    assert_near(h.loaded().last_access, t, BackendKind::File);
+    drop(h);
+    // The plain record opens through the fallback, and its next save seals it.
+    let h = found(&*rotated, &b, t + 2.0);
+    assert!(h.loaded().stale);
+    h.save(marker, t + 2.0, None).unwrap();
+    assert_eq!(
+        found_at(&all_bytes(&dir)),
+        0,
+        "no record shows the marker any more"
+    );
+    let h = found(&*new, &b, t + 3.0);
+    assert!(!h.loaded().stale);
+    drop(h);
+    // The old key alone opens nothing now: no session (and the record is removed).
+    assert_eq!(status(&open(&*old, &a, t + 3.0)), "Unauthenticated");
+    assert_eq!(status(&open(&*new, &a, t + 3.0)), "Missing");
+}
+
+#[test]
+fn the_generated_key_seals_too_unless_encryption_is_off() {
+    let root = tempfile::tempdir().unwrap();
+    let marker = b"MARKER-generated-key-77ab";
+    for (name, encrypt, shown) in [("on", true, 0), ("off", false, 1)] {
+        let dir = root.path().join(name);
+        let store = file_store(&dir, Keys::new(&[]).encrypting(encrypt));
+        let t = real_now();
+        let id = new_id();
+        store.create(&id, marker, t, t).unwrap();
+        let bytes = all_bytes(&dir);
+        let count = bytes.windows(marker.len()).filter(|w| w == marker).count();
+        assert_eq!(count, shown, "SESSION_ENCRYPT={encrypt}");
+        assert_eq!(found(&*store, &id, t).payload(), marker);
     }
 }

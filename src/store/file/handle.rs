@@ -5,7 +5,7 @@
 use std::io::{self, ErrorKind};
 use std::sync::Arc;
 
-use super::record_io::{check_len, fill_new, pin_mtime, to_system_time};
+use super::record_io::{self, check_len, fill_new, pin_mtime, to_system_time};
 use super::tree::Found;
 use super::{FileHandle, Origin, SMALL_WRITE};
 use crate::error::{StoreError, StoreResult};
@@ -29,16 +29,23 @@ impl FileHandle {
     pub fn write(&mut self, payload: &[u8], now: f64) -> StoreResult<()> {
         check_len(payload)?;
         let created = self.created.unwrap_or(now);
+        let keys = self.store.keys.signing()?;
         match self.origin {
             Origin::Record {
                 slot,
                 seq,
                 slot_size,
-            } if HEADER_LEN + payload.len() <= slot_size => {
-                let keys = self.store.keys.signing()?;
-                let header = record::encode_header(keys, &self.id, seq + 1, created, now, payload);
+            } if HEADER_LEN + record::stored_len(keys, payload.len()) <= slot_size => {
+                let stored = record::seal(keys, &self.id, created, payload)?;
+                let header = record::encode_header(keys, &self.id, seq + 1, created, now, &stored);
                 let target = 1 - slot;
-                self.write_slot(&header, payload, (target * slot_size) as u64, now)?;
+                self.write_slot(&header, &stored, (target * slot_size) as u64, now)?;
+                if self.stale {
+                    // The slot just superseded holds this session unencrypted (0.3) or
+                    // under a retired key: once the new version is whole, nothing of it
+                    // may stay behind (the file is rewritten in place, not replaced).
+                    self.scrub_slot(slot, slot_size, now)?;
+                }
                 self.origin = Origin::Record {
                     slot: target,
                     seq: seq + 1,
@@ -60,6 +67,7 @@ impl FileHandle {
         // `payload` means "as loaded"; the caller has the saved bytes already, and keeping
         // a copy would cost a large session an allocation and a copy per save.
         self.payload = Vec::new();
+        self.stale = false;
         self.created = Some(created);
         self.last_access = Some(now);
         Ok(())
@@ -83,6 +91,15 @@ impl FileHandle {
         pin_mtime(file, &self.path, now)
     }
 
+    /// Overwrites slot `slot` with zeros (a superseded version; the current one is the
+    /// other slot, so a crash during this leaves the session intact).
+    fn scrub_slot(&self, slot: usize, slot_size: usize, now: f64) -> StoreResult<()> {
+        let io = |e| StoreError::io("write", &self.path, e);
+        let file = self.file.file().map_err(io)?;
+        record_io::scrub_slot(file, slot, slot_size).map_err(io)?;
+        pin_mtime(file, &self.path, now)
+    }
+
     /// Writes a complete new record to a temporary file, locks it, and renames it over the
     /// record path. Waiters on the old file see it unlinked and move to the new one, whose
     /// lock we already hold. Returns the old file, still locked, for the caller to drop.
@@ -97,8 +114,8 @@ impl FileHandle {
         let tmp_name = format!("{}.{}{}", self.name, &suffix[..8], shard::TMP_SUFFIX);
         let tmp = self.path.with_file_name(&tmp_name);
         let keys = self.store.keys.signing()?;
-        let slot = record::encode_slot(keys, &self.id, seq, created, now, payload);
-        let slot_size = record::slot_size_for(payload.len());
+        let slot = record::encode_slot(keys, &self.id, seq, created, now, payload)?;
+        let slot_size = record::slot_size_for(slot.len() - HEADER_LEN);
         // The record's shard: known for a record; for a legacy session, reached (and
         // created, 0700) from the data dir without following symlinks.
         let shard = match &self.shard {
@@ -196,6 +213,8 @@ impl SessionHandle for FileHandle {
             },
             created: self.created,
             last_access: self.last_access,
+            // A legacy file is always rewritten (as a record) by its next save.
+            stale: self.stale || !matches!(self.origin, Origin::Record { .. }),
         }
     }
 

@@ -11,8 +11,9 @@
 //!   owned by this process's user and neither readable nor writable by group or others
 //!   (POSIX; on Windows, where it inherits the data dir's ACL, not a reparse point);
 //!   otherwise every operation that needs it fails with an error naming the file.
-//! * The derivation of tag keys is `record::Keys`' (the file's bytes stand in for
-//!   `SECRET_KEY`). Each process reads the file once and keeps the keys.
+//! * The derivation of tag and encryption keys is `record::Keys`' (the file's bytes stand
+//!   in for `SECRET_KEY`, so records are sealed under them unless `SESSION_ENCRYPT =
+//!   False`). Each process reads the file once and keeps the keys.
 
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
@@ -34,7 +35,12 @@ pub(crate) enum KeySource {
     /// `StoreConfig::keys` as configured (from `SECRET_KEY`, or unkeyed by choice).
     Configured(Keys),
     /// Generated and kept in `path`; loaded once per process.
-    Generated { path: PathBuf, keys: OnceLock<Keys> },
+    Generated {
+        path: PathBuf,
+        keys: OnceLock<Keys>,
+        /// `SESSION_ENCRYPT`, carried over to the generated key's `Keys`.
+        encrypt: bool,
+    },
 }
 
 impl KeySource {
@@ -47,6 +53,7 @@ impl KeySource {
         KeySource::Generated {
             path: data_dir.join(KEY_FILE),
             keys: OnceLock::new(),
+            encrypt: configured.wants_encryption(),
         }
     }
 
@@ -55,12 +62,16 @@ impl KeySource {
     pub(crate) fn existing(&self) -> StoreResult<Option<&Keys>> {
         match self {
             KeySource::Configured(keys) => Ok(Some(keys)),
-            KeySource::Generated { path, keys } => {
+            KeySource::Generated {
+                path,
+                keys,
+                encrypt,
+            } => {
                 if let Some(k) = keys.get() {
                     return Ok(Some(k));
                 }
                 match read_key(path)? {
-                    Some(secret) => Ok(Some(remember(keys, &secret))),
+                    Some(secret) => Ok(Some(remember(keys, &secret, *encrypt))),
                     None => Ok(None),
                 }
             }
@@ -71,7 +82,11 @@ impl KeySource {
     pub(crate) fn signing(&self) -> StoreResult<&Keys> {
         match self {
             KeySource::Configured(keys) => Ok(keys),
-            KeySource::Generated { path, keys } => {
+            KeySource::Generated {
+                path,
+                keys,
+                encrypt,
+            } => {
                 if let Some(k) = keys.get() {
                     return Ok(k);
                 }
@@ -79,16 +94,17 @@ impl KeySource {
                     Some(secret) => secret,
                     None => generate(path)?,
                 };
-                Ok(remember(keys, &secret))
+                Ok(remember(keys, &secret, *encrypt))
             }
         }
     }
 }
 
-fn remember<'a>(cell: &'a OnceLock<Keys>, secret: &[u8]) -> &'a Keys {
+fn remember<'a>(cell: &'a OnceLock<Keys>, secret: &[u8], encrypt: bool) -> &'a Keys {
     // The I/O is done; `get_or_init` only moves the value in (when another thread won the
-    // race, both read the same file, so either value is the same key).
-    cell.get_or_init(|| Keys::new(&[secret.to_vec()]))
+    // race, both read the same file, so either value is the same key). The key file's
+    // bytes are a secret like `SECRET_KEY`: records are sealed under them too.
+    cell.get_or_init(|| Keys::new(&[secret.to_vec()]).encrypting(encrypt))
 }
 
 fn untrusted(path: &Path, why: String) -> StoreError {
@@ -200,10 +216,13 @@ mod tests {
         // Another process (a fresh source) reads the same key.
         let b = generated(&data);
         let id = SessionId::generate().unwrap();
-        let slot = crate::record::encode_slot(keys, &id, 1, 1.0, 1.0, b"x");
+        let slot = crate::record::encode_slot(keys, &id, 1, 1.0, 1.0, b"x").unwrap();
         let h = crate::record::parse_header(&slot).unwrap();
+        assert!(h.sealed(), "sealed under the generated key");
         let other = b.existing().unwrap().unwrap();
-        assert!(crate::record::verify(other, &slot, &h, &id, b"x"));
+        let stored = &slot[crate::record::HEADER_LEN..];
+        let opened = crate::record::open(other, &slot, &h, &id, stored).unwrap();
+        assert_eq!(opened.payload, b"x");
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(&data)
             .unwrap()

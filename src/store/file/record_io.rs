@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::platform;
-use crate::record::{self, Choice, Keys, HEADER_LEN};
+use crate::record::{self, Choice, Keys, Name, Rekey, HEADER_LEN};
 use crate::sid::SessionId;
 
 /// Records up to this size are read with one `pread`; larger ones slot by slot.
@@ -71,7 +71,8 @@ pub(crate) fn fill_new(
 
 /// Refuses payloads the record format cannot describe.
 pub(crate) fn check_len(payload: &[u8]) -> StoreResult<()> {
-    if u32::try_from(payload.len()).is_err() {
+    // Room for the nonce and tag of a sealed record as well.
+    if u32::try_from(payload.len().saturating_add(record::SEAL_OVERHEAD)).is_err() {
         return Err(StoreError::TooLarge(payload.len()));
     }
     Ok(())
@@ -85,6 +86,8 @@ pub(crate) struct RecordRead {
     pub created: f64,
     pub saved_at: f64,
     pub payload: Vec<u8>,
+    /// Opened under a fallback key or in the other format (`record::Verified::stale`).
+    pub stale: bool,
 }
 
 /// Why a record could not be used.
@@ -102,7 +105,7 @@ pub(crate) enum ReadError {
 /// 64-byte headers, and a header's `payload_len` must fit its slot *and* be at most
 /// `max_payload` (the store's maximum session size) before its payload is read. A planted
 /// multi-gigabyte (sparse) file with a plausible header therefore costs at most
-/// `max_payload` bytes of memory and one pass of the tag over them, then reads as corrupt.
+/// `max_payload` (plus a sealed record's 40 bytes) of memory and one pass of the tag over them, then reads as corrupt.
 pub(crate) fn read_record(
     file: &File,
     meta: &Metadata,
@@ -110,6 +113,33 @@ pub(crate) fn read_record(
     id: &SessionId,
     max_payload: usize,
 ) -> Result<RecordRead, ReadError> {
+    let (choice, slot_size) = choose_in_file(file, meta, keys, Name::Id(id), max_payload)?;
+    match choice {
+        Choice::Valid(slot, v) => Ok(RecordRead {
+            slot,
+            seq: v.header.seq,
+            slot_size,
+            created: v.header.created,
+            saved_at: v.header.saved_at,
+            payload: v.payload,
+            stale: v.stale,
+        }),
+        Choice::Newer(_) => Err(ReadError::Newer),
+        Choice::Unauthenticated => Err(ReadError::Unauthenticated),
+        // `Unbound` only comes of reading by digest.
+        Choice::Corrupt | Choice::Unbound => Err(ReadError::Corrupt),
+    }
+}
+
+/// The slot choice of a record file (see `read_record` for the bounds on what is read) and
+/// its slot size.
+fn choose_in_file(
+    file: &File,
+    meta: &Metadata,
+    keys: &Keys,
+    name: Name<'_>,
+    max_payload: usize,
+) -> Result<(Choice, usize), ReadError> {
     let len = meta.len();
     if !meta.file_type().is_file()
         || len < 2 * HEADER_LEN as u64
@@ -121,8 +151,8 @@ pub(crate) fn read_record(
     let slot_size = usize::try_from(len / 2).map_err(|_| ReadError::Corrupt)?;
     let (heads, whole) = read_heads(file, len, slot_size).map_err(eof_is_corrupt)?;
     let mut io_error = None;
-    let choice = record::choose(keys, id, [&heads[0], &heads[1]], slot_size, |i, h| {
-        if h.payload_len > max_payload {
+    let choice = record::choose_named(keys, name, [&heads[0], &heads[1]], slot_size, |i, h| {
+        if h.payload_len > max_payload.saturating_add(record::SEAL_OVERHEAD) {
             return None;
         }
         let start = i * slot_size + HEADER_LEN;
@@ -141,19 +171,68 @@ pub(crate) fn read_record(
     if let Some(e) = io_error {
         return Err(eof_is_corrupt(e));
     }
-    match choice {
-        Choice::Valid(slot, h, payload) => Ok(RecordRead {
-            slot,
-            seq: h.seq,
-            slot_size,
-            created: h.created,
-            saved_at: h.saved_at,
-            payload,
-        }),
-        Choice::Newer(_) => Err(ReadError::Newer),
-        Choice::Unauthenticated => Err(ReadError::Unauthenticated),
-        Choice::Corrupt => Err(ReadError::Corrupt),
+    Ok((choice, slot_size))
+}
+
+/// Re-seals a record file under the current key (`flask beaker-session rekey`), known by
+/// the digest that names it; the caller holds its `flock`. The new version goes to the
+/// older slot, as a save's would (a crash leaves the current slot intact, and the torn
+/// new one fails its tag), with the same times; the mtime (part of the last access) is
+/// put back. With `write` false (a dry run) it only says what it would do.
+pub(crate) fn rekey_file(
+    file: &File,
+    meta: &Metadata,
+    keys: &Keys,
+    digest: &[u8; 32],
+    max_payload: usize,
+    write: bool,
+) -> io::Result<Rekey> {
+    let (choice, slot_size) =
+        match choose_in_file(file, meta, keys, Name::Digest(digest), max_payload) {
+            Ok(c) => c,
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(_) => return Ok(Rekey::Corrupt),
+        };
+    let (slot, verified) = match choice {
+        Choice::Valid(slot, v) => (slot, v),
+        Choice::Newer(_) => return Ok(Rekey::Newer),
+        Choice::Unauthenticated => return Ok(Rekey::Unopenable),
+        Choice::Corrupt => return Ok(Rekey::Corrupt),
+        Choice::Unbound => return Ok(Rekey::Plain),
+    };
+    let new = match record::reseal(keys, digest, &verified) {
+        Ok(Some(new)) => new,
+        Ok(None) => return Ok(Rekey::Current),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    if new.len() > slot_size {
+        // Cannot happen (same payload, same sealing overhead); never write past a slot.
+        return Ok(Rekey::Corrupt);
     }
+    if write {
+        let offset = ((1 - slot) * slot_size) as u64;
+        platform::write_all_at(file, &new[HEADER_LEN..], offset + HEADER_LEN as u64)?;
+        platform::write_all_at(file, &new[..HEADER_LEN], offset)?;
+        // The version under the retired key goes (rotation after a leak must not leave
+        // it readable with the leaked key); the new one is whole by now.
+        scrub_slot(file, slot, slot_size)?;
+        file.set_modified(meta.modified()?)?;
+    }
+    Ok(Rekey::Reseal(Vec::new()))
+}
+
+/// Overwrites slot `slot` of a record file with zeros, in chunks of at most 64 KiB.
+pub(crate) fn scrub_slot(file: &File, slot: usize, slot_size: usize) -> io::Result<()> {
+    const CHUNK: usize = 64 << 10;
+    let zeros = vec![0u8; slot_size.min(CHUNK)];
+    let start = (slot * slot_size) as u64;
+    let mut done = 0;
+    while done < slot_size {
+        let n = (slot_size - done).min(CHUNK);
+        platform::write_all_at(file, &zeros[..n], start + done as u64)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// A file shorter than its `fstat` said (truncated under us by someone who does not take

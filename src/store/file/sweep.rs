@@ -1,7 +1,8 @@
 //! The file store's sweeper: one parallel pass over a data directory that removes expired records,
 //! leftovers (orphaned temporary files, corrupt records, legacy Beaker files and lock files
 //! past the idle timeout) and reports what it saw. The same walk serves `stats` (count only)
-//! and `clear` (remove everything).
+//! and `clear` (remove everything), and `rekey` (re-seal every record under the current
+//! key; removes nothing).
 //!
 //! Confinement: the walk never leaves the data directory. It goes down from the data
 //! directory's descriptor one name at a time (`platform`: `O_DIRECTORY | O_NOFOLLOW`), so a
@@ -33,15 +34,16 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt as LockExt;
 
 use super::record_io::{self, to_system_time};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::Expiry;
-use crate::lock::{try_flock, LockedFile};
+use crate::lock::{flock_until, try_flock, LockedFile};
 use crate::platform::{self, Dir, Entry, Kind, NotAFile, Sub};
-use crate::record::{self, HeaderError, HEADER_LEN};
+use crate::record::{self, HeaderError, Keys, Rekey, HEADER_LEN};
 use crate::report::{Report, WalkMode as Mode};
 use crate::shard::{self, Name};
 
@@ -102,6 +104,19 @@ struct Walker<'a> {
     expiry: &'a Expiry,
     now: f64,
     mode: Mode,
+    rekeying: Option<&'a Rekeying<'a>>,
+}
+
+/// What a `Rekey` walk needs besides the rest: the keys (`None`: the generated key does
+/// not exist, so nothing stored can be opened), the largest payload read back, and how long
+/// to wait for a record a request holds.
+pub struct Rekeying<'a> {
+    /// The store's keys, if any exist yet.
+    pub keys: Option<&'a Keys>,
+    /// `FileConfig::max_size`.
+    pub max_payload: usize,
+    /// The store's lock timeout.
+    pub lock_timeout: Duration,
 }
 
 impl Walker<'_> {
@@ -126,13 +141,13 @@ impl Walker<'_> {
             // At one of our names, the link itself can go; it is never followed.
             (Kind::Symlink, _) => {
                 report.symlinks += 1;
-                if self.mode != Mode::Stats {
+                if self.mode.removes() {
                     remove(report, dir, name, 0);
                 }
             }
             // A directory at a record's name: removed if empty, otherwise reported.
             (Kind::Dir, _) => {
-                if self.mode == Mode::Stats {
+                if !self.mode.removes() {
                     report.corrupt += 1;
                     return;
                 }
@@ -148,7 +163,7 @@ impl Walker<'_> {
             // A FIFO, socket or device node at a record's name: unusable; the name is ours.
             (Kind::Other, _) => {
                 report.corrupt += 1;
-                if self.mode != Mode::Stats {
+                if self.mode.removes() {
                     remove(report, dir, name, 0);
                 }
             }
@@ -159,7 +174,7 @@ impl Walker<'_> {
         let age = self.now - entry.mtime;
         if self.mode == Mode::Clear || age > GRACE {
             report.temp += 1;
-            if self.mode != Mode::Stats {
+            if self.mode.removes() {
                 remove(report, dir, name, entry.len);
             }
         }
@@ -172,6 +187,10 @@ impl Walker<'_> {
         report.add_size(len);
         if self.mode == Mode::Clear {
             remove(report, dir, name, len);
+            return;
+        }
+        if let (true, Some(rekeying)) = (self.mode.rekeys(), self.rekeying) {
+            self.rekey(dir, name, rekeying, report);
             return;
         }
         // Fast path of a sweep: the mtime is at most the last access
@@ -249,6 +268,56 @@ impl Walker<'_> {
                 report.corrupt += 1
             }
             Times::Garbage => report.live += 1,
+        }
+    }
+
+    /// `Rekey`: re-seals one record under the current key, holding its lock (waiting at
+    /// most the lock timeout for a request that holds it). The record is known by its name
+    /// only, the digest of its id (`record::Name::Digest`).
+    fn rekey(&self, dir: &Dir, name: &str, rekeying: &Rekeying<'_>, report: &mut Report) {
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(name, &mut digest).is_err() {
+            report.foreign += 1;
+            return;
+        }
+        let Some(keys) = rekeying.keys else {
+            report.unopenable += 1;
+            return;
+        };
+        let Ok(locked) = platform::open_file(dir, name).map(LockedFile::new) else {
+            report.errors += 1;
+            return;
+        };
+        let Ok(file) = locked.file() else {
+            report.errors += 1;
+            return;
+        };
+        let deadline = Instant::now() + rekeying.lock_timeout;
+        if !flock_until(file, deadline).unwrap_or(false) {
+            report.errors += 1; // held by a request all along: run the command again
+            return;
+        }
+        let Ok(meta) = file.metadata() else {
+            report.errors += 1;
+            return;
+        };
+        match platform::still_linked(file, &meta, dir, name) {
+            Ok(true) => {}
+            Ok(false) => return, // removed or replaced meanwhile
+            Err(_) => {
+                report.errors += 1;
+                return;
+            }
+        }
+        let write = self.mode == Mode::Rekey;
+        match record_io::rekey_file(file, &meta, keys, &digest, rekeying.max_payload, write) {
+            Ok(Rekey::Reseal(_)) => report.rekeyed += 1,
+            Ok(Rekey::Current) => report.current += 1,
+            Ok(Rekey::Plain) => report.plain += 1,
+            Ok(Rekey::Unopenable) => report.unopenable += 1,
+            Ok(Rekey::Newer) => report.live += 1,
+            Ok(Rekey::Corrupt) => report.corrupt += 1,
+            Err(_) => report.errors += 1,
         }
     }
 
@@ -394,7 +463,7 @@ fn visit_legacy(
                     Ok(Some(e)) if e.kind == Kind::File => visit(&d2, &name, &e, report),
                     Ok(Some(e)) if e.kind == Kind::Symlink => {
                         report.symlinks += 1;
-                        if mode != Mode::Stats {
+                        if mode.removes() {
                             remove(report, &d2, &name, 0);
                         }
                     }
@@ -532,7 +601,24 @@ pub fn claim(
 
 /// Walks the store under `data_dir` with `threads` workers (at least one).
 pub fn walk(data_dir: &Path, expiry: &Expiry, now: f64, mode: Mode, threads: usize) -> Report {
-    let walker = Walker { expiry, now, mode };
+    walk_with(data_dir, expiry, now, mode, threads, None)
+}
+
+/// `walk`, with what a `Rekey` walk needs (without it a rekey walk only counts records).
+pub fn walk_with(
+    data_dir: &Path,
+    expiry: &Expiry,
+    now: f64,
+    mode: Mode,
+    threads: usize,
+    rekeying: Option<&Rekeying<'_>>,
+) -> Report {
+    let walker = Walker {
+        expiry,
+        now,
+        mode,
+        rekeying,
+    };
     let mut total = Report::default();
     let root = match platform::open_root(data_dir) {
         Ok(fd) => fd,

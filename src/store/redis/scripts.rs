@@ -31,6 +31,18 @@ end
 redis.call('DEL', KEYS[3], KEYS[1])
 return 1";
 
+// KEYS: record. ARGV: its header as read, the re-sealed record (`rekey`). Writes only if
+// the record still has that header (no request saved it meanwhile), keeping its TTL.
+pub(super) const REKEY_LUA: &str = r"
+if redis.call('GETRANGE', KEYS[1], 0, 63) ~= ARGV[1] then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1";
+
 // KEYS: lock, record, last touch. ARGV: token, TTL in ms, now.
 pub(super) const TOUCH_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
