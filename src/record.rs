@@ -148,11 +148,11 @@ impl Keys {
 /// What a record is bound to: its id's 16 bytes (version 1), or the SHA-256 of the id that
 /// names the record in every store (version 2), so that a walk over the store (`rekey`),
 /// which sees names and never ids, can verify and re-seal a record.
-fn binding(id: &SessionId, sealed: bool) -> Vec<u8> {
+fn binding(id: &SessionId, sealed: bool) -> &[u8] {
     if sealed {
-        crate::shard::digest_bytes(id).to_vec()
+        id.digest()
     } else {
-        id.as_bytes().to_vec()
+        id.as_bytes()
     }
 }
 
@@ -197,7 +197,7 @@ pub fn seal<'a>(
     if !keys.seals() {
         return Ok(Cow::Borrowed(payload));
     }
-    seal_bound(keys, &binding(id, true), created, payload).map(Cow::Owned)
+    seal_bound(keys, binding(id, true), created, payload).map(Cow::Owned)
 }
 
 fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> StoreResult<Vec<u8>> {
@@ -392,7 +392,7 @@ pub fn verify(
     id: &SessionId,
     stored: &[u8],
 ) -> bool {
-    verifying_key(keys, head, header, &binding(id, header.sealed()), stored).is_some()
+    verifying_key(keys, head, header, binding(id, header.sealed()), stored).is_some()
 }
 
 /// Verifies a slot and, if sealed, decrypts it with the subkey of the secret whose tag
@@ -405,7 +405,7 @@ pub fn open(
     id: &SessionId,
     stored: &[u8],
 ) -> Option<Verified> {
-    open_bound(keys, head, header, &binding(id, header.sealed()), stored)
+    open_bound(keys, head, header, binding(id, header.sealed()), stored)
 }
 
 fn open_bound(
@@ -456,7 +456,7 @@ pub fn encode_header(
     let t = tag(
         &keys.primary().tag,
         &out,
-        &binding(id, keys.seals()),
+        binding(id, keys.seals()),
         stored,
     );
     out[TAG_OFFSET..].copy_from_slice(&t);
@@ -596,10 +596,10 @@ pub enum Name<'a> {
 
 /// The bytes a record under `name` is bound to, if `name` is enough to know them (a version
 /// 1 record is bound to the id itself).
-fn bound_to(name: Name<'_>, sealed: bool) -> Option<Vec<u8>> {
+fn bound_to<'a>(name: Name<'a>, sealed: bool) -> Option<&'a [u8]> {
     match name {
         Name::Id(id) => Some(binding(id, sealed)),
-        Name::Digest(digest) if sealed => Some(digest.to_vec()),
+        Name::Digest(digest) if sealed => Some(digest),
         Name::Digest(_) => None,
     }
 }
@@ -635,7 +635,7 @@ where
         };
         if let Some(stored) = payload_of(i, &header) {
             if stored.len() == header.payload_len {
-                if let Some(verified) = open_bound(keys, heads[i], &header, &bind, &stored) {
+                if let Some(verified) = open_bound(keys, heads[i], &header, bind, &stored) {
                     return Choice::Valid(i, verified);
                 }
                 whole = true;
@@ -735,7 +735,7 @@ mod tests {
         let t = tag(
             &keys.primary().tag,
             &s,
-            &binding(&id(), true),
+            binding(&id(), true),
             &s[HEADER_LEN..],
         );
         s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
@@ -747,7 +747,7 @@ mod tests {
         let t = tag(
             &keys.primary().tag,
             &s,
-            &binding(&id(), true),
+            binding(&id(), true),
             &s[HEADER_LEN..],
         );
         s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);

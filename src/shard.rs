@@ -19,8 +19,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::sid::SessionId;
 
 /// Name of the directory under the data dir that holds our records (versioned, so a future
@@ -40,13 +38,11 @@ pub fn digest(id: &SessionId) -> String {
     hex::encode(digest_bytes(id))
 }
 
-/// SHA-256 of the id's textual form, without allocating: callers that write the hex into a
-/// larger string (the Redis backend's key names) encode it there.
+/// SHA-256 of the id's textual form (computed once, when the id was made), without
+/// allocating: callers that write the hex into a larger string (the Redis backend's key
+/// names) encode it there.
 pub fn digest_bytes(id: &SessionId) -> [u8; 32] {
-    let mut text = [0u8; 32];
-    // 16 bytes always fit 32 hex characters: this cannot fail.
-    let _ = hex::encode_to_slice(id.as_bytes(), &mut text);
-    Sha256::digest(text).into()
+    *id.digest()
 }
 
 /// Path of the record of `id` under `data_dir`.

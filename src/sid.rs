@@ -7,14 +7,23 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{StoreError, StoreResult};
 
 /// Number of characters in the textual form of an id.
 pub const SID_LEN: usize = 32;
 
 /// A validated session id. The raw bytes never leave the core except as the 32-hex string.
+///
+/// It carries the SHA-256 of its hex form, computed once when the id is made: every store
+/// names the record by it and a sealed record is bound to it, so one request would
+/// otherwise hash the same id three or four times (open, seal, tag, key name).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId([u8; 16]);
+pub struct SessionId {
+    bytes: [u8; 16],
+    digest: [u8; 32],
+}
 
 impl SessionId {
     /// A fresh random UUID (version 4) from the operating system's CSPRNG. The bytes are
@@ -23,7 +32,7 @@ impl SessionId {
     pub fn generate() -> StoreResult<Self> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
-        Ok(SessionId(
+        Ok(SessionId::from_bytes(
             uuid::Builder::from_random_bytes(bytes)
                 .into_uuid()
                 .into_bytes(),
@@ -41,17 +50,33 @@ impl SessionId {
         for (i, pair) in raw.chunks_exact(2).enumerate() {
             bytes[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
-        Some(SessionId(bytes))
+        Some(SessionId::from_bytes(bytes))
+    }
+
+    fn from_bytes(bytes: [u8; 16]) -> Self {
+        let mut text = [0u8; SID_LEN];
+        // 16 bytes always fit 32 hex characters: this cannot fail.
+        let _ = hex::encode_to_slice(bytes, &mut text);
+        SessionId {
+            bytes,
+            digest: Sha256::digest(text).into(),
+        }
     }
 
     /// The 16 raw bytes (bound into record MACs so a record cannot be moved to another id).
     pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
+        &self.bytes
+    }
+
+    /// SHA-256 of the hex form: the name of the id's record in every store
+    /// (`shard::digest_bytes`), and what a sealed record is bound to.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
     }
 
     /// The 32 lowercase hex characters.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.bytes)
     }
 }
 

@@ -138,6 +138,9 @@ class AppState:
         self.stored_class: type[StoredSession] = (
             IndexedStoredSession if config.user_key is not None else StoredSession
         )
+        #: ``config.locking``, read by every request that uses its session (one attribute
+        #: lookup instead of two).
+        self.locking = config.locking
 
     def now(self) -> float:
         """The current time (epoch seconds) by this application's clock."""

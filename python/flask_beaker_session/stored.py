@@ -74,8 +74,8 @@ def decode_or_remove(
     now: float,
     once: Once = PROCESS,
     payload: bytes | None = None,
-    keep_unloadable_legacy: bool = False,
     metrics: Metrics | None = None,
+    keep_unloadable_legacy: bool = False,
 ) -> Decoded | None:
     """Decodes an opened record; None, after removing it, if it cannot be used.
 
@@ -204,25 +204,24 @@ class StoredSession:
         """Opens the session the cookie names; None (with a fresh id) if there is none."""
         value = self.cookie_value
         if value is not None:
-            metrics = self.app.metrics
+            app = self.app
+            metrics = app.metrics
             if metrics is None:
-                status, handle = self.app.store.open(value, now)
+                status, handle = app.store.open(value, now)
             else:
                 started = perf_counter()
-                status, handle = self.app.store.open(value, now)
+                status, handle = app.store.open(value, now)
                 # (A found session is counted without hashing its status: a native call.)
                 metrics.opened(None if handle is not None else status, perf_counter() - started)
             if handle is not None:
                 payload = handle.payload
-                decoded = decode_or_remove(
-                    handle, self.app.store, now, self.app.once, payload, metrics=metrics
-                )
+                decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
                 if decoded is None:
                     self.start_fresh()
                     return None
                 legacy = decoded.legacy
                 if legacy:
-                    self.app.once.log(
+                    app.once.log(
                         LEGACY,
                         logging.INFO,
                         "session %s: migrating a session stored by the original package "
@@ -231,7 +230,7 @@ class StoredSession:
                     )
                 # The cookie value: the core opened exactly the id it spells.
                 self.id = self.stored_id = value
-                if self.app.config.locking and not self.finished:
+                if app.locking and not self.finished:
                     self.handle = handle
                 else:
                     # Non-locking mode: the lock is held only while reading; changes are
