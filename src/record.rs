@@ -453,12 +453,7 @@ pub fn encode_header(
     out[24..32].copy_from_slice(&saved_at.to_bits().to_le_bytes());
     let len = u32::try_from(stored.len()).unwrap_or(u32::MAX);
     out[32..36].copy_from_slice(&len.to_le_bytes());
-    let t = tag(
-        &keys.primary().tag,
-        &out,
-        binding(id, keys.seals()),
-        stored,
-    );
+    let t = tag(&keys.primary().tag, &out, binding(id, keys.seals()), stored);
     out[TAG_OFFSET..].copy_from_slice(&t);
     out
 }

@@ -1,6 +1,23 @@
 //! What a walk over a store does (`WalkMode`) and what it found (`Report`): shared by every
 //! backend and by the CLI's `stats`/`sweep`/`clear`, so they all report in one shape.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Records visited by walks in this process since it started (every store, every mode).
+static WALKED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `n` records visited by a walk (called by each backend as it goes).
+pub fn count_walked(n: u64) {
+    WALKED.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Records visited by walks in this process so far: a monotonic counter that a caller
+/// samples before and during a walk to show its progress, since the walk itself is one
+/// call that returns only when it is done (`flask beaker-session rekey`'s progress bar).
+pub fn walked() -> u64 {
+    WALKED.load(Ordering::Relaxed)
+}
+
 /// What a walk does with what it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkMode {

@@ -200,6 +200,22 @@ def test_rotation_through_fallbacks_and_rekey_on_files(data_dir: Path) -> None:
     assert read_back(build_app(data_dir, SECRET_KEY="old-key"), sealed[0]) == "None"
 
 
+def test_rekey_shows_its_progress_over_every_record(data_dir: Path) -> None:
+    """``rekey`` runs its walk in a thread and draws a progress bar from the process's
+    count of walked records: a counting walk gives the total, and the rekey walk visits
+    every record once."""
+    old = build_app(data_dir, SECRET_KEY="old-key")
+    for _ in range(5):
+        new_session(old, marker())
+    rotated = build_app(data_dir, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"])
+    before = _core.walked_records()
+    done = cli(rotated, "rekey")
+    assert done.exit_code == 0, done.output
+    assert "re-encrypting" in done.output  # the bar's label (a terminal also gets the bar)
+    assert "re-encrypted 5 of 5 sessions" in done.output
+    assert _core.walked_records() - before == 2 * 5  # counting walk + rekey walk
+
+
 def test_rekey_leaves_records_no_key_opens(data_dir: Path) -> None:
     """Run with the wrong key, ``rekey`` destroys nothing: it reports and leaves them."""
     app = build_app(data_dir, SECRET_KEY="right")

@@ -27,6 +27,7 @@ __all__ = [
     "is_valid_id",
     "record_path",
     "reset_after_fork",
+    "walked_records",
 ]
 
 RECORD_FORMAT_VERSION: int
@@ -37,6 +38,11 @@ def reset_after_fork() -> None:
 
 def record_path(data_dir: str | PathLike[str], sid: str) -> Path:
     """Path of the record of ``sid`` under ``data_dir``; ValueError for a malformed id."""
+
+def walked_records() -> int:
+    """Records visited by walks (``Store.walk``) in this process so far, every store and
+    mode counted: sampled before and while a walk runs in another thread, the difference
+    is that walk's progress."""
 
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` is 32 lowercase hexadecimal characters."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -329,6 +330,38 @@ def init_db_command() -> None:
         click.echo(f"{_where(store)} already exists (index checked)")
 
 
+def _walk_with_progress(
+    store: _core.Store, now: float, mode: _core.WalkMode, label: str
+) -> _core.Report:
+    """``store.walk(now, mode)`` with a progress bar: the walk is one native call (GIL
+    released), so it runs in a thread while this one samples the process's count of walked
+    records against the total a counting walk (headers only) found first."""
+    total = store.walk(now, _core.WalkMode.Stats).records
+    start = _core.walked_records()
+    outcome: list[_core.Report | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(store.walk(now, mode))
+        except BaseException as exc:  # re-raised in the calling thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="flask-beaker-session-walk", daemon=True)
+    worker.start()
+    with click.progressbar(length=total, label=label, show_pos=True) as bar:
+        shown = 0
+        while worker.is_alive():
+            worker.join(0.1)
+            done = min(total, _core.walked_records() - start)
+            bar.update(done - shown)
+            shown = done
+        bar.update(total - shown)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 @group.command("rekey")
 @click.option(
     "--dry-run", is_flag=True, help="Only count what would be re-encrypted (writes nothing)."
@@ -350,7 +383,8 @@ def rekey_command(dry_run: bool) -> None:
     mode = _core.WalkMode.RekeyDryRun if dry_run else _core.WalkMode.Rekey
     # One native walk: each record is re-sealed under its lock, into the slot a save would
     # write (crash-safe), with its times kept; a run can be interrupted and repeated.
-    report = store.walk(_interface().clock(), mode)
+    label = "checking" if dry_run else "re-encrypting"
+    report = _walk_with_progress(store, _interface().clock(), mode, label)
     verb = "would re-encrypt" if dry_run else "re-encrypted"
     click.echo(
         f"{verb} {report.rekeyed} of {report.records} sessions; "

@@ -45,6 +45,14 @@ pub mod _core {
         Ok(crate::shard::record_path(&data_dir, &id))
     }
 
+    /// Records visited by walks (`Store.walk`) in this process so far, every store and mode
+    /// counted: sampled before and while a walk runs (in another thread: it releases the
+    /// GIL), the difference is that walk's progress.
+    #[pyfunction]
+    fn walked_records() -> u64 {
+        crate::report::walked()
+    }
+
     /// Whether `value` is a well-formed session id (32 lowercase hex characters).
     #[pyfunction]
     fn is_valid_id(value: &str) -> bool {

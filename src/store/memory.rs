@@ -136,6 +136,7 @@ impl Store for MemoryStore {
         let mut data = self.shared.data();
         let before = data.len() as u64;
         report.records = before;
+        crate::report::count_walked(before);
         for entry in data.values() {
             report.bytes += entry.payload.len() as u64;
             if self.shared.expired(now, entry) {

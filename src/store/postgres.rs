@@ -378,6 +378,7 @@ impl Shared {
                 let id: String = column(row, 0)?;
                 let value: Vec<u8> = column(row, 1)?;
                 report.records += 1;
+                crate::report::count_walked(1);
                 report.bytes += value.len() as u64;
                 report.add_size(value.len() as u64);
                 let mut digest = [0u8; 32];

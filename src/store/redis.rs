@@ -467,6 +467,7 @@ impl Store for RedisStore {
             shared.scan("s", |keys| {
                 for key in keys {
                     report.records += 1;
+                    crate::report::count_walked(1);
                     shared.rekey(&key, mode == WalkMode::Rekey, &mut report)?;
                 }
                 Ok(())
@@ -475,6 +476,7 @@ impl Store for RedisStore {
         }
         shared.scan("s", |keys| {
             report.records += keys.len() as u64;
+            crate::report::count_walked(keys.len() as u64);
             if mode == WalkMode::Clear {
                 report.removed += shared.delete_keys(&keys)?;
             } else {

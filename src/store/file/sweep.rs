@@ -183,6 +183,7 @@ impl Walker<'_> {
     fn record(&self, dir: &Dir, name: &str, entry: &Entry, report: &mut Report) {
         let len = entry.len;
         report.records += 1;
+        crate::report::count_walked(1);
         report.bytes += len;
         report.add_size(len);
         if self.mode == Mode::Clear {
