@@ -224,18 +224,9 @@ impl Walker<'_> {
         }
         // Look again now that we hold the lock: a request may have touched (or removed)
         // the record between the directory scan and the lock.
-        let Ok(meta) = file.metadata() else {
-            report.errors += 1;
+        let Some(meta) = relooked(file, dir, name, report) else {
             return;
         };
-        match platform::still_linked(file, &meta, dir, name) {
-            Ok(true) => {}
-            Ok(false) => return, // removed or replaced meanwhile
-            Err(_) => {
-                report.errors += 1;
-                return;
-            }
-        }
         let len = meta.len();
         let age = self.now - platform::mtime(&meta);
         match read_times(file, len) {
@@ -298,18 +289,9 @@ impl Walker<'_> {
             report.errors += 1; // held by a request all along: run the command again
             return;
         }
-        let Ok(meta) = file.metadata() else {
-            report.errors += 1;
+        let Some(meta) = relooked(file, dir, name, report) else {
             return;
         };
-        match platform::still_linked(file, &meta, dir, name) {
-            Ok(true) => {}
-            Ok(false) => return, // removed or replaced meanwhile
-            Err(_) => {
-                report.errors += 1;
-                return;
-            }
-        }
         let write = self.mode == Mode::Rekey;
         match record_io::rekey_file(file, &meta, keys, &digest, rekeying.max_payload, write) {
             Ok(Rekey::Reseal(_)) => report.rekeyed += 1,
@@ -598,6 +580,23 @@ pub fn claim(
     file.set_modified(to_system_time(now))
         .map_err(|e| StoreError::io("touch", &path, e))?;
     Ok(Some(Claim { file }))
+}
+
+/// The metadata of a record's file looked up again once its lock is held, if the directory
+/// still names that file (`None`: removed or replaced meanwhile, or an error, counted).
+fn relooked(file: &File, dir: &Dir, name: &str, report: &mut Report) -> Option<std::fs::Metadata> {
+    let Ok(meta) = file.metadata() else {
+        report.errors += 1;
+        return None;
+    };
+    match platform::still_linked(file, &meta, dir, name) {
+        Ok(true) => Some(meta),
+        Ok(false) => None,
+        Err(_) => {
+            report.errors += 1;
+            None
+        }
+    }
 }
 
 /// Walks the store under `data_dir` with `threads` workers (at least one).
