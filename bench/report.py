@@ -301,10 +301,19 @@ def micro_ratio(summary: dict[str, Any], scenario: str, peer: str) -> float | No
 
 
 def ratio_target(
-    label: str, value: float | None, bound: float, at_most: bool = True
+    label: str,
+    value: float | None,
+    bound: float,
+    at_most: bool = True,
+    digits: int | None = None,
 ) -> dict[str, Any]:
+    """``digits``: fixed decimals (the variants' bounds are close to 1: 1.10 and
+    1.104 must not read alike)."""
     met = None if value is None else (value <= bound if at_most else value >= bound)
-    return {"target": label, "value": f"{ratio_fmt(value)}", "met": met}
+    shown = (
+        ratio_fmt(value) if digits is None or value is None else f"{value:.{digits}f}"
+    )
+    return {"target": label, "value": shown, "met": met}
 
 
 def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -349,29 +358,34 @@ def variant_targets(variants: dict[str, Any]) -> list[dict[str, Any]]:
             "without it (ours/ours_plain)",
             ratio("read_write", f"{OURS}/ours_plain"),
             1.05,
+            digits=3,
         ),
         ratio_target(
             "issue 17: 1 MB row (read the blob's length, increment a counter), "
             "encrypted, ≤ 0.10 of the original's (ours/original)",
             ratio("blob_1MB", f"{OURS}/original"),
             0.1,
+            digits=3,
         ),
         ratio_target(
             "SPEC §12: one small key next to 1 MB, encrypted, ≤ 0.10 of the "
             "original's (ours/original)",
             ratio("ro_small_key_1MB", f"{OURS}/original"),
             0.1,
+            digits=3,
         ),
         ratio_target(
             "issue 20: read-write overhead with the per-user index, logged in, "
             "≤ 1.10x (ours_index/ours)",
             ratio("rw_user", f"ours_index/{OURS}"),
             1.1,
+            digits=3,
         ),
         ratio_target(
             "issue 20: read-write overhead with metrics ≤ 1.10x (ours_metrics/ours)",
             ratio("read_write", f"ours_metrics/{OURS}"),
             1.1,
+            digits=3,
         ),
         login_write_target(variants.get("syscalls", {})),
     ]
