@@ -81,7 +81,9 @@ def baseline_commit() -> str:
     """The full commit id of ``--baseline REF`` (``BENCH_BASELINE_REF``)."""
     ref = os.environ.get(BASELINE_ENV)
     if not ref:
-        raise SystemExit(f"the baseline implementation needs {BASELINE_ENV} (run.py --baseline)")
+        raise SystemExit(
+            f"the baseline implementation needs {BASELINE_ENV} (run.py --baseline)"
+        )
     out = subprocess.run(
         ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
         cwd=REPO,
@@ -101,7 +103,10 @@ def baseline_tree() -> Path:
     if not (root / "pyproject.toml").exists():
         root.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(
-            ["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True
+            ["git", "archive", "--format=tar", commit],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
         )
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     return root

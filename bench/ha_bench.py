@@ -1,22 +1,25 @@
-"""Redis Sentinel and Cluster against the single node, in one run (``docs/redis-ha.md``).
+"""Redis Sentinel and Cluster against the single node, in one run.
+
+See ``docs/redis-ha.md``.
 
     .venv/bin/python bench/ha_bench.py [--rounds 5] [--requests 300] [--baseline REF]
 
-Starts, on loopback, a primary + replica + 3 Sentinels and a Cluster of 3 primaries + 3
-replicas (``tests/redis_ha.py``, hence the development venv: ``make test`` makes it), then
-times the micro scenarios of ``ha_worker.py`` (Flask test client) in the ``ours``
-bench venv (a release build of the working tree, ``envs.py``) on:
+Starts, on loopback, a primary + replica + 3 Sentinels and a Cluster of 3 primaries +
+3 replicas (``tests/redis_ha.py``, hence the development venv: ``make test`` makes
+it), then times the micro scenarios of ``ha_worker.py`` (Flask test client) in the
+``ours`` bench venv (a release build of the working tree, ``envs.py``) on:
 
 * ``single``: the Sentinel set's primary through its plain ``redis://`` URL (the same
   server the Sentinel configuration reaches, so only the way of finding it differs);
 * ``sentinel`` and ``cluster``: the ``redis+sentinel://`` and ``redis+cluster://`` URLs;
-* ``sentinel-wait1`` and ``cluster-wait1``: the same with ``SESSION_REDIS_WAIT_REPLICAS=1``;
-* with ``--baseline REF``, ``baseline-single``: this package at REF (its bench venv) on the
-  same single node, to show the single-node backend did not get slower.
+* ``sentinel-wait1`` and ``cluster-wait1``: the same with
+  ``SESSION_REDIS_WAIT_REPLICAS=1``;
+* with ``--baseline REF``, ``baseline-single``: this package at REF (its bench venv) on
+  the same single node, to show the single-node backend did not get slower.
 
 Rounds are interleaved (each round starts with the next configuration); overhead = the
-scenario's median minus the session-free route's, in the same process; the table gives the
-median over rounds and the ratio to ``single``. Results go to ``bench/results/``.
+scenario's median minus the session-free route's, in the same process; the table gives
+the median over rounds and the ratio to ``single``. Results go to ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 
-import envs  # noqa: E402
 from redis_ha import RedisCluster, RedisSentinels  # noqa: E402
+
+import envs  # noqa: E402
 
 SCENARIOS = ("ro", "rw", "new")
 
@@ -103,7 +107,7 @@ def main() -> None:
     }
     lines = [
         "| configuration | "
-        + " | ".join(f"{s} µs (× single)" for s in SCENARIOS)
+        + " | ".join(f"{s} µs (x single)" for s in SCENARIOS)
         + " |",
         "|---|" + "---|" * len(SCENARIOS),
     ]

@@ -1,8 +1,10 @@
-"""Runs inside a bench venv (``ours`` or ``baseline``) for ``ha_bench.py``: one Flask app on
-the Redis deployment named by a JSON config, the benchmark routes of ``apps``, and per
-scenario the median time of ``client.get`` over N requests (after a warm-up), printed as
-one JSON object. Scenarios: ``free`` (no session: the baseline), ``ro`` (reads a key),
-``rw`` (increments a counter), ``new`` (no cookie: creates a session).
+"""Runs inside a bench venv (``ours`` or ``baseline``) for ``ha_bench.py``.
+
+One Flask app on the Redis deployment named by a JSON config, the benchmark routes of
+``apps``, and per scenario the median time of ``client.get`` over N requests (after a
+warm-up), printed as one JSON object. Scenarios: ``free`` (no session: the baseline),
+``ro`` (reads a key), ``rw`` (increments a counter), ``new`` (no cookie: creates a
+session).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import statistics
 import sys
 import time
 
-from apps import add_routes
 from flask import Flask
 from flask_beaker_session.session import Session
+
+from apps import add_routes
 from impls import SECRET_KEY
 
 

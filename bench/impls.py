@@ -4,10 +4,13 @@ Each entry says how to install the implementation into its own virtualenv and ho
 wire it into a Flask app. Everything else (routes, scenarios, timing) is common code, so
 the apps differ only in their session set-up.
 
-Two groups: ``file`` (the main comparison: this package's file store, the original,
-Flask-Session's cachelib store, Flask's cookie) and ``redis`` (this package's Redis
+Groups: ``file`` (the main comparison: this package's file store, the original,
+Flask-Session's cachelib store, Flask's cookie), ``redis`` (this package's Redis
 store against Flask-Session's Redis backend, on one ``redis-server`` that the runner
-starts and names in the environment variable ``BENCH_REDIS_URL``).
+starts and names in the environment variable ``BENCH_REDIS_URL``), ``postgres`` and
+``variants`` (this package's file store with one setting changed, in ``ours``' venv:
+``run.py --variants`` measures what encryption, the per-user index and metrics cost,
+as ratios to ``ours`` in the same run).
 
 This module is imported both by ``run.py`` (system Python, standard library only) and by
 the apps inside each virtualenv, so the set-up functions import their packages lazily.
@@ -35,6 +38,9 @@ SECRET_KEY = "bench-secret-key"
 REDIS_URL_ENV = "BENCH_REDIS_URL"
 #: The Redis client of Flask-Session's venv (ours talks to Redis from Rust).
 REDIS_CLIENT = "redis==8.1.0"
+#: The session key holding the user's id in the login scenarios (Flask-Login's), and
+#: ``ours_index``'s ``SESSION_USER_KEY``.
+USER_KEY = "_user_id"
 #: Environment variable through which the runner hands its PostgreSQL cluster to the
 #: apps (``postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=disable``).
 POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
@@ -54,7 +60,8 @@ class Impl:
     #: Largest payload it can hold (the cookie session is limited to ~4 KB).
     max_payload: int = 1 << 30
     #: ``file`` (main comparison), ``redis`` (the Redis comparison), ``postgres`` (the
-    #: PostgreSQL comparison, which also runs ``ours_redis``) or ``baseline`` (this
+    #: PostgreSQL comparison, which also runs ``ours_redis``), ``variants`` (``ours``
+    #: with one setting changed, only with ``run.py --variants``) or ``baseline`` (this
     #: package at an earlier commit, only with ``run.py --baseline REF``).
     group: str = "file"
     #: The virtualenv it runs in (another implementation's name; default: its own).
@@ -65,8 +72,9 @@ class Impl:
         return self.venv or self.name
 
 
-def setup_ours(app: Flask, data_dir: str) -> None:
-    """This package, configured like the original."""
+def setup_ours(app: Flask, data_dir: str, **settings: Any) -> None:
+    """This package, configured like the original (``settings``: the variants' one
+    changed setting on top)."""
     from flask_beaker_session.session import Session
 
     app.config.update(
@@ -74,8 +82,25 @@ def setup_ours(app: Flask, data_dir: str) -> None:
         SESSION_DATA_DIR=data_dir,
         SESSION_TIMEOUT=TIMEOUT,
         SESSION_EXPIRES=True,
+        **settings,
     )
     Session(app)
+
+
+def setup_ours_plain(app: Flask, data_dir: str) -> None:
+    """``ours`` with records authenticated but not encrypted (issue 17's reference)."""
+    setup_ours(app, data_dir, SESSION_ENCRYPT=False)
+
+
+def setup_ours_index(app: Flask, data_dir: str) -> None:
+    """``ours`` with the per-user index on Flask-Login's key (issue 20)."""
+    setup_ours(app, data_dir, SESSION_USER_KEY=USER_KEY)
+
+
+def setup_ours_metrics(app: Flask, data_dir: str) -> None:
+    """``ours`` with metrics on (issue 20; no ``prometheus_client`` in the venv, so
+    only the in-process counters)."""
+    setup_ours(app, data_dir, SESSION_METRICS=True)
 
 
 def setup_original(app: Flask, data_dir: str) -> None:
@@ -241,6 +266,33 @@ IMPLS: dict[str, Impl] = {
             requirements=(),  # installed from the working tree, see envs.py
             cookie_name="beaker.session.id",
             setup=setup_ours,
+        ),
+        Impl(
+            name="ours_plain",
+            label="ours, SESSION_ENCRYPT=False",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_plain,
+            group="variants",
+            venv="ours",
+        ),
+        Impl(
+            name="ours_index",
+            label="ours, SESSION_USER_KEY='_user_id'",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_index,
+            group="variants",
+            venv="ours",
+        ),
+        Impl(
+            name="ours_metrics",
+            label="ours, SESSION_METRICS=True",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_metrics,
+            group="variants",
+            venv="ours",
         ),
         Impl(
             name="baseline",

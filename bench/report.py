@@ -5,7 +5,8 @@ requests; a scenario's *overhead* is that minus the same round's session-free ro
 (no cookie). Across rounds we report the median overhead and, for ratios, the median
 of the per-round paired ratios (ours / peer measured in the same round). The Redis
 comparison (``results["redis"]``) is summarised the same way, with ``ours_redis`` as
-"ours", and has its own README section.
+"ours", and has its own README section; so is ``results["variants"]`` (``run.py
+--variants``), which also gives each variant's ratio to ours (``ours_plain/ours``, ...).
 """
 
 from __future__ import annotations
@@ -41,12 +42,29 @@ MICRO_ROWS = {
     "rw_1MB": "read-write, payload 1 MB",
     "ro_small_key_1MB": "read one small key next to 1 MB",
 }
+#: Scenarios only ``run.py --variants`` runs (``worker.EXTRA_SCENARIOS``).
+EXTRA_ROWS = {
+    "login": "login: sets the user's id (a logout before each, not timed)",
+    "rw_user": "read-write counter, logged-in session",
+    "blob_1MB": "1 MB row: read the blob's length, increment a counter",
+}
+ROW_TITLES = {**MICRO_ROWS, **EXTRA_ROWS}
+#: Rows of the variants' micro table.
+VARIANT_ROWS = (
+    "free", "read_only", "read_write", "new_session", "login", "rw_user",
+    "rw_1MB", "ro_small_key_1MB", "blob_1MB",
+)  # fmt: skip
+#: Variants whose ratio to ours is reported (``variant/ours``).
+VARIANTS = ("ours_plain", "ours_index", "ours_metrics", "baseline")
+#: Rows of the variants' syscall table.
+VARIANT_SYSCALL_ROWS = ("read_only", "read_write", "new_session", "login", "rw_user")
 #: Rows of the Redis comparison's micro table.
 REDIS_ROWS = (
     "free", "free_cookie", "read_only", "read_write", "new_session", "rw_10KB",
 )  # fmt: skip
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 REDIS_START, REDIS_END = "<!-- redis:start -->", "<!-- redis:end -->"
+VARIANTS_START, VARIANTS_END = "<!-- variants:start -->", "<!-- variants:end -->"
 #: The phases of the main (file store) comparison.
 FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 
@@ -104,11 +122,13 @@ def paired_ratio(
     return median(ratios)
 
 
-def summarise_rounds(rounds: list[dict[str, Any]], ours: str = OURS) -> dict[str, Any]:
+def summarise_rounds(
+    rounds: list[dict[str, Any]], ours: str = OURS, rows: Iterable[str] = MICRO_ROWS
+) -> dict[str, Any]:
     per_round = round_overheads(rounds)
     names = list(rounds[0]["results"]) if rounds else []
     table: dict[str, dict[str, Any]] = {}
-    for scenario in MICRO_ROWS:
+    for scenario in rows:
         cells = {}
         for impl in names:
             values = [
@@ -127,6 +147,29 @@ def summarise_rounds(rounds: list[dict[str, Any]], ours: str = OURS) -> dict[str
         }
         table[scenario] = {"impls": cells, "ratios": ratios}
     return table
+
+
+def summarise_variants(variants: dict[str, Any]) -> dict[str, Any]:
+    """The micro table (ours/peer ratios as everywhere) plus each variant's paired
+    ratio to ours (``ours_plain/ours``: above 1 means the variant costs more)."""
+    rounds = variants["micro"]["rounds"]
+    per_round = round_overheads(rounds)
+    names = list(rounds[0]["results"]) if rounds else []
+    table = summarise_rounds(rounds, OURS, VARIANT_ROWS)
+    for scenario, entry in table.items():
+        ours = entry["impls"].get(OURS, {}).get("overhead_us") or 0
+        entry["variant_ratios"] = {
+            f"{v}/{OURS}": paired_ratio(per_round, scenario, OURS, v)
+            if ours >= MIN_OVERHEAD_US
+            else None
+            for v in VARIANTS
+            if v in names
+        }
+    return {
+        "rounds": len(rounds),
+        "micro": table,
+        "syscalls": variants.get("syscalls", {}),
+    }
 
 
 def summarise_store(store: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +276,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "micro": summarise_rounds(pg["micro"]["rounds"], POSTGRES_OURS),
             "gunicorn": summarise_gunicorn(pg["gunicorn"], POSTGRES_OURS),
         }
+    if "variants" in results:
+        summary["variants"] = summarise_variants(results["variants"])
+        summary["variants"]["targets"] = variant_targets(summary["variants"])
     summary["targets"] = targets(summary)
     return summary
 
@@ -255,10 +301,19 @@ def micro_ratio(summary: dict[str, Any], scenario: str, peer: str) -> float | No
 
 
 def ratio_target(
-    label: str, value: float | None, bound: float, at_most: bool = True
+    label: str,
+    value: float | None,
+    bound: float,
+    at_most: bool = True,
+    digits: int | None = None,
 ) -> dict[str, Any]:
+    """``digits``: fixed decimals (the variants' bounds are close to 1: 1.10 and
+    1.104 must not read alike)."""
     met = None if value is None else (value <= bound if at_most else value >= bound)
-    return {"target": label, "value": f"{ratio_fmt(value)}", "met": met}
+    shown = (
+        ratio_fmt(value) if digits is None or value is None else f"{value:.{digits}f}"
+    )
+    return {"target": label, "value": shown, "met": met}
 
 
 def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,6 +339,76 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     found.extend(gunicorn_targets(summary.get("gunicorn", [])))
     return found
+
+
+def variant_targets(variants: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 17's and issue 20's cost targets, from one ``--variants`` run."""
+    micro = variants["micro"]
+
+    def ratio(scenario: str, key: str) -> float | None:
+        entry = micro.get(scenario, {})
+        value: float | None = entry.get("ratios", {}).get(key)
+        if value is None:
+            value = entry.get("variant_ratios", {}).get(key)
+        return value
+
+    found = [
+        ratio_target(
+            "issue 17: read-write overhead with encryption ≤ 1.05x of the same build "
+            "without it (ours/ours_plain)",
+            ratio("read_write", f"{OURS}/ours_plain"),
+            1.05,
+            digits=3,
+        ),
+        ratio_target(
+            "issue 17: 1 MB row (read the blob's length, increment a counter), "
+            "encrypted, ≤ 0.10 of the original's (ours/original)",
+            ratio("blob_1MB", f"{OURS}/original"),
+            0.1,
+            digits=3,
+        ),
+        ratio_target(
+            "SPEC §12: one small key next to 1 MB, encrypted, ≤ 0.10 of the "
+            "original's (ours/original)",
+            ratio("ro_small_key_1MB", f"{OURS}/original"),
+            0.1,
+            digits=3,
+        ),
+        ratio_target(
+            "issue 20: read-write overhead with the per-user index, logged in, "
+            "≤ 1.10x (ours_index/ours)",
+            ratio("rw_user", f"ours_index/{OURS}"),
+            1.1,
+            digits=3,
+        ),
+        ratio_target(
+            "issue 20: read-write overhead with metrics ≤ 1.10x (ours_metrics/ours)",
+            ratio("read_write", f"ours_metrics/{OURS}"),
+            1.1,
+            digits=3,
+        ),
+        login_write_target(variants.get("syscalls", {})),
+    ]
+    return found
+
+
+def login_write_target(counts: dict[str, Any]) -> dict[str, Any]:
+    """At most one extra write per login with the index: ours_index - ours, write
+    calls per login (files created alongside)."""
+    label = "issue 20: a login with the per-user index costs ≤ 1 extra write"
+    ours = counts.get(OURS, {}).get("login")
+    index = counts.get("ours_index", {}).get("login")
+    if not (ours and index):
+        return {"target": label, "value": "-", "met": None}
+    extra = index["session_layer_writes"] - ours["session_layer_writes"]
+    created = index["by_name"].get("openat+O_CREAT", 0) - ours["by_name"].get(
+        "openat+O_CREAT", 0
+    )
+    value = (
+        f"{extra:+.2f} write calls/login ({ours['session_layer_writes']:.2f} → "
+        f"{index['session_layer_writes']:.2f}), {created:+.2f} files created"
+    )
+    return {"target": label, "value": value, "met": extra <= 1.0 + 1e-9}
 
 
 def rewrite_target(check: dict[str, Any] | None) -> dict[str, Any]:
@@ -380,7 +505,7 @@ def micro_table(
     ]
     rows = []
     for scenario in rows_shown:
-        title = MICRO_ROWS[scenario]
+        title = ROW_TITLES[scenario]
         entry = micro.get(scenario, {"impls": {}, "ratios": {}})
         field = "time_us" if scenario == BASELINE else "overhead_us"
         cells = [fmt(entry["impls"].get(n, {}).get(field)) for n in names]
@@ -437,6 +562,84 @@ def syscall_table(counts: dict[str, Any]) -> str:
     ours = counts.get(OURS, {}).get("read_write", {}).get("by_name", {})
     detail = ", ".join(f"{k} {v:g}" for k, v in ours.items() if abs(v) >= 0.05)
     return table(header, rows) + f"\n\nours, read-write, per request: {detail}"
+
+
+def variant_micro_table(micro: dict[str, Any], names: list[str]) -> str:
+    """Overheads, each variant's ratio to ours, and ours' ratio to the other peers."""
+    variants = [n for n in names if n in VARIANTS]
+    others = [n for n in names if n != OURS and n not in VARIANTS]
+    header = [
+        "scenario (µs)",
+        *[label(n) if n not in VARIANTS else n for n in names],
+        *[f"{v}/ours" for v in variants],
+        *[f"ours/{p}" for p in others],
+    ]
+    rows = []
+    for scenario in VARIANT_ROWS:
+        entry = micro.get(scenario, {"impls": {}, "ratios": {}, "variant_ratios": {}})
+        field = "time_us" if scenario == BASELINE else "overhead_us"
+        cells = [fmt(entry["impls"].get(n, {}).get(field)) for n in names]
+        mine = [
+            ratio_fmt(entry.get("variant_ratios", {}).get(f"{v}/{OURS}"))
+            for v in variants
+        ]
+        theirs = [ratio_fmt(entry["ratios"].get(f"{OURS}/{p}")) for p in others]
+        rows.append([ROW_TITLES[scenario], *cells, *mine, *theirs])
+    return table(header, rows)
+
+
+def variant_syscall_table(counts: dict[str, Any]) -> str:
+    """Session-layer syscalls per request (file ones, write calls), then the login's
+    calls by name for ours and ours_index."""
+    names = list(counts)
+    header = [
+        "syscalls per request, session layer: all (file, writes)",
+        *[label(n) if n not in VARIANTS else n for n in names],
+    ]
+    rows = []
+    for scenario in VARIANT_SYSCALL_ROWS:
+        cells = []
+        for name in names:
+            cell = counts[name].get(scenario)
+            cells.append(
+                f"{cell['session_layer']:.1f} ({cell['session_layer_file']:.1f}, "
+                f"{cell['session_layer_writes']:.1f})"
+                if cell
+                else "-"
+            )
+        rows.append([ROW_TITLES[scenario], *cells])
+    details = []
+    for name in (OURS, "ours_index"):
+        by_name = counts.get(name, {}).get("login", {}).get("by_name", {})
+        listed = ", ".join(f"{k} {v:g}" for k, v in by_name.items() if abs(v) >= 0.05)
+        if by_name:
+            details.append(f"{name}, login, per request: {listed}")
+    return table(header, rows) + ("\n\n" + "  \n".join(details) if details else "")
+
+
+def variants_markdown(results: dict[str, Any]) -> str:
+    """``run.py --variants``: what encryption, the per-user index and metrics cost."""
+    variants = results["summary"]["variants"]
+    names = list(results["variant_impls"])
+    plan = results["plan"]
+    parts = [
+        run_line(results),
+        table(
+            ["target (issues 17, 20)", "measured", "status"],
+            [[t["target"], t["value"], verdict(t["met"])] for t in variants["targets"]],
+        ),
+        "Session overhead per request, Flask test client (µs; median of "
+        f"{variants['rounds']} interleaved rounds of {plan['requests']} requests, "
+        f"1 MB rows {max(10, plan['requests'] // 10)}; ratios: median of per-round "
+        "paired ratios, `variant/ours` (above 1: the variant costs more) and "
+        "`ours/peer`):\n\n" + variant_micro_table(variants["micro"], names),
+    ]
+    if variants.get("syscalls"):
+        parts.append(
+            f"strace -f, {plan['syscall_requests']} requests per scenario (the login's "
+            "logouts not counted):\n\n" + variant_syscall_table(variants["syscalls"])
+        )
+    return "\n\n".join(parts) + "\n"
 
 
 def rewrite_table(rewrite: dict[str, Any]) -> str:
@@ -640,6 +843,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append("## Redis\n\n" + redis_markdown(results))
     if "postgres" in results:
         parts.append("## PostgreSQL\n\n" + postgres_markdown(results))
+    if "variants" in results:
+        parts.append("## Variants\n\n" + variants_markdown(results))
     return "\n".join(parts)
 
 
@@ -671,6 +876,11 @@ def update_readme(readme: Path, results: dict[str, Any]) -> list[str]:
             text, REDIS_START, REDIS_END, redis_markdown(results), results
         )
         updated.append("redis")
+    if "variants" in results:
+        text = replace_section(
+            text, VARIANTS_START, VARIANTS_END, variants_markdown(results), results
+        )
+        updated.append("variants")
     readme.write_text(text)
     return updated
 

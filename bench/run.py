@@ -1,7 +1,7 @@
 """Benchmark: this package vs. the original (Beaker), Flask-Session, Flask's cookie.
 
-    python bench/run.py [--quick] [--redis] [--impls ours,original,...] [--no-readme]
-                        [--baseline REF]
+    python bench/run.py [--quick] [--redis | --postgres | --variants]
+                        [--impls ours,original,...] [--no-readme] [--baseline REF]
 
 Builds (and caches) one virtualenv per implementation, runs the same Flask app in each,
 interleaves the implementations round by round, prints a markdown table and writes the
@@ -10,7 +10,10 @@ raw numbers and their summary to ``bench/results/<timestamp>.json``. The last ph
 one ``redis-server`` started for the run; ``--redis`` runs only that phase. A full run
 that covers every file implementation rewrites the results section of
 ``bench/README.md``; a full run with the ``redis`` phase rewrites its Redis section.
-See ``bench/README.md`` for the method.
+``--variants`` runs only the ``variants`` phase: this package with encryption off, with
+the per-user index, with metrics (each a ratio to ``ours`` in the same rounds), the
+original and the cookie session, on the micro scenarios (a login among them) and the
+syscall counter. See ``bench/README.md`` for the method.
 """
 
 from __future__ import annotations
@@ -46,6 +49,20 @@ RESULTS = BENCH / "results"
 COMMAND_TIMEOUT = 900
 #: Micro scenarios of the Redis comparison (besides the baseline).
 REDIS_SCENARIOS = ("free_cookie", "read_only", "read_write", "new_session", "rw_10KB")
+#: Implementations of ``--variants`` (the default of its ``--impls``): ours, its
+#: variants (ratios to ours), the original (issue 17's 1 MB target) and the cookie.
+VARIANT_IMPLS = (
+    "ours", "ours_plain", "ours_index", "ours_metrics", "original", "cookie",
+)  # fmt: skip
+#: Micro scenarios of ``--variants`` (besides the baseline).
+VARIANT_SCENARIOS = (
+    "read_only", "read_write", "new_session", "login", "rw_user",
+    "rw_1MB", "ro_small_key_1MB", "blob_1MB",
+)  # fmt: skip
+#: Scenarios whose syscalls ``--variants`` counts (``free``: the baseline).
+VARIANT_SYSCALLS = (
+    "free", "read_only", "read_write", "new_session", "login", "rw_user",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class Plan:
     redis_requests: int
     redis_load_workers: tuple[int, ...]
     redis_load_rounds: int
+    variant_rounds: int
 
 
 PLANS = {
@@ -94,6 +112,7 @@ PLANS = {
         redis_requests=100,
         redis_load_workers=(4,),
         redis_load_rounds=1,
+        variant_rounds=3,
     ),
     "full": Plan(
         rounds=9,
@@ -115,6 +134,7 @@ PLANS = {
         redis_requests=300,
         redis_load_workers=(4,),
         redis_load_rounds=2,
+        variant_rounds=11,
     ),
 }
 
@@ -291,15 +311,33 @@ def run_store(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
     return {"sizes": sizes}
 
 
-def run_syscalls(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
+def run_syscalls(
+    pythons: dict[str, Path],
+    plan: Plan,
+    scenarios: tuple[str, ...] = syscalls.SCENARIOS,
+) -> dict[str, Any]:
     if not shutil.which("strace"):
         log("strace not found: syscall counts skipped (apt-get install strace)")
         return {}
     results = {}
     for name, python in pythons.items():
         log(f"syscalls: {name}")
-        results[name] = syscalls.trace(python, name, plan.syscall_requests)
+        results[name] = syscalls.trace(python, name, plan.syscall_requests, scenarios)
     return results
+
+
+def run_variants(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
+    """Ours and its variants (encryption off, per-user index, metrics), the original
+    and the cookie session: interleaved micro rounds (a login and a logged-in
+    read-write among them), then syscalls per request, login included."""
+    micro = micro_rounds(
+        pythons,
+        plan.variant_rounds,
+        plan.requests,
+        "variants",
+        only=VARIANT_SCENARIOS,
+    )
+    return {"micro": micro, "syscalls": run_syscalls(pythons, plan, VARIANT_SYSCALLS)}
 
 
 def run_gunicorn(
@@ -405,9 +443,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only the PostgreSQL comparison: " + " vs. ".join(impl_names("postgres")),
     )
     parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="only the variants of this package (ratios to ours, issues 17 and 20): "
+        + ", ".join(VARIANT_IMPLS)
+        + " on the micro scenarios and syscalls (< 5 min)",
+    )
+    parser.add_argument(
         "--impls",
-        default=",".join(impl_names("file")),
-        help="comma-separated subset of: " + ", ".join(impl_names("file")),
+        default=None,
+        help="comma-separated subset of: "
+        + ", ".join(impl_names("file"))
+        + " (with --variants: of "
+        + ", ".join(VARIANT_IMPLS)
+        + ")",
     )
     parser.add_argument(
         "--no-readme", action="store_true", help="never rewrite bench/README.md"
@@ -422,7 +471,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated phases to skip: "
-        "floor,micro,syscalls,store,gunicorn,redis,postgres",
+        "floor,micro,syscalls,store,gunicorn,redis,postgres,variants",
     )
     return parser.parse_args(argv)
 
@@ -435,16 +484,27 @@ def main(argv: list[str]) -> int:
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
     skip = set(filter(None, args.skip.split(",")))
-    names = [n for n in args.impls.split(",") if n]
-    unknown = set(names) - set(impl_names("file"))
+    allowed = VARIANT_IMPLS if args.variants else tuple(impl_names("file"))
+    names = [n for n in (args.impls or ",".join(allowed)).split(",") if n]
+    unknown = set(names) - set(allowed)
     if unknown:
         raise SystemExit(f"unknown implementation(s): {', '.join(sorted(unknown))}")
+    variant_names: list[str] = []
+    if args.variants:
+        if "ours" not in names:
+            raise SystemExit("--variants: the ratios need ours in --impls")
+        # Only this phase; the README's variants section is rewritten by a full run.
+        variant_names, names = names, []
+        skip |= {*FILE_PHASES, "redis"}
+    else:
+        skip.add("variants")
     if args.baseline:
         os.environ[envs.BASELINE_ENV] = args.baseline
-        names.insert(1 if "ours" in names else 0, "baseline")
+        target = variant_names if args.variants else names
+        target.insert(1 if "ours" in target else 0, "baseline")
         args.no_readme = True
     if args.redis:
-        skip |= set(FILE_PHASES)
+        skip |= {*FILE_PHASES, "variants"}
         names = []
     if "redis" not in skip and not redisbench.available():
         if args.redis:
@@ -452,7 +512,7 @@ def main(argv: list[str]) -> int:
         log("no redis-server: Redis phase skipped (apt-get install redis-server)")
         skip.add("redis")
     if args.postgres:
-        skip |= {*FILE_PHASES, "redis"}
+        skip |= {*FILE_PHASES, "redis", "variants"}
         names = []
         if not (pgbench.available() and redisbench.available()):
             raise SystemExit(
@@ -466,7 +526,9 @@ def main(argv: list[str]) -> int:
     pg_names = [] if "postgres" in skip else ["ours_redis", *impl_names("postgres")]
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
-    pythons = envs.ensure_all(list(dict.fromkeys(names + redis_names + pg_names)))
+    pythons = envs.ensure_all(
+        list(dict.fromkeys(names + redis_names + pg_names + variant_names))
+    )
     log(f"venvs ready ({time.monotonic() - started:.0f} s); {mode} run")
     measured = time.monotonic()
     frozen: dict[Path, list[str]] = {}
@@ -477,6 +539,7 @@ def main(argv: list[str]) -> int:
         "impls": {n: IMPLS[n].label for n in names},
         "redis_impls": {n: IMPLS[n].label for n in redis_names},
         "postgres_impls": {n: IMPLS[n].label for n in pg_names},
+        "variant_impls": {n: IMPLS[n].label for n in variant_names},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "git": git_state(),
@@ -495,6 +558,7 @@ def main(argv: list[str]) -> int:
         "gunicorn": lambda: run_gunicorn(files, plan),
         "redis": lambda: run_redis({n: pythons[n] for n in redis_names}, plan),
         "postgres": lambda: run_postgres({n: pythons[n] for n in pg_names}, plan),
+        "variants": lambda: run_variants({n: pythons[n] for n in variant_names}, plan),
     }
     for phase, run in phases.items():
         if phase not in skip:
@@ -505,7 +569,15 @@ def main(argv: list[str]) -> int:
     results["summary"] = report.summarise(results)
     table = report.markdown(results)
     RESULTS.mkdir(exist_ok=True)
-    kind = "redis-" if args.redis else "postgres-" if args.postgres else ""
+    kind = (
+        "redis-"
+        if args.redis
+        else "postgres-"
+        if args.postgres
+        else "variants-"
+        if args.variants
+        else ""
+    )
     out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}{mode}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(table)

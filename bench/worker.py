@@ -9,7 +9,9 @@ Two modes:
   then runs each scenario N times between two marker syscalls and exits; the runner
   traces it with ``strace -f`` and counts the syscalls between the markers.
 
-Times are per request, in nanoseconds, measured around ``client.get`` only.
+Times are per request, in nanoseconds, measured around ``client.get`` only. A scenario
+with a *prepare* request (``login``: a logout before each login) runs it before each
+measured request, outside the timing and outside the syscall markers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -39,6 +41,20 @@ PAYLOADS = {"100B": 100, "10KB": 10_000, "1MB": 1_000_000}
 BASELINE = "free"
 #: Path prefix of the marker syscalls (never exists).
 MARKER = "/nonexistent-bench-marker"
+#: Scenarios that run only when asked for by name (``run.py --variants``): a login
+#: (each measured request sets the user's id on a session that has data but no user;
+#: a logout before each, not measured), a read-write on a logged-in session, and issue
+#: 17's 1 MB row (read the blob's length, increment a counter).
+EXTRA_SCENARIOS = ("login", "rw_user", "blob_1MB")
+
+
+class Scenario(NamedTuple):
+    """One measured request, whether it moves a 1 MB session, and the request to run
+    before each measured one (None: none)."""
+
+    request: Callable[[], Any]
+    big: bool = False
+    prepare: Callable[[], Any] | None = None
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -102,10 +118,17 @@ class Bench:
 
     # -- timing --------------------------------------------------------------------
 
-    def time_requests(self, n: int, request: Callable[[], Any]) -> list[int]:
+    def time_requests(
+        self,
+        n: int,
+        request: Callable[[], Any],
+        prepare: Callable[[], Any] | None = None,
+    ) -> list[int]:
         samples = []
         clock = time.perf_counter_ns
         for _ in range(n):
+            if prepare is not None:
+                self.check(prepare())
             start = clock()
             response = request()
             samples.append(clock() - start)
@@ -113,56 +136,83 @@ class Bench:
                 raise RuntimeError(f"{self.impl.name}: HTTP {response.status_code}")
         return samples
 
-    def scenarios(
-        self, only: list[str] | None = None
-    ) -> dict[str, tuple[Callable[[], Any], bool]]:
-        """Name -> (one request, whether it moves a 1 MB session).
+    def logged_in_client(self) -> FlaskClient:
+        """A cookie-jar client whose session holds a counter and a user's id."""
+        if "user" not in self.clients:
+            client = self.app.test_client()
+            self.check(client.get("/setup/0"))
+            self.check(client.get("/login"))
+            self.clients["user"] = client
+        return self.clients["user"]
+
+    def scenarios(self, only: list[str] | None = None) -> dict[str, Scenario]:
+        """Name -> the scenario.
 
         ``only``: just these scenarios (and the baseline); the sessions of the others
-        are not even created.
+        are not even created. ``EXTRA_SCENARIOS`` run only when named in ``only``.
         """
         wanted = None if only is None else {BASELINE, *only}
 
         def keep(name: str) -> bool:
             return wanted is None or name in wanted
 
-        table: dict[str, tuple[Callable[[], Any], bool]] = {
-            BASELINE: (lambda: self.empty_jar.get("/free"), False),
+        def extra(name: str) -> bool:
+            return wanted is not None and name in wanted
+
+        table: dict[str, Scenario] = {
+            BASELINE: Scenario(lambda: self.empty_jar.get("/free")),
         }
         if any(map(keep, ("free_cookie", "read_only", "read_write"))):
             small = self.client_with_session(0)
-            table["free_cookie"] = (lambda: small.get("/free"), False)
-            table["read_only"] = (lambda: small.get("/ro"), False)
-            table["read_write"] = (lambda: small.get("/rw"), False)
-        table["new_session"] = (lambda: self.anonymous.get("/rw"), False)
+            table["free_cookie"] = Scenario(lambda: small.get("/free"))
+            table["read_only"] = Scenario(lambda: small.get("/ro"))
+            table["read_write"] = Scenario(lambda: small.get("/rw"))
+        table["new_session"] = Scenario(lambda: self.anonymous.get("/rw"))
+        if extra("login"):
+            # Its own session (counter, no user): logged out before each login.
+            guest = self.app.test_client()
+            self.check(guest.get("/setup/0"))
+            table["login"] = Scenario(
+                lambda: guest.get("/login"), prepare=lambda: guest.get("/logout")
+            )
+        if extra("rw_user"):
+            user = self.logged_in_client()
+            table["rw_user"] = Scenario(lambda: user.get("/rw"))
         for label, size in PAYLOADS.items():
-            rw, ro = f"rw_{label}", f"ro_small_key_{label}"
-            if size > self.impl.max_payload or not (keep(rw) or keep(ro)):
+            rw, ro, blob = f"rw_{label}", f"ro_small_key_{label}", f"blob_{label}"
+            wants_blob = extra(blob)
+            if size > self.impl.max_payload or not (keep(rw) or keep(ro) or wants_blob):
                 continue
             client = self.client_with_session(size)
             big = size >= 1_000_000
-            table[rw] = (functools.partial(client.get, "/rw"), big)
+            table[rw] = Scenario(functools.partial(client.get, "/rw"), big)
             if big:
-                table[ro] = (functools.partial(client.get, "/ro"), big)
+                table[ro] = Scenario(functools.partial(client.get, "/ro"), big)
+            if wants_blob:
+                table[blob] = Scenario(functools.partial(client.get, "/blob"), big)
         return {name: entry for name, entry in table.items() if keep(name)}
 
     def micro(self, n: int, only: list[str] | None = None) -> dict[str, Any]:
         """One round of the micro scenarios (all, or ``only`` these and the baseline),
         ``n`` requests each (fewer for 1 MB)."""
         results = {}
-        for name, (request, big) in self.scenarios(only).items():
-            count = max(10, n // 10) if big else n
-            request()  # warm-up (imports, first-use paths)
-            results[name] = summarise(self.time_requests(count, request))
+        for name, scenario in self.scenarios(only).items():
+            count = max(10, n // 10) if scenario.big else n
+            if scenario.prepare is not None:
+                self.check(scenario.prepare())
+            scenario.request()  # warm-up (imports, first-use paths)
+            results[name] = summarise(
+                self.time_requests(count, scenario.request, scenario.prepare)
+            )
         return results
 
     def redis_cost(self, n: int, only: list[str] | None = None) -> dict[str, Any]:
         """Redis round trips and commands per request, per scenario (Redis impls)."""
         port = redisbench.port_of(os.environ[REDIS_URL_ENV])
         results = {}
-        for name, (request, _) in self.scenarios(only).items():
-            request()  # warm-up (script loading, first connection)
-            checked = functools.partial(self.check_call, request)
+        for name, scenario in self.scenarios(only).items():
+            scenario.request()  # warm-up (script loading, first connection)
+            checked = functools.partial(self.check_call, scenario.request)
             results[name] = redisbench.cost(port, n, checked)
         return results
 
@@ -286,16 +336,32 @@ def marker(label: str) -> None:
 
 
 def syscalls(bench: Bench, scenarios: list[str], n: int) -> None:
-    """Warms every scenario up once, then runs each of ``scenarios`` ``n`` times."""
-    table = bench.scenarios()
-    for request, _ in table.values():
-        request()
-    for scenario in scenarios:
-        request = table[scenario][0]
-        marker(f"{scenario}/start")
+    """Warms every scenario up once, then runs each of ``scenarios`` ``n`` times.
+
+    Every scenario is set up and warmed up, unless an extra one is asked for: then
+    only those asked for. A scenario with a prepare request gets its markers around
+    each measured request (the parser adds the segments up), so the prepare requests
+    are not counted.
+    """
+    extras = any(name in EXTRA_SCENARIOS for name in scenarios)
+    table = bench.scenarios(scenarios if extras else None)
+    for entry in table.values():
+        if entry.prepare is not None:
+            bench.check(entry.prepare())
+        bench.check(entry.request())
+    for name in scenarios:
+        entry = table[name]
+        if entry.prepare is None:
+            marker(f"{name}/start")
+            for _ in range(n):
+                entry.request()
+            marker(f"{name}/end")
+            continue
         for _ in range(n):
-            request()
-        marker(f"{scenario}/end")
+            bench.check(entry.prepare())
+            marker(f"{name}/start")
+            entry.request()
+            marker(f"{name}/end")
 
 
 def main(argv: list[str]) -> None:

@@ -10,7 +10,7 @@ import os
 
 from flask import Flask, session
 
-from impls import IMPLS, SECRET_KEY
+from impls import IMPLS, SECRET_KEY, USER_KEY
 
 
 def create_app(impl: str, data_dir: str) -> Flask:
@@ -39,6 +39,26 @@ def add_routes(app: Flask) -> None:
     def read_only() -> str:
         """Reads one small key (-1 when the session has none)."""
         return str(session.get("n", -1))
+
+    @app.get("/blob")
+    def blob() -> str:
+        """Issue 17's 1 MB row: reads the blob's length and increments the counter."""
+        n = session.get("n", 0) + 1
+        session["n"] = n
+        return f"{len(session.get('blob', b''))} {n}"
+
+    @app.get("/login")
+    def login() -> str:
+        """What Flask-Login's ``login_user()`` does to the session: sets the user's id
+        (``ours_index`` then adds an index entry)."""
+        session[USER_KEY] = "bench-user"
+        return "in"
+
+    @app.get("/logout")
+    def logout() -> str:
+        """Flask-Login's ``logout_user()``: removes the user's id, keeps the rest."""
+        session.pop(USER_KEY, None)
+        return "out"
 
     @app.get("/setup/<int:size>")
     def setup(size: int) -> str:
