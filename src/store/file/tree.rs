@@ -204,10 +204,12 @@ impl Tree {
         };
         let mut current = root;
         for name in components {
-            let sub = if create {
-                platform::make_subdir(&current, name)?
-            } else {
-                platform::subdir(&current, name)?
+            // Opened first even when creating: a user's directories exist after their first
+            // login, and `make_subdir` would pay a failing `mkdirat` for each of them.
+            let sub = match platform::subdir(&current, name)? {
+                Sub::Dir(fd) => Sub::Dir(fd),
+                _ if create => platform::make_subdir(&current, name)?,
+                other => other,
             };
             match found(sub) {
                 Found::Dir(fd) => current = fd,
