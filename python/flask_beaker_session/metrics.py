@@ -216,7 +216,10 @@ class Metrics:
     def opened(self, status: _core.OpenStatus | None, seconds: float) -> None:
         """A request opened its session: what the store found (None: a session, loaded),
         and how long it took."""
-        counts = self._thread_list()
+        try:  # (inline: a method call per request is most of what counting costs)
+            counts: list[float] = self._local.counts
+        except AttributeError:
+            counts = self._thread_list()
         counts[self._loaded_slot if status is None else self._open_slot[status]] += 1
         counts[self._open_hist + bisect_left(OPEN_BUCKETS, seconds)] += 1
         counts[self._open_sum] += seconds
@@ -224,7 +227,10 @@ class Metrics:
     def saved(self, outcome: Any, size: int | None) -> None:
         """What the end of a request did (a ``stored.Outcome``); ``size``: bytes written
         (None: nothing)."""
-        counts = self._thread_list()
+        try:
+            counts: list[float] = self._local.counts
+        except AttributeError:
+            counts = self._thread_list()
         # By identity: an Enum member's hash is a Python-level call.
         counts[self._save_slot[id(outcome)]] += 1
         if size is not None:
