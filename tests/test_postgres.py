@@ -87,6 +87,59 @@ def test_row_keyed_by_digest_with_indexed_expiry(
     assert sid not in postgres_server.psql(f'SELECT record::text FROM "{table}"')
 
 
+def test_statements_and_round_trips_per_request(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """What a request costs the server, counted in its own statement log
+    (`log_statement=all` for this store's connection, which prepared its statements
+    during the warm-up): a new session is one statement (the INSERT), a read-write
+    request two (lock+read, save+release), a read-only one two (lock+read, release),
+    where the release is pipelined: the request waits for one answer only, so its
+    statement is logged by the time the next request's answer arrives."""
+    name = f"fbs-count-{table}"
+    url = postgres_server.url() + f"&application_name={name}&options=-c%20log_statement%3Dall"
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=url,
+        SESSION_TIMEOUT=3600,
+        SESSION_SWEEP_INTERVAL=None,
+    )
+    client = app.test_client()
+    for _ in range(3):  # prepares every statement below on the one connection
+        client.get("/inc")
+        client.get("/get/n")
+    pid = postgres_server.psql(
+        f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'"
+    )
+    assert pid.isdigit()  # one connection
+    log = postgres_server.log
+
+    def executed(since: int) -> list[str]:
+        with open(log, "rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        return [line for line in lines if f"[{pid}] LOG:  execute " in line]
+
+    def count(requests: Any, expected: int) -> list[str]:
+        since = log.stat().st_size
+        requests()
+        wait_for(lambda: len(executed(since)) >= expected)
+        return executed(since)
+
+    n = 20
+    read_write = count(lambda: [client.get("/inc") for _ in range(n)], 2 * n)
+    assert len(read_write) == 2 * n
+    read_only = count(lambda: [client.get("/get/n") for _ in range(n)], 2 * n)
+    assert len(read_only) == 2 * n
+    fresh = app.test_client()
+    new = count(lambda: fresh.get("/inc"), 1)
+    assert len(new) == 1
+    # Prepared once: each statement is executed by name, never parsed again.
+    assert not any("execute <unnamed>" in line for line in read_write + read_only + new)
+
+
 def test_touch_writes_only_the_access_time(
     tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
 ) -> None:

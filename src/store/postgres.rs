@@ -20,7 +20,9 @@
 //!   first, so only one of them polls) and holds no connection between polls. Saves,
 //!   touches and deletes are compare-and-set on the token and release the lock in the
 //!   same statement: a request whose lock lapsed (`lock_ttl`, the server's clock) and was
-//!   taken by another never overwrites the newer data (`StoreError::LockLost`).
+//!   taken by another never overwrites the newer data (`StoreError::LockLost`). A bare
+//!   release (a read-only request) is sent without waiting for its answer (pipelined):
+//!   a read-only request costs one round trip, a read-write one two, a new session one.
 //! * A lock this process may have left behind (its release failed: the server was down)
 //!   is remembered with its token; the next request of that session in this process takes
 //!   it over at once instead of waiting for it to lapse. Other processes wait `lock_ttl`.
@@ -284,6 +286,12 @@ impl Shared {
     fn query(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<tokio_postgres::Row>> {
         self.table.ensure(&self.pool, self.timeout)?;
         self.pool.query(sql, params)
+    }
+
+    /// A statement sent without waiting for its answer (`pool::Pool::send`).
+    fn send(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<()> {
+        self.table.ensure(&self.pool, self.timeout)?;
+        self.pool.send(sql, params)
     }
 
     fn orphans(&self) -> &Mutex<HashMap<String, (String, Instant)>> {
@@ -651,14 +659,18 @@ impl PostgresHandle {
         self.run(&store.sql.delete, &[])
     }
 
-    /// Releases the lock (compare-and-set). On failure the lock is remembered as an
-    /// orphan of this process. Nothing in a forked child: the lock is the parent's.
+    /// Releases the lock (compare-and-set), without waiting for the server's answer:
+    /// nothing the request does depends on it (a lock no longer ours stays so either
+    /// way), and it saves a read-only request a round trip. The statement is on the wire
+    /// when this returns, so the lock is free as soon as the server reads it. When it
+    /// cannot be sent the lock is remembered as an orphan of this process. Nothing in a
+    /// forked child: the lock is the parent's.
     fn release(&mut self) {
         if std::mem::replace(&mut self.released, true) || self.generation != generation() {
             return;
         }
         let store = Arc::clone(&self.store);
-        let released = store.query(
+        let released = store.send(
             &store.sql.release,
             &[(&self.digest, Type::TEXT), (&self.token, Type::TEXT)],
         );

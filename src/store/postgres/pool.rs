@@ -9,7 +9,9 @@
 //! statement, never while a request waits for a session lock. Each connection prepares a
 //! statement the first time it sends it and keeps it (the server then neither parses nor
 //! plans it again); a connection that met a server error forgets its statements (the
-//! table may have been dropped and created again).
+//! table may have been dropped and created again). One statement is not waited for
+//! (`Pool::send`, the lock release of a read-only request): it is written out and the
+//! connection goes back to the pool; its answer is read, in order, before the next one.
 //!
 //! Fork safety: the pool is per fork generation (`crate::lock::ForkLocal`). A child never
 //! uses, drops or waits on what it inherited: dropping an inherited client could send the
@@ -18,7 +20,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Condvar, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Runtime};
@@ -76,26 +80,73 @@ fn timed_out(what: &str, limit: Duration) -> StoreError {
 }
 
 impl Conn {
-    fn query(&self, limit: Duration, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Failure> {
+    /// `sql` prepared on this connection (once: the server then neither parses nor plans
+    /// it again).
+    async fn statement(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Statement, tokio_postgres::Error> {
         let known = self.prepared.borrow().get(sql).cloned();
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let statement = self.client.prepare_typed(sql, &types).await?;
+        self.prepared
+            .borrow_mut()
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(&self, limit: Duration, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Failure> {
         let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
         let outcome = self.rt.block_on(async {
             tokio::time::timeout(limit, async {
-                let statement = match known {
-                    Some(statement) => statement,
-                    None => {
-                        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                        let statement = self.client.prepare_typed(sql, &types).await?;
-                        self.prepared
-                            .borrow_mut()
-                            .insert(sql.to_owned(), statement.clone());
-                        statement
-                    }
-                };
+                let statement = self.statement(sql, params).await?;
                 self.client.query(&statement, &values).await
             })
             .await
         });
+        self.settle(outcome)
+    }
+
+    /// Sends a statement without waiting for its answer (pipelining): it is on the wire
+    /// when this returns, and the server runs it as soon as it reads it; its answer is
+    /// read and dropped by the connection in order, before the answer of the next
+    /// statement sent on it. An error of the statement itself is not seen (a broken
+    /// connection is: here, or by the next statement, which the pool then retries).
+    fn send(&self, limit: Duration, sql: &str, params: &[Param<'_>]) -> Result<(), Failure> {
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        let outcome = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let statement = self.statement(sql, params).await?;
+                let query = self.client.query(&statement, &values);
+                let mut query = std::pin::pin!(query);
+                // The first poll hands the request to the connection task (it cannot
+                // complete: nothing was read yet; a closed connection fails here).
+                let first = std::future::poll_fn(|cx| Poll::Ready(query.as_mut().poll(cx)));
+                if let Poll::Ready(Err(e)) = first.await {
+                    return Err(e);
+                }
+                // The connection task, woken by the request, writes it out when this
+                // task yields: the runtime runs every ready task before polling this
+                // one again (twice, should a tick ever leave it for the next).
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+            .await
+        });
+        self.settle(outcome).map(drop)
+    }
+
+    /// The outcome of a bounded statement; a connection that met a server error forgets
+    /// its statements (the table may have been dropped and created again).
+    fn settle<T>(
+        &self,
+        outcome: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Failure> {
         let result = outcome.map_err(|_| Failure::Timeout)?;
         if result.is_err() {
             self.prepared.borrow_mut().clear();
@@ -360,6 +411,12 @@ impl Pool {
     /// One statement, its rows.
     pub fn query(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<Row>> {
         self.with("a statement", |conn| conn.query(self.timeout, sql, params))
+    }
+
+    /// One statement sent without waiting for its answer (`Conn::send`): for the lock
+    /// release of a read-only request, whose outcome changes nothing for the caller.
+    pub fn send(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<()> {
+        self.with("a statement", |conn| conn.send(self.timeout, sql, params))
     }
 
     /// Several statements in one round trip (the migration), bounded by `limit`.
