@@ -27,9 +27,9 @@ on ``single``, ``sentinel``, ``cluster``, ``single-wait1`` (the single node with
 use a Cluster or Sentinel). Each round runs every configuration once per worker count,
 in rotating order; req/s is the median over rounds and ``× single`` the median of the
 per-round ratios to ``single`` at the same worker count. ``--quick`` (3 rounds of 200
-requests, 3 load rounds of 2 s) stays under ~5 minutes (about 2 here). ``--pin CPU`` runs
-the micro rounds with every Redis process and the worker on one CPU (``pin``). Results go to
-``bench/results/redis-ha-<timestamp>[-quick].json``.
+requests, 3 load rounds of 2 s) stays under ~5 minutes (about 2 here). ``--pin CPU``
+runs the micro rounds with every Redis process and the worker on one CPU (``pin``).
+Results go to ``bench/results/redis-ha-<timestamp>[-quick].json``.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def load_phase(
 def load_summary(
     runs: dict[str, dict[int, list[dict[str, object]]]],
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """Per configuration and worker count: medians over rounds, paired ratio to single."""
+    """Per configuration and worker count: medians over rounds, paired ratio to
+    single."""
     summary: dict[str, dict[int, dict[str, float]]] = {}
     for name, by_workers in runs.items():
         summary[name] = {}
@@ -173,7 +174,8 @@ def load_table(summary: dict[str, dict[int, dict[str, float]]]) -> str:
             lines.append(
                 f"| -w {workers} | {name} | {row['req_per_s']:,.0f} "
                 f"| {row['x_single']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
-                f"| {row['errors']:.0f} | {row['lost_updates']:.0f} of {row['ok']:,.0f} |"
+                f"| {row['errors']:.0f} "
+                f"| {row['lost_updates']:.0f} of {row['ok']:,.0f} |"
             )
     return "\n".join(lines)
 
