@@ -1,25 +1,35 @@
-"""Redis Sentinel and Cluster against the single node, in one run.
+"""Redis Sentinel and Cluster against the single node, in one run (``docs/redis-ha.md``).
 
-See ``docs/redis-ha.md``.
+    .venv/bin/python bench/ha_bench.py [--quick] [--rounds 5] [--requests 300]
+        [--load-rounds 3] [--load-seconds 5] [--no-load] [--baseline REF]
 
-    .venv/bin/python bench/ha_bench.py [--rounds 5] [--requests 300] [--baseline REF]
-
-Starts, on loopback, a primary + replica + 3 Sentinels and a Cluster of 3 primaries +
-3 replicas (``tests/redis_ha.py``, hence the development venv: ``make test`` makes
-it), then times the micro scenarios of ``ha_worker.py`` (Flask test client) in the
-``ours`` bench venv (a release build of the working tree, ``envs.py``) on:
+Starts, on loopback, a primary + replica + 3 Sentinels and a Cluster of 3 primaries + 3
+replicas (``tests/redis_ha.py``, hence the development venv: ``make test`` makes it), then
+times the micro scenarios of ``ha_worker.py`` (Flask test client) in the ``ours``
+bench venv (a release build of the working tree, ``envs.py``) on:
 
 * ``single``: the Sentinel set's primary through its plain ``redis://`` URL (the same
   server the Sentinel configuration reaches, so only the way of finding it differs);
 * ``sentinel`` and ``cluster``: the ``redis+sentinel://`` and ``redis+cluster://`` URLs;
-* ``sentinel-wait1`` and ``cluster-wait1``: the same with
-  ``SESSION_REDIS_WAIT_REPLICAS=1``;
-* with ``--baseline REF``, ``baseline-single``: this package at REF (its bench venv) on
-  the same single node, to show the single-node backend did not get slower.
+* ``sentinel-wait1`` and ``cluster-wait1``: the same with ``SESSION_REDIS_WAIT_REPLICAS=1``;
+* with ``--baseline REF``, ``baseline-single``: this package at REF (its bench venv) on the
+  same single node, to show the single-node backend did not get slower.
 
 Rounds are interleaved (each round starts with the next configuration); overhead = the
-scenario's median minus the session-free route's, in the same process; the table gives
-the median over rounds and the ratio to ``single``. Results go to ``bench/results/``.
+scenario's median minus the session-free route's, in the same process; the table gives the
+median over rounds and the ratio to ``single``.
+
+Then gunicorn (``load.py``: sync workers, ``-w 2`` and ``-w 4``, the Python load client
+with 2 threads per worker, one connection per request, ``/rw`` over distinct sessions)
+on ``single``, ``sentinel``, ``cluster``, ``single-wait1`` (the single node with
+``SESSION_REDIS_WAIT_REPLICAS=1``: the Sentinel set's replica acknowledges) and
+``flask-session`` (Flask-Session 0.8's Redis backend on the same single node: it cannot
+use a Cluster or Sentinel). Each round runs every configuration once per worker count,
+in rotating order; req/s is the median over rounds and ``× single`` the median of the
+per-round ratios to ``single`` at the same worker count. ``--quick`` (3 rounds of 200
+requests, 3 load rounds of 2 s) stays under ~5 minutes (about 2 here). ``--pin CPU``
+runs the micro rounds with every Redis process and the worker on one CPU (``pin``).
+Results go to ``bench/results/redis-ha-<timestamp>[-quick].json``.
 """
 
 from __future__ import annotations
@@ -40,8 +50,12 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 from redis_ha import RedisCluster, RedisSentinels  # noqa: E402
 
 import envs  # noqa: E402
+import load  # noqa: E402
+from impls import IMPLS, REDIS_URL_ENV, REDIS_WAIT_ENV  # noqa: E402
 
 SCENARIOS = ("ro", "rw", "new")
+#: gunicorn worker counts (sync workers).
+WORKERS = (2, 4)
 
 
 def config(url: str, wait: int = 0) -> dict[str, object]:
@@ -66,26 +80,157 @@ def measure(python: Path, cfg: dict[str, object], n: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def pin(sentinels: RedisSentinels, cluster: RedisCluster, cpus: set[int]) -> None:
+    """Sets the CPU affinity of every Redis process and of this one (hence of the
+    workers it starts).
+
+    On this 2-vCPU VM one loopback round trip costs ~7 µs when client and server share
+    a CPU and ~56 µs when they do not (waking the other vCPU): where the scheduler puts
+    each process decides more than the deployment does. ``--pin`` removes that.
+    """
+    servers = [
+        sentinels.primary,
+        sentinels.replica,
+        *sentinels.sentinels,
+        *cluster.nodes,
+    ]
+    pids = [s.proc.pid for s in servers if s.proc is not None]
+    pids += [proc.pid for proc in sentinels.procs]
+    for pid in dict.fromkeys(pids):
+        os.sched_setaffinity(pid, cpus)
+    os.sched_setaffinity(0, cpus)
+
+
+def load_phase(
+    pythons: dict[str, Path],
+    targets: dict[str, tuple[str, str, int]],
+    rounds: int,
+    seconds: float,
+    sessions: int,
+) -> dict[str, dict[int, list[dict[str, object]]]]:
+    """gunicorn runs: ``targets`` maps a name to (implementation, Redis URL, WAIT)."""
+    order = list(targets)
+    runs: dict[str, dict[int, list[dict[str, object]]]] = {
+        name: {w: [] for w in WORKERS} for name in order
+    }
+    for r in range(rounds):
+        for workers in WORKERS:
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                impl, url, wait = targets[name]
+                os.environ[REDIS_URL_ENV] = url
+                if wait:
+                    os.environ[REDIS_WAIT_ENV] = str(wait)
+                else:
+                    os.environ.pop(REDIS_WAIT_ENV, None)
+                result = load.load_run(
+                    pythons[impl], IMPLS[impl], workers, sessions, seconds, 10**7
+                )
+                runs[name][workers].append(result)
+        print(f"load round {r + 1}/{rounds} done", file=sys.stderr)
+    os.environ.pop(REDIS_WAIT_ENV, None)
+    return runs
+
+
+def load_summary(
+    runs: dict[str, dict[int, list[dict[str, object]]]],
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Per configuration and worker count: medians over rounds, paired ratio to
+    single."""
+    summary: dict[str, dict[int, dict[str, float]]] = {}
+    for name, by_workers in runs.items():
+        summary[name] = {}
+        for workers, results in by_workers.items():
+            single = runs["single"][workers]
+
+            def med(key: str, results: list[dict[str, object]] = results) -> float:
+                return statistics.median(float(str(x[key])) for x in results)
+
+            ratios = [
+                float(str(mine["req_per_s"])) / float(str(base["req_per_s"]))
+                for mine, base in zip(results, single)
+                if float(str(base["req_per_s"])) > 0
+            ]
+            summary[name][workers] = {
+                "req_per_s": med("req_per_s"),
+                "x_single": statistics.median(ratios) if ratios else float("nan"),
+                "p50_ms": med("p50_ms"),
+                "p99_ms": med("p99_ms"),
+                "errors": sum(float(str(x["errors"])) for x in results),
+                "lost_updates": sum(float(str(x["lost_updates"])) for x in results),
+                "ok": sum(float(str(x["ok"])) for x in results),
+            }
+    return summary
+
+
+def load_table(summary: dict[str, dict[int, dict[str, float]]]) -> str:
+    lines = [
+        "| gunicorn | configuration | req/s | × single | p50 ms | p99 ms | errors "
+        "| lost updates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for workers in WORKERS:
+        for name, by_workers in summary.items():
+            row = by_workers[workers]
+            lines.append(
+                f"| -w {workers} | {name} | {row['req_per_s']:,.0f} "
+                f"| {row['x_single']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                f"| {row['errors']:.0f} "
+                f"| {row['lost_updates']:.0f} of {row['ok']:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer and shorter rounds (< ~5 min)"
+    )
+    parser.add_argument("--rounds", type=int, help="micro rounds (default 5; quick 3)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per scenario (default 300; quick 200)"
+    )
+    parser.add_argument(
+        "--load-rounds", type=int, help="gunicorn rounds (default 3; quick 3)"
+    )
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        help="seconds per gunicorn run (default 5; quick 2)",
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=200, help="distinct sessions under gunicorn"
+    )
+    parser.add_argument("--no-load", action="store_true", help="skip the gunicorn runs")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="micro rounds: every Redis process and the worker on this one CPU",
+    )
     parser.add_argument(
         "--baseline", help="also measure this package at REF (single node)"
     )
     args = parser.parse_args()
-    names = ["ours"]
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.requests = args.requests or (200 if args.quick else 300)
+    args.load_rounds = args.load_rounds or 3
+    args.load_seconds = args.load_seconds or (2.0 if args.quick else 5.0)
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    names = ["ours", "flask_session_redis"]
     if args.baseline:
         os.environ[envs.BASELINE_ENV] = args.baseline
         names.append("baseline")
     pythons = envs.ensure_all(names)
+    pythons["ours_redis"] = pythons["ours"]
     work = Path(tempfile.mkdtemp(prefix="bench-redis-ha-"))
     with (
         RedisSentinels(work / "sentinel") as sentinels,
         RedisCluster(work / "cluster") as cluster,
     ):
+        single_url = sentinels.current_primary().url
         configs = {
-            "single": (pythons["ours"], config(sentinels.current_primary().url)),
+            "single": (pythons["ours"], config(single_url)),
             "sentinel": (pythons["ours"], config(sentinels.url)),
             "cluster": (pythons["ours"], config(cluster.url)),
             "sentinel-wait1": (pythons["ours"], config(sentinels.url, 1)),
@@ -95,19 +240,39 @@ def main() -> None:
             configs["baseline-single"] = (pythons["baseline"], configs["single"][1])
         order = list(configs)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in order}
+        everywhere = os.sched_getaffinity(0)
+        if args.pin is not None:
+            pin(sentinels, cluster, {args.pin})
         for r in range(args.rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 python, cfg = configs[name]
                 timed = measure(python, cfg, args.requests)
                 rounds[name].append({s: timed[s] - timed["free"] for s in SCENARIOS})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        if args.pin is not None:
+            pin(sentinels, cluster, everywhere)
+        runs: dict[str, dict[int, list[dict[str, object]]]] = {}
+        if not args.no_load:
+            runs = load_phase(
+                pythons,
+                {
+                    "single": ("ours_redis", single_url, 0),
+                    "sentinel": ("ours_redis", sentinels.url, 0),
+                    "cluster": ("ours_redis", cluster.url, 0),
+                    "single-wait1": ("ours_redis", single_url, 1),
+                    "flask-session": ("flask_session_redis", single_url, 0),
+                },
+                args.load_rounds,
+                args.load_seconds,
+                args.sessions,
+            )
     overhead = {
-        name: {s: statistics.median(x[s] for x in runs) / 1000 for s in SCENARIOS}
-        for name, runs in rounds.items()
+        name: {s: statistics.median(x[s] for x in runs_) / 1000 for s in SCENARIOS}
+        for name, runs_ in rounds.items()
     }
     lines = [
         "| configuration | "
-        + " | ".join(f"{s} µs (x single)" for s in SCENARIOS)
+        + " | ".join(f"{s} µs (× single)" for s in SCENARIOS)
         + " |",
         "|---|" + "---|" * len(SCENARIOS),
     ]
@@ -119,16 +284,35 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
+    summary = load_summary(runs) if runs else {}
+    gunicorn_table = load_table(summary) if summary else ""
+    if gunicorn_table:
+        print()
+        print(gunicorn_table)
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (results / f"redis-ha-{stamp}.json").write_text(
+    suffix = "-quick" if args.quick else ""
+    (results / f"redis-ha-{stamp}{suffix}.json").write_text(
         json.dumps(
             {
                 "rounds": rounds,
                 "overhead_us": overhead,
                 "table": table,
+                "gunicorn_runs": runs,
+                "gunicorn": summary,
+                "gunicorn_table": gunicorn_table,
                 "args": vars(args),
+                "load_average": [load_before, os.getloadavg()[0]],
+                "seconds": time.monotonic() - started,
+                "cpus": os.cpu_count(),
+                "commit": subprocess.run(
+                    ["git", "rev-parse", "--short=10", "HEAD"],
+                    cwd=BENCH,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.strip(),
             },
             indent=2,
         )

@@ -44,6 +44,10 @@ USER_KEY = "_user_id"
 #: Environment variable through which the runner hands its PostgreSQL cluster to the
 #: apps (``postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=disable``).
 POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
+#: Environment variable through which ``ha_bench.py`` asks ``ours_redis`` under gunicorn
+#: for ``SESSION_REDIS_WAIT_REPLICAS`` (unset: the key is not set at all, so a baseline
+#: commit that predates it still starts).
+REDIS_WAIT_ENV = "BENCH_REDIS_WAIT_REPLICAS"
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,11 @@ def redis_prefix(name: str, data_dir: str) -> str:
 
 
 def setup_ours_redis(app: Flask, data_dir: str) -> None:
-    """This package's Redis store, otherwise configured like ``ours``."""
+    """This package's Redis store, otherwise configured like ``ours``.
+
+    ``BENCH_REDIS_URL`` may also be a ``redis+cluster://`` or ``redis+sentinel://`` URL
+    (``ha_bench.py``).
+    """
     from flask_beaker_session.session import Session
 
     app.config.update(
@@ -178,6 +186,8 @@ def setup_ours_redis(app: Flask, data_dir: str) -> None:
         SESSION_TIMEOUT=TIMEOUT,
         SESSION_EXPIRES=True,
     )
+    if os.environ.get(REDIS_WAIT_ENV):
+        app.config["SESSION_REDIS_WAIT_REPLICAS"] = int(os.environ[REDIS_WAIT_ENV])
     Session(app)
 
 

@@ -299,6 +299,17 @@ pub enum Conn {
 }
 
 impl redis::ConnectionLike for Conn {
+    // Forwarded, not left to the trait's default (pack, then `req_packed_command`): the
+    // Cluster connection routes a `Cmd` by its key directly, whereas from packed bytes it
+    // parses the whole command back into a `Value` (copying every argument, the record
+    // included) only to find the slot.
+    fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_command(cmd),
+            Conn::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<redis::Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
