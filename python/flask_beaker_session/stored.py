@@ -29,7 +29,17 @@ from typing import Any, Optional
 
 from . import _core
 from ._log import CORRUPT, LEGACY, NEWER, PROCESS, UNAUTHENTICATED, Once, log_id
-from .codec import Decoded, PayloadError, decode, encode, loads, same, seconds, unchanged
+from .codec import (
+    TIME_KEYS,
+    Decoded,
+    PayloadError,
+    decode,
+    encode,
+    loads,
+    same,
+    seconds,
+    unchanged,
+)
 from .metrics import Metrics
 from .store import AppState
 
@@ -40,6 +50,7 @@ _UNAUTHENTICATED = _core.OpenStatus.Unauthenticated
 _NEWER = _core.OpenStatus.Newer
 _RECORD = _core.PayloadKind.Record
 _UNTRUSTED = _core.OpenStatus.Untrusted
+_TIME_KEY_SET = frozenset(TIME_KEYS)
 
 
 class Outcome(enum.Enum):
@@ -215,11 +226,26 @@ class StoredSession:
                 metrics.opened(None if handle is not None else status, perf_counter() - started)
             if handle is not None:
                 payload = handle.payload
-                decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
-                if decoded is None:
-                    self.start_fresh()
-                    return None
-                legacy = decoded.legacy
+                # The common case inline (it runs on every request that uses a session):
+                # a record of ours holding a plain dict of the user's keys. Anything else
+                # (legacy payloads, time keys left by 0.2, payloads that do not unpickle)
+                # takes decode_or_remove, which reports and removes what cannot be used.
+                data: Any = None
+                if handle.kind == _RECORD:
+                    try:
+                        data = pickle.loads(payload)
+                    except Exception:
+                        data = None
+                    if type(data) is not dict or data.keys() & _TIME_KEY_SET:
+                        data = None
+                if data is not None:
+                    created, last_access, legacy = handle.created, handle.last_access, False
+                else:
+                    decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
+                    if decoded is None:
+                        self.start_fresh()
+                        return None
+                    data, created, last_access, legacy = decoded
                 if legacy:
                     app.once.log(
                         LEGACY,
@@ -236,20 +262,20 @@ class StoredSession:
                     # Non-locking mode: the lock is held only while reading; changes are
                     # merged into the stored data at persist time.
                     handle.release()
-                self.last_access = decoded.last_access
+                self.last_access = last_access
                 # Legacy sessions are rewritten in our format by the first save.
                 self.payload = None if legacy else payload
                 # Stored without data: some request read its id (the original package
                 # stored every session it handed out), so it stays until cleared, deleted
                 # or expired.
-                self.keep = not decoded.data
+                self.keep = not data
                 snapshot: bytes | None = payload
                 if legacy:
                     try:
-                        snapshot = pickle.dumps(decoded.data, pickle.HIGHEST_PROTOCOL)
+                        snapshot = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
                     except Exception:  # the first save reports it, naming the key
                         snapshot = None
-                return decoded.data, decoded.created, snapshot
+                return data, created, snapshot
             if status in _UNUSABLE:
                 kind, message = _UNUSABLE[status]
                 args = {"id": log_id(value), "key": self._key_file()}
