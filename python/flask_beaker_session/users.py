@@ -77,6 +77,15 @@ def user_id(value: Any) -> str | None:
     return text or None
 
 
+def _user_of(data: Mapping[Any, Any], key: str | None) -> str | None:
+    """:func:`user_id` of ``data[key]``, the usual ``str`` value answered without a call
+    (this runs twice on every request of an app with ``SESSION_USER_KEY``)."""
+    value = data.get(key)
+    if type(value) is str:
+        return value or None
+    return user_id(value)
+
+
 def _key(state: AppState) -> str:
     """The app's ``SESSION_USER_KEY`` (this module runs only when it is set)."""
     key = state.config.user_key
@@ -155,13 +164,13 @@ class IndexedStoredSession(StoredSession):
     def load(self, now: float) -> Loaded | None:
         loaded = super().load(now)
         if loaded is not None and self.stored_id is not None:
-            user = user_id(loaded[0].get(_key(self.app)))
+            user = _user_of(loaded[0], self.app.config.user_key)
             self.indexed = None if user is None else (user, self.stored_id)
         return loaded
 
     def persist(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
         store = self.app.store
-        user = user_id(data.get(_key(self.app)))
+        user = _user_of(data, self.app.config.user_key)
         sid = self.id
         target = (user, sid) if user is not None and sid is not None else None
         if target is not None and (data or self.keep) and target != self.indexed:
