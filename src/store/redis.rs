@@ -202,6 +202,19 @@ pub struct RedisHandle {
 }
 
 impl Shared {
+    /// A pipeline that starts by taking the session lock (`SET lock token NX PX ttl`): the
+    /// single node's and Sentinel's lock-and-read differ only in what they read after it.
+    fn lock_pipe(&self, lock: &str, token: &str) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lock_ttl_ms);
+        pipe
+    }
+
     /// Takes the session lock and reads the record and its last touch, in one round trip
     /// when uncontended; retried with back-off until `deadline`.
     fn lock_and_read(
@@ -233,13 +246,7 @@ impl Shared {
                 // token is ours; `SET NX` alone would say it is taken).
                 self.pool
                     .run(|c| {
-                        redis::pipe()
-                            .cmd("SET")
-                            .arg(&keys.lock)
-                            .arg(token)
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(self.lock_ttl_ms)
+                        self.lock_pipe(&keys.lock, token)
                             .ignore()
                             .cmd("GET")
                             .arg(&keys.lock)
@@ -255,13 +262,7 @@ impl Shared {
                     })
             } else {
                 self.pool.run(|c| {
-                    redis::pipe()
-                        .cmd("SET")
-                        .arg(&keys.lock)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(self.lock_ttl_ms)
+                    self.lock_pipe(&keys.lock, token)
                         .cmd("GET")
                         .arg(&keys.record)
                         .cmd("GET")
