@@ -15,6 +15,7 @@
 //! * `platform`: what POSIX and Windows do differently (files, directories, locks' helpers).
 //! * `py`: the thin PyO3 layer, the only code that knows about Python.
 
+mod aead;
 pub mod error;
 pub mod expiry;
 pub mod legacy;

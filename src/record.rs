@@ -40,9 +40,9 @@
 
 use std::borrow::Cow;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
+
+use crate::aead::{self, NONCE_LEN};
 
 use crate::error::{StoreError, StoreResult};
 use crate::sid::SessionId;
@@ -59,8 +59,7 @@ const TAG_OFFSET: usize = 48;
 const TAG_LEN: usize = 16;
 const FLAG_KEYED: u16 = 1;
 const FLAG_SEALED: u16 = 2;
-const NONCE_LEN: usize = 24;
-const AEAD_TAG_LEN: usize = 16;
+const AEAD_TAG_LEN: usize = aead::TAG_LEN;
 /// How many bytes sealing adds to a payload (nonce and Poly1305 tag).
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + AEAD_TAG_LEN;
 const KDF_CONTEXT: &str = "flask-beaker-session 2026-11 record tag v1";
@@ -207,10 +206,8 @@ fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> Store
     out.extend_from_slice(&nonce);
     out.extend_from_slice(payload);
     let ad = associated_data(digest, &sealed_head8(), &created.to_bits().to_le_bytes());
-    let cipher = XChaCha20Poly1305::new((&*keys.primary().seal).into());
-    let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[NONCE_LEN..])
-        .map_err(|_| StoreError::TooLarge(payload.len()))?;
+    let tag = aead::seal_in_place(&keys.primary().seal, &nonce, &ad, &mut out[NONCE_LEN..])
+        .ok_or(StoreError::TooLarge(payload.len()))?;
     out.extend_from_slice(&tag);
     Ok(out)
 }
@@ -224,24 +221,29 @@ pub fn stored_len(keys: &Keys, len: usize) -> usize {
     }
 }
 
-fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
-    if stored.len() < SEAL_OVERHEAD {
+/// Decrypts sealed stored bytes in place (no second buffer: for a large session, a fresh
+/// allocation's page faults cost as much as the decryption) and leaves the payload in
+/// `stored`.
+fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], mut stored: Vec<u8>) -> Option<Vec<u8>> {
+    let len = stored.len();
+    if len < SEAL_OVERHEAD {
         return None;
     }
-    let (nonce, rest) = stored.split_at(NONCE_LEN);
-    let (ciphertext, tag) = rest.split_at(rest.len() - AEAD_TAG_LEN);
+    let nonce: [u8; NONCE_LEN] = stored[..NONCE_LEN].try_into().ok()?;
+    let tag: [u8; AEAD_TAG_LEN] = stored[len - AEAD_TAG_LEN..].try_into().ok()?;
     let ad = associated_data(digest, &head[..8], &head[16..24]);
-    let cipher = XChaCha20Poly1305::new((&*pair.seal).into());
-    let mut plain = ciphertext.to_vec();
-    cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            &ad,
-            &mut plain,
-            Tag::from_slice(tag),
-        )
-        .ok()?;
-    Some(plain)
+    if !aead::open_in_place(
+        &pair.seal,
+        &nonce,
+        &ad,
+        &mut stored[NONCE_LEN..len - AEAD_TAG_LEN],
+        &tag,
+    ) {
+        return None;
+    }
+    stored.truncate(len - AEAD_TAG_LEN);
+    stored.drain(..NONCE_LEN);
+    Some(stored)
 }
 
 /// Header fields of one slot, as parsed (not yet verified).
@@ -405,7 +407,13 @@ pub fn open(
     id: &SessionId,
     stored: &[u8],
 ) -> Option<Verified> {
-    open_bound(keys, head, header, binding(id, header.sealed()), stored)
+    open_bound(
+        keys,
+        head,
+        header,
+        binding(id, header.sealed()),
+        stored.to_vec(),
+    )
 }
 
 fn open_bound(
@@ -413,13 +421,13 @@ fn open_bound(
     head: &[u8],
     header: &SlotHeader,
     bind: &[u8],
-    stored: &[u8],
+    stored: Vec<u8>,
 ) -> Option<Verified> {
-    let index = verifying_key(keys, head, header, bind, stored)?;
+    let index = verifying_key(keys, head, header, bind, &stored)?;
     let payload = if header.sealed() {
         unseal(&keys.keys[index], head, bind, stored)?
     } else {
-        stored.to_vec()
+        stored
     };
     Some(Verified {
         header: *header,
@@ -529,7 +537,7 @@ pub fn rekey_value(keys: &Keys, digest: &[u8; 32], value: &[u8]) -> StoreResult<
     if !header.sealed() {
         return Ok(Rekey::Plain);
     }
-    let Some(v) = open_bound(keys, value, &header, digest, &value[HEADER_LEN..]) else {
+    let Some(v) = open_bound(keys, value, &header, digest, value[HEADER_LEN..].to_vec()) else {
         return Ok(Rekey::Unopenable);
     };
     Ok(match reseal(keys, digest, &v)? {
@@ -630,7 +638,7 @@ where
         };
         if let Some(stored) = payload_of(i, &header) {
             if stored.len() == header.payload_len {
-                if let Some(verified) = open_bound(keys, heads[i], &header, bind, &stored) {
+                if let Some(verified) = open_bound(keys, heads[i], &header, bind, stored) {
                     return Choice::Valid(i, verified);
                 }
                 whole = true;
