@@ -341,6 +341,9 @@ class Handle:
     @property
     def payload(self) -> bytes:
         """The stored payload (pickle bytes) as loaded."""
+    def record(self) -> tuple[bytes, float | None, float | None] | None:
+        """``(payload, created, last_access)`` of a record of this package's own format, in
+        one call; None for any other kind (legacy files)."""
     def save(self, payload: bytes, now: float, created: float | None = None) -> None:
         """Store a new version and release. ``created`` fills in a creation time the core
         could not read (legacy sessions)."""

@@ -119,7 +119,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
             dict.__setitem__(self, _CREATED, self._created)
             dict.__setitem__(self, _ACCESSED, now)
         dict.update(self, data)
-        self.was_permanent = bool(dict.get(self, "_permanent", False))
+        if "_permanent" in data:  # (False, the class default, otherwise)
+            self.was_permanent = bool(data["_permanent"])
 
     def _fill_fresh(self, now: float) -> None:
         self._snapshot = None
@@ -134,12 +135,15 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def persist(self, now: float) -> Outcome:
         """Stores the session at the end of the request and releases its lock.
 
-        Records what was done in :attr:`outcome` and returns it.
+        Records what was done in :attr:`outcome` and returns it. Once it returns, the
+        session is finished (:meth:`finish`): a successful persist holds no lock.
         """
-        self.outcome = self._stored.persist(
+        stored = self._stored
+        self.outcome = outcome = stored.persist(
             dict(dict.items(self)), self.modified, self._created, now
         )
-        return self.outcome
+        self.finished = stored.finished = True
+        return outcome
 
     def written_size(self) -> int | None:
         """Bytes of data the last :meth:`persist` wrote (None: it wrote no data)."""
@@ -154,8 +158,11 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         (in a streamed body) reads without locking."""
         self.finished = True
         if self.loaded:  # nothing is held (or even built) for a session never used
-            self._stored.finished = True
-            self._stored.release()
+            stored = self._stored
+            stored.finished = True
+            # (persist released the lock already, unless it failed or regenerated)
+            if stored.handle is not None or stored._retired or stored._retired_ids:
+                stored.release()
 
     def release(self) -> None:
         """Releases the locks held for this session (at teardown)."""

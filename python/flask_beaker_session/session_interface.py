@@ -49,7 +49,7 @@ __all__ = ["BeakerSession", "BeakerSessionInterface", "release_request_sessions"
 _ENVIRON_KEY = "flask_beaker_session.sessions"
 #: Outcomes after which a refreshing (persistent) cookie is re-sent.
 _WRITTEN = (Outcome.SAVED, Outcome.TOUCHED)
-_UNCHANGED = Outcome.UNCHANGED
+_UNCHANGED, _SAVED, _TOUCHED = Outcome.UNCHANGED, Outcome.SAVED, Outcome.TOUCHED
 
 
 class BeakerSessionInterface(SessionInterface):
@@ -78,6 +78,9 @@ class BeakerSessionInterface(SessionInterface):
         self._own_should_set_cookie = (
             type(self).should_set_cookie is BeakerSessionInterface.should_set_cookie
         )
+        #: Whether a non-permanent session's cookie is never refreshed by a save
+        #: (``SESSION_EXPIRES`` is not False: only the 400-day cookie is renewed).
+        self._fixed_cookie = config.expires is not False
         #: The automatic sweeper (``SESSION_SWEEP_INTERVAL``), or None.
         self.sweeper = (
             AutoSweeper(
@@ -203,12 +206,19 @@ class BeakerSessionInterface(SessionInterface):
             metrics = self.state.metrics
             if metrics is not None:
                 metrics.saved(outcome, session.written_size())
-            if (
-                outcome is _UNCHANGED
-                and self._own_should_set_cookie
-                and not dict.get(session, "_permanent", False)
-            ):
-                return  # the most common end of a request: no cookie (should_set_cookie)
+            # The most common ends of a request, answered as should_set_cookie would
+            # without calling it: a non-permanent session left unchanged, or rewritten
+            # with a cookie that does not refresh (it expires with the browser or at a
+            # fixed time after creation), needs no cookie.
+            if self._own_should_set_cookie and not dict.get(session, "_permanent", False):
+                if outcome is _UNCHANGED:
+                    return
+                if (
+                    (outcome is _SAVED or outcome is _TOUCHED)
+                    and self._fixed_cookie
+                    and not session.was_permanent
+                ):
+                    return
             # The one place a session cookie is set or expired.
             if outcome is Outcome.DELETED:
                 response.delete_cookie(self.get_cookie_name(app), **self._cookie_attributes(app))
@@ -220,7 +230,8 @@ class BeakerSessionInterface(SessionInterface):
                     **self._cookie_attributes(app),
                 )
         finally:
-            session.finish()
+            if not session.finished:  # (a successful persist finished it)
+                session.finish()
 
 
 def _cookie_value(header: str | None, name: str) -> str | None:

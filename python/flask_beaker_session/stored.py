@@ -51,6 +51,8 @@ _NEWER = _core.OpenStatus.Newer
 _RECORD = _core.PayloadKind.Record
 _UNTRUSTED = _core.OpenStatus.Untrusted
 _TIME_KEY_SET = frozenset(TIME_KEYS)
+_CREATED_KEY, _ACCESSED_KEY = TIME_KEYS
+_loads = pickle.loads
 
 
 class Outcome(enum.Enum):
@@ -225,63 +227,77 @@ class StoredSession:
                 # (A found session is counted without hashing its status: a native call.)
                 metrics.opened(None if handle is not None else status, perf_counter() - started)
             if handle is not None:
-                payload = handle.payload
                 # The common case inline (it runs on every request that uses a session):
                 # a record of ours holding a plain dict of the user's keys. Anything else
                 # (legacy payloads, time keys left by 0.2, payloads that do not unpickle)
-                # takes decode_or_remove, which reports and removes what cannot be used.
-                data: Any = None
-                if handle.kind == _RECORD:
-                    try:
-                        data = pickle.loads(payload)
-                    except Exception:
-                        data = None
-                    if type(data) is not dict or data.keys() & _TIME_KEY_SET:
-                        data = None
-                if data is not None:
-                    created, last_access, legacy = handle.created, handle.last_access, False
-                else:
-                    decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
-                    if decoded is None:
-                        self.start_fresh()
-                        return None
-                    data, created, last_access, legacy = decoded
-                if legacy:
-                    app.once.log(
-                        LEGACY,
-                        logging.INFO,
-                        "session %s: migrating a session stored by the original package "
-                        "(Beaker) to this package's format",
-                        log_id(handle.id),
-                    )
-                # The cookie value: the core opened exactly the id it spells.
-                self.id = self.stored_id = value
-                if app.locking and not self.finished:
-                    self.handle = handle
-                else:
-                    # Non-locking mode: the lock is held only while reading; changes are
-                    # merged into the stored data at persist time.
-                    handle.release()
-                self.last_access = last_access
-                # Legacy sessions are rewritten in our format by the first save.
-                self.payload = None if legacy else payload
-                # Stored without data: some request read its id (the original package
-                # stored every session it handed out), so it stays until cleared, deleted
-                # or expired.
-                self.keep = not data
-                snapshot: bytes | None = payload
-                if legacy:
-                    try:
-                        snapshot = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
-                    except Exception:  # the first save reports it, naming the key
-                        snapshot = None
-                return data, created, snapshot
+                # takes _load_unusual.
+                record = handle.record()
+                if record is None:
+                    return self._load_unusual(handle, handle.payload, now, metrics)
+                payload, created, last_access = record
+                try:
+                    data = _loads(payload)
+                except Exception:
+                    data = None
+                if type(data) is dict and _CREATED_KEY not in data and _ACCESSED_KEY not in data:
+                    # The cookie value: the core opened exactly the id it spells.
+                    self.id = self.stored_id = value
+                    if app.locking and not self.finished:
+                        self.handle = handle
+                    else:
+                        # Non-locking mode: the lock is held only while reading; changes
+                        # are merged into the stored data at persist time.
+                        handle.release()
+                    self.last_access = last_access
+                    self.payload = payload
+                    # Stored without data: some request read its id (the original package
+                    # stored every session it handed out), so it stays until cleared,
+                    # deleted or expired.
+                    self.keep = not data
+                    return data, created, payload
+                return self._load_unusual(handle, payload, now, metrics)
             if status in _UNUSABLE:
                 kind, message = _UNUSABLE[status]
                 args = {"id": log_id(value), "key": self._key_file()}
                 self.app.once.log(kind, logging.WARNING, message, args)
         self.start_fresh()
         return None
+
+    def _load_unusual(
+        self, handle: _core.Handle, payload: bytes, now: float, metrics: Metrics | None
+    ) -> Loaded | None:
+        """``load`` for anything but a plain record of ours: legacy payloads (rewritten in
+        our format by the first save), time keys left by 0.2, payloads that do not
+        unpickle (decode_or_remove reports and removes what cannot be used)."""
+        app = self.app
+        decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
+        if decoded is None:
+            self.start_fresh()
+            return None
+        data, created, last_access, legacy = decoded
+        if legacy:
+            app.once.log(
+                LEGACY,
+                logging.INFO,
+                "session %s: migrating a session stored by the original package "
+                "(Beaker) to this package's format",
+                log_id(handle.id),
+            )
+        self.id = self.stored_id = self.cookie_value
+        if app.locking and not self.finished:
+            self.handle = handle
+        else:
+            handle.release()
+        self.last_access = last_access
+        self.payload = None if legacy else payload
+        self.keep = not data
+        snapshot: bytes | None = payload
+        if legacy:
+            try:
+                snapshot = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # the first save reports it, naming the key
+                snapshot = None
+        return data, created, snapshot
 
     def _key_file(self) -> str:
         """Where the generated key lives (for messages)."""
@@ -354,8 +370,9 @@ class StoredSession:
                 handle.delete()
                 self.handle = None
                 return self._deleted()
-            limit = self.app.config.max_size
-            payload = unchanged(self.payload, modified, data) or encode(data, limit)
+            payload = unchanged(self.payload, modified, data) or encode(
+                data, self.app.config.max_size
+            )
             # Save or touch, and release the lock in the same native call.
             if payload != self.payload:
                 handle.save(payload, now, created_at)

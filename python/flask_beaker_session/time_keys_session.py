@@ -46,8 +46,10 @@ class TimeKeysSession(BeakerSession):
         data = {k: v for k, v in dict.items(self) if k not in _TIME_KEY_SET}
         # After clear() the key is gone: the session keeps its creation time.
         created = dict.get(self, _CREATED, self._created)
-        self.outcome = self._stored.persist(data, self.modified, created, now)
-        return self.outcome
+        stored = self._stored
+        self.outcome = outcome = stored.persist(data, self.modified, created, now)
+        self.finished = stored.finished = True
+        return outcome
 
     def revert(self) -> None:
         self._load()

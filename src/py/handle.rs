@@ -11,7 +11,7 @@ use super::enums::PyPayloadKind;
 use super::errors::guarded;
 use crate::error::{StoreError, StoreResult};
 use crate::sid::SessionId;
-use crate::store::{Loaded, SessionHandle};
+use crate::store::{Loaded, PayloadKind, SessionHandle};
 
 /// A locked, open session.
 #[pyclass(name = "Handle", module = "flask_beaker_session._core", frozen)]
@@ -74,6 +74,26 @@ impl PyHandle {
         let guard = self.inner.lock();
         let session = guard.as_ref().ok_or(StoreError::Released)?;
         Ok(PyBytes::new(py, session.payload()))
+    }
+
+    /// A record of this package's own format, in one call (it runs on every request that
+    /// uses a session): its payload, creation time and last access; None for any other
+    /// kind (legacy files), whose payload and times come from the getters.
+    #[allow(clippy::type_complexity)]
+    fn record<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Option<f64>, Option<f64>)>> {
+        if self.loaded.kind != PayloadKind::Record {
+            return Ok(None);
+        }
+        let guard = self.inner.lock();
+        let session = guard.as_ref().ok_or(StoreError::Released)?;
+        Ok(Some((
+            PyBytes::new(py, session.payload()),
+            self.loaded.created,
+            self.loaded.last_access,
+        )))
     }
 
     /// Stores a new version and releases. `created` fills in a creation time the core
