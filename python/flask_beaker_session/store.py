@@ -138,9 +138,11 @@ class AppState:
         self.stored_class: type[StoredSession] = (
             IndexedStoredSession if config.user_key is not None else StoredSession
         )
-        #: ``config.locking``, read by every request that uses its session (one attribute
-        #: lookup instead of two).
+        #: ``config.locking`` and ``config.user_key``, read by every request that uses its
+        #: session (one attribute lookup instead of two); the user key is "" when it is
+        #: not set (only the indexing stored session reads it, and only when it is).
         self.locking = config.locking
+        self.user_key: str = config.user_key or ""
 
     def now(self) -> float:
         """The current time (epoch seconds) by this application's clock."""

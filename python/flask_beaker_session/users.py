@@ -57,6 +57,11 @@ __all__ = [
 
 #: Outcomes after which the session is stored under its id.
 _STORED = (Outcome.CREATED, Outcome.SAVED, Outcome.TOUCHED, Outcome.UNCHANGED)
+_SAVED, _UNCHANGED, _TOUCHED = Outcome.SAVED, Outcome.UNCHANGED, Outcome.TOUCHED
+#: ``IndexedStoredSession.indexed`` before it is first needed.
+_PENDING: Any = object()
+#: User key values that cannot change in place (a user id is a ``str`` with Flask-Login).
+_IMMUTABLE_USER = frozenset({str, int})
 #: Longest user agent kept in the metadata (characters).
 _MAX_AGENT = 256
 #: The store's bound on an entry's metadata (bytes).
@@ -158,33 +163,65 @@ def _hook() -> MetadataHook | None:
 class IndexedStoredSession(StoredSession):
     """:class:`~flask_beaker_session.stored.StoredSession` keeping the per-user index."""
 
-    #: ``(user, id)`` the index holds for this session's record as loaded (None: none).
-    indexed: tuple[str, str] | None = None
+    #: ``(user, id)`` the index holds for this session's record (None: none); worked out
+    #: from the loaded user's value when first needed (:meth:`_entry`).
+    indexed: Any = _PENDING
+    #: The user key's value as loaded (None: none), compared by identity at persist: the
+    #: usual request leaves it alone, and then the index has nothing to do.
+    _loaded_user: Any = None
 
     def load(self, now: float) -> Loaded | None:
         loaded = super().load(now)
-        if loaded is not None and self.stored_id is not None:
-            user = _user_of(loaded[0], self.app.config.user_key)
-            self.indexed = None if user is None else (user, self.stored_id)
+        if loaded is not None:
+            self._loaded_user = loaded[0].get(self.app.user_key)
         return loaded
 
+    def _entry(self) -> tuple[str, str] | None:
+        """What the index holds for this session's record as loaded, or as last saved."""
+        indexed = self.indexed
+        if indexed is _PENDING:
+            # A loaded record is named by the cookie value it was opened with.
+            user = user_id(self._loaded_user)
+            sid = self.cookie_value
+            indexed = self.indexed = None if user is None or sid is None else (user, sid)
+        return indexed  # type: ignore[no-any-return]
+
     def persist(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
+        raw = data.get(self.app.user_key)
+        if (
+            raw is self._loaded_user
+            and (raw is None or type(raw) in _IMMUTABLE_USER)
+            and self.stored_id is not None
+            and self.id is self.stored_id
+        ):
+            # The same user (an immutable value: it cannot have changed in place) under
+            # the same id as loaded: the entry (or its absence) is right before the save.
+            outcome = super().persist(data, modified, created, now)
+            if outcome is _SAVED or outcome is _UNCHANGED or outcome is _TOUCHED:
+                return outcome
+            self._reindexed(None)
+            return outcome
         store = self.app.store
-        user = _user_of(data, self.app.config.user_key)
+        user = _user_of(data, self.app.user_key)
         sid = self.id
         target = (user, sid) if user is not None and sid is not None else None
-        if target is not None and (data or self.keep) and target != self.indexed:
+        if target is not None and (data or self.keep) and target != self._entry():
             # Before the record: a crash after this leaves a stale entry, never a record
             # naming the user without one. A failure here fails the save (nothing written).
             store.index_put(target[0], target[1], _metadata(self.app, data), now)
         outcome = super().persist(data, modified, created, now)
-        now_indexed = target if outcome in _STORED else None
-        old = self.indexed
+        self._reindexed(target if outcome in _STORED else None)
+        return outcome
+
+    def _reindexed(self, now_indexed: tuple[str, str] | None) -> None:
+        """Records what the index holds for this session after a save, and removes the
+        entry it held before if that is no longer it."""
+        old = self._entry()
         self.indexed = now_indexed
         if old is not None and old != now_indexed:
             # After the record: a failure leaves a stale entry, filtered by every reader.
             try:
-                store.index_remove(*old)
+                self.app.store.index_remove(*old)
             except Exception as exc:  # the save itself succeeded
                 self.app.once.log(
                     "index-remove",
@@ -194,7 +231,6 @@ class IndexedStoredSession(StoredSession):
                     log_id(old[1]),
                     exc,
                 )
-        return outcome
 
 
 def _current(state: AppState) -> tuple[Any, str | None]:
