@@ -305,6 +305,15 @@ IMPLS: dict[str, Impl] = {
             venv="ours",
         ),
         Impl(
+            name="ours_aa",
+            label="ours again: same settings, a second worker (the A/A spread)",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours,
+            group="variants",
+            venv="ours",
+        ),
+        Impl(
             name="baseline",
             label="flask-beaker-session at the --baseline commit",
             requirements=(),  # installed from `git archive <ref>`, see envs.py

@@ -55,7 +55,7 @@ VARIANT_ROWS = (
     "rw_1MB", "ro_small_key_1MB", "blob_1MB",
 )  # fmt: skip
 #: Variants whose ratio to ours is reported (``variant/ours``).
-VARIANTS = ("ours_plain", "ours_index", "ours_metrics", "baseline")
+VARIANTS = ("ours_aa", "ours_plain", "ours_index", "ours_metrics", "baseline")
 #: Rows of the variants' syscall table.
 VARIANT_SYSCALL_ROWS = ("read_only", "read_write", "new_session", "login", "rw_user")
 #: Rows of the Redis comparison's micro table.
@@ -165,6 +165,15 @@ def summarise_variants(variants: dict[str, Any]) -> dict[str, Any]:
             for v in VARIANTS
             if v in names
         }
+        if "baseline" in names and "ours_plain" in names:
+            # The same build without encryption against the --baseline commit (which
+            # had none): the request path's own change (issues 14/15).
+            base = entry["impls"].get("baseline", {}).get("overhead_us") or 0
+            entry["variant_ratios"]["ours_plain/baseline"] = (
+                paired_ratio(per_round, scenario, "baseline", "ours_plain")
+                if base >= MIN_OVERHEAD_US
+                else None
+            )
     return {
         "rounds": len(rounds),
         "micro": table,
@@ -389,6 +398,24 @@ def variant_targets(variants: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         login_write_target(variants.get("syscalls", {})),
     ]
+    spread = ratio("read_write", f"ours_aa/{OURS}")
+    for scenario in ("read_only", "read_write"):
+        plain = ratio(scenario, "ours_plain/baseline")
+        if plain is None or spread is None:
+            continue
+        # No slowdown: the change against the --baseline commit stays within what two
+        # workers of one build differ by in the same run (at least 5 %).
+        bound = max(1.05, spread, 1 / spread)
+        found.append(
+            ratio_target(
+                f"issues 14/15: {scenario.replace('_', '-')} overhead, no slowdown "
+                "vs the --baseline commit (ours_plain/baseline ≤ the A/A spread, "
+                f"{bound:.3f})",
+                plain,
+                bound,
+                digits=3,
+            )
+        )
     return found
 
 
@@ -568,10 +595,12 @@ def variant_micro_table(micro: dict[str, Any], names: list[str]) -> str:
     """Overheads, each variant's ratio to ours, and ours' ratio to the other peers."""
     variants = [n for n in names if n in VARIANTS]
     others = [n for n in names if n != OURS and n not in VARIANTS]
+    plain_vs_base = "baseline" in names and "ours_plain" in names
     header = [
         "scenario (µs)",
         *[label(n) if n not in VARIANTS else n for n in names],
         *[f"{v}/ours" for v in variants],
+        *(["ours_plain/baseline"] if plain_vs_base else []),
         *[f"ours/{p}" for p in others],
     ]
     rows = []
@@ -583,6 +612,9 @@ def variant_micro_table(micro: dict[str, Any], names: list[str]) -> str:
             ratio_fmt(entry.get("variant_ratios", {}).get(f"{v}/{OURS}"))
             for v in variants
         ]
+        if plain_vs_base:
+            plain = entry.get("variant_ratios", {}).get("ours_plain/baseline")
+            mine.append(ratio_fmt(plain))
         theirs = [ratio_fmt(entry["ratios"].get(f"{OURS}/{p}")) for p in others]
         rows.append([ROW_TITLES[scenario], *cells, *mine, *theirs])
     return table(header, rows)

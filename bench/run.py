@@ -49,10 +49,11 @@ RESULTS = BENCH / "results"
 COMMAND_TIMEOUT = 900
 #: Micro scenarios of the Redis comparison (besides the baseline).
 REDIS_SCENARIOS = ("free_cookie", "read_only", "read_write", "new_session", "rw_10KB")
-#: Implementations of ``--variants`` (the default of its ``--impls``): ours, its
+#: Implementations of ``--variants`` (the default of its ``--impls``): ours, a second
+#: worker of ours (``ours_aa``: the A/A spread every other ratio is read against), its
 #: variants (ratios to ours), the original (issue 17's 1 MB target) and the cookie.
 VARIANT_IMPLS = (
-    "ours", "ours_plain", "ours_index", "ours_metrics", "original", "cookie",
+    "ours", "ours_aa", "ours_plain", "ours_index", "ours_metrics", "original", "cookie",
 )  # fmt: skip
 #: Micro scenarios of ``--variants`` (besides the baseline).
 VARIANT_SCENARIOS = (
