@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, Response, make_response
 from flask import session as flask_session
 from flask.sessions import SessionInterface
 from helpers import COOKIE, SID_RE, FakeClock, MakeApp, cookie_of, session_cookies
@@ -154,6 +154,31 @@ def test_vary_cookie_when_used_absent_when_not(app: Flask) -> None:
     assert "Cookie" in client.get("/set/a/1").vary
     assert "Cookie" in client.get("/get/a").vary
     assert "Cookie" not in client.get("/none").vary
+
+
+def test_vary_joins_the_views_own_vary_header(make_app: MakeApp) -> None:
+    """A view's own Vary header keeps its values and gains ``Cookie`` once (in any case
+    of the header's name or of ``cookie``); no second Vary header is added."""
+    app = make_app()
+
+    @app.get("/vary/<value>")
+    def vary(value: str) -> Response:
+        flask_session["a"] = "1"
+        response = make_response("ok")
+        if value != "none":
+            response.headers["vary"] = value
+        return response
+
+    client = app.test_client()
+    cases = {
+        "none": "Cookie",
+        "Accept-Encoding": "Accept-Encoding, Cookie",
+        "cookie": "cookie",
+        "Accept, COOKIE": "Accept, COOKIE",
+    }
+    for value, expected in cases.items():
+        response = client.get(f"/vary/{value}")
+        assert response.headers.getlist("Vary") == [expected], value
 
 
 def test_no_set_cookie_on_later_requests(app: Flask) -> None:

@@ -254,8 +254,17 @@ def _cookie_value(header: str | None, name: str) -> str | None:
 def _vary_cookie(response: Response) -> None:
     """Adds ``Cookie`` to the Vary header (cheaper than building ``response.vary``)."""
     headers = response.headers
-    vary = headers.get("Vary")
-    if not vary:
+    # The first Vary header, found by iterating (headers.get("Vary") builds and raises an
+    # exception when there is none, the usual case: three times the work).
+    vary = None
+    for key, value in headers:
+        if key.lower() == "vary":
+            vary = value
+            break
+    if vary is None:
+        # (add, not set: there is no Vary header to replace, and set scans every header)
+        headers.add("Vary", "Cookie")
+    elif not vary:
         headers["Vary"] = "Cookie"
     elif "cookie" not in (v.strip().lower() for v in vary.split(",")):
         headers["Vary"] = f"{vary}, Cookie"
