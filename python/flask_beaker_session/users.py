@@ -60,8 +60,6 @@ _STORED = (Outcome.CREATED, Outcome.SAVED, Outcome.TOUCHED, Outcome.UNCHANGED)
 _SAVED, _UNCHANGED, _TOUCHED = Outcome.SAVED, Outcome.UNCHANGED, Outcome.TOUCHED
 #: ``IndexedStoredSession.indexed`` before it is first needed.
 _PENDING: Any = object()
-#: User key values that cannot change in place (a user id is a ``str`` with Flask-Login).
-_IMMUTABLE_USER = frozenset({str, int})
 #: Longest user agent kept in the metadata (characters).
 _MAX_AGENT = 256
 #: The store's bound on an entry's metadata (bytes).
@@ -171,7 +169,7 @@ class IndexedStoredSession(StoredSession):
     _loaded_user: Any = None
 
     def load(self, now: float) -> Loaded | None:
-        loaded = super().load(now)
+        loaded = StoredSession.load(self, now)
         if loaded is not None:
             self._loaded_user = loaded[0].get(self.app.user_key)
         return loaded
@@ -190,13 +188,13 @@ class IndexedStoredSession(StoredSession):
         raw = data.get(self.app.user_key)
         if (
             raw is self._loaded_user
-            and (raw is None or type(raw) in _IMMUTABLE_USER)
-            and self.stored_id is not None
-            and self.id is self.stored_id
+            # (the id is the cookie's only while the session is the one loaded from it)
+            and self.id is self.cookie_value
+            and (type(raw) is str or raw is None or type(raw) is int)
         ):
             # The same user (an immutable value: it cannot have changed in place) under
             # the same id as loaded: the entry (or its absence) is right before the save.
-            outcome = super().persist(data, modified, created, now)
+            outcome = StoredSession.persist(self, data, modified, created, now)
             if outcome is _SAVED or outcome is _UNCHANGED or outcome is _TOUCHED:
                 return outcome
             self._reindexed(None)
