@@ -66,7 +66,8 @@ class Impl:
     #: ``file`` (main comparison), ``redis`` (the Redis comparison), ``postgres`` (the
     #: PostgreSQL comparison, which also runs ``ours_redis``), ``variants`` (``ours``
     #: with one setting changed, only with ``run.py --variants``) or ``baseline`` (this
-    #: package at an earlier commit, only with ``run.py --baseline REF``).
+    #: package at an earlier commit, only with ``run.py --baseline REF``: ``baseline``
+    #: next to ``ours`` or a variant, ``baseline_postgres`` next to ``ours_postgres``).
     group: str = "file"
     #: The virtualenv it runs in (another implementation's name; default: its own).
     venv: str = ""
@@ -239,6 +240,20 @@ def setup_ours_postgres(app: Flask, data_dir: str) -> None:
     Session(app)
 
 
+def setup_baseline_postgres(app: Flask, data_dir: str) -> None:
+    """``ours_postgres`` at the ``--baseline`` commit (its own table)."""
+    from flask_beaker_session.session import Session
+
+    app.config.update(
+        SESSION_TYPE="postgresql",
+        SESSION_DATABASE_URL=postgres_url(),
+        SESSION_DATABASE_TABLE=postgres_table("baseline", data_dir),
+        SESSION_TIMEOUT=TIMEOUT,
+        SESSION_EXPIRES=True,
+    )
+    Session(app)
+
+
 def setup_flask_session_sqlalchemy(app: Flask, data_dir: str) -> None:
     """Flask-Session 0.8's SQLAlchemy backend (Flask-SQLAlchemy, psycopg2) on the same
     PostgreSQL. It creates its table at ``Session(app)``: workers starting together take
@@ -383,6 +398,15 @@ IMPLS: dict[str, Impl] = {
             cookie_name="session",
             setup=setup_flask_session_sqlalchemy,
             group="postgres",
+        ),
+        Impl(
+            name="baseline_postgres",
+            label="flask-beaker-session at the --baseline commit, PostgreSQL",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_baseline_postgres,
+            group="baseline",
+            venv="baseline",
         ),
     )
 }

@@ -846,7 +846,7 @@ def postgres_markdown(results: dict[str, Any]) -> str:
             [
                 run_line(results),
                 f"One throwaway PostgreSQL cluster ({version}, 127.0.0.1, "
-                "`fsync=off`, `synchronous_commit=off`) shared by both PostgreSQL "
+                "`fsync=off`, `synchronous_commit=off`) shared by the PostgreSQL "
                 "stores (a table each); `ours_redis` on a `redis-server` of the same "
                 "run.",
                 "Session overhead per request, Flask test client (µs; median of "

@@ -466,7 +466,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--baseline",
         metavar="REF",
         help="also measure this package at git commit REF (before/after tables in one "
-        "run); implies --no-readme",
+        "run; with --postgres, its PostgreSQL store); implies --no-readme",
     )
     parser.add_argument(
         "--skip",
@@ -525,6 +525,9 @@ def main(argv: list[str]) -> int:
         skip.add("postgres")
     redis_names = [] if "redis" in skip else impl_names("redis")
     pg_names = [] if "postgres" in skip else ["ours_redis", *impl_names("postgres")]
+    if pg_names and args.baseline:
+        # Before/after of the PostgreSQL store in the same run (the baseline venv).
+        pg_names.insert(pg_names.index("ours_postgres") + 1, "baseline_postgres")
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
     pythons = envs.ensure_all(

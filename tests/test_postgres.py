@@ -34,7 +34,7 @@ from flask_beaker_session.errors import (
     StoreUnavailableError,
 )
 from helpers import COOKIE, FakeClock, build_app, client_with, cookie_of, interface_of, store_of
-from postgres_server import PostgresServer, digest, table_for
+from postgres_server import PostgresServer, digest, running_server, table_for
 from redis_server import free_port, run_child
 from test_servers import Server, _dump, _new_session, gunicorn
 
@@ -138,6 +138,38 @@ def test_statements_and_round_trips_per_request(
     assert len(new) == 1
     # Prepared once: each statement is executed by name, never parsed again.
     assert not any("execute <unnamed>" in line for line in read_write + read_only + new)
+
+
+def test_lock_and_release_never_wait_for_the_wal_flush(tmp_path: Path, table: str) -> None:
+    """Taking and releasing the lock change only the lock columns and commit without
+    waiting for the WAL flush or a synchronous standby (`LOCK_ONLY` in
+    store/postgres.rs); saves still wait. Shown on a cluster of its own where no waiting
+    commit can complete: `synchronous_commit=on` and a synchronous standby that never
+    comes. Read-only requests (lock + pipelined release, over and over on the one pooled
+    connection) go through and leave the lock free; a read-write request's save waits
+    for the standby, so it is a 503 after SESSION_DATABASE_TIMEOUT."""
+    with running_server() as server:
+        url = server.url() + "&options=-c%20synchronous_commit%3Don"
+        app = pg_app(
+            tmp_path,
+            server,
+            table,
+            SESSION_DATABASE_URL=url,
+            SESSION_DATABASE_TIMEOUT=0.5,
+            SESSION_SWEEP_INTERVAL=None,
+        )
+        client = app.test_client()
+        assert client.get("/set/a/1").status_code == 200
+        server.psql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        server.psql("SELECT pg_reload_conf()")
+        wait_for(lambda: server.psql("SHOW synchronous_standby_names") == "nobody")
+        for _ in range(5):
+            assert client.get("/get/a").text == "1"
+        wait_for(lambda: server.psql(f'SELECT lock_token IS NULL FROM "{table}"') == "t")
+        response = client.get("/set/a/2")
+        assert response.status_code == 503
+        server.psql("ALTER SYSTEM RESET synchronous_standby_names")
+        server.psql("SELECT pg_reload_conf()")
 
 
 def test_touch_writes_only_the_access_time(

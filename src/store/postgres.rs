@@ -23,6 +23,9 @@
 //!   taken by another never overwrites the newer data (`StoreError::LockLost`). A bare
 //!   release (a read-only request) is sent without waiting for its answer (pipelined):
 //!   a read-only request costs one round trip, a read-write one two, a new session one.
+//!   Taking the lock and the bare release change only the lock columns, so they commit
+//!   without waiting for the WAL flush (`LOCK_ONLY`: losing them in a crash fails
+//!   closed); saves, touches, deletes and creates commit as the server is configured.
 //! * A lock this process may have left behind (its release failed: the server was down)
 //!   is remembered with its token; the next request of that session in this process takes
 //!   it over at once instead of waiting for it to lapse. Other processes wait `lock_ttl`.
@@ -66,6 +69,21 @@ pub use schema::{is_identifier, MAX_TABLE_LEN};
 /// Rows removed per statement by a sweep or a clear (each stays well within the
 /// statement timeout, and never holds many row locks).
 const BATCH: i64 = 1000;
+
+/// Makes the statement's own transaction commit asynchronously (`synchronous_commit =
+/// off` for that transaction only, `set_config(…, true)`), evaluated in its `RETURNING`
+/// list, so only when a row was written. Used by the two statements that change nothing
+/// but the lock columns (taking the lock, the bare release): they no longer wait for the
+/// WAL flush (an fsync where `synchronous_commit` is on, the default) nor for synchronous
+/// standbys, so a read-only request waits for none and a read-write one for one, its save.
+/// Safe because losing them fails closed: a server crash or a failover may forget the last
+/// such commits (at most `wal_writer_delay` × 3). A forgotten lock take leaves the lock
+/// free or with its previous holder: the request's save and touch are compare-and-set on
+/// its token, so they fail (`LockLost`) instead of writing. A forgotten release leaves the
+/// lock held until it lapses (`lock_ttl`), as a worker killed mid-request does. The record,
+/// `touched_at` and `expires_at` are never written by these two statements; every
+/// statement that writes them (save, touch, delete, create) commits as configured.
+const LOCK_ONLY: &str = "set_config('synchronous_commit', 'off', true)";
 
 /// Longest pause between two attempts to take a session lock another request holds.
 const POLL_MAX: Duration = Duration::from_millis(10);
@@ -152,14 +170,15 @@ impl Sql {
         Sql {
             // Takes the lock if free, lapsed, ours (a repeated statement) or our orphan
             // ($4), and reads the record; a row with `false` means another holds it, no
-            // row means no session.
+            // row means no session. Committed without waiting for the WAL flush
+            // (`LOCK_ONLY`).
             lock: format!(
                 "WITH got AS (
                    UPDATE {t} SET lock_token = $2,
                      lock_expires = clock_timestamp() + $3 * interval '1 millisecond'
                    WHERE id = $1 AND (lock_token IS NULL OR lock_token = $2 OR lock_token = $4
                                       OR lock_expires < clock_timestamp())
-                   RETURNING record, touched_at)
+                   RETURNING record, touched_at, {LOCK_ONLY})
                  SELECT true, record, touched_at FROM got
                  UNION ALL
                  SELECT false, NULL, NULL FROM {t}
@@ -175,9 +194,11 @@ impl Sql {
                    lock_expires = NULL
                  WHERE id = $1 AND lock_token = $2 RETURNING 1"
             ),
+            // A bare release (a read-only request): lock columns only, committed
+            // without waiting for the WAL flush (`LOCK_ONLY`).
             release: format!(
                 "UPDATE {t} SET lock_token = NULL, lock_expires = NULL
-                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+                 WHERE id = $1 AND lock_token = $2 RETURNING {LOCK_ONLY}"
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 AND lock_token = $2 RETURNING 1"),
             create: format!(
