@@ -226,32 +226,29 @@ def postgres_table(name: str, data_dir: str) -> str:
     return f"bench_{name}_{run}"
 
 
-def setup_ours_postgres(app: Flask, data_dir: str) -> None:
-    """This package's PostgreSQL store, otherwise configured like ``ours``."""
+def _setup_postgres(app: Flask, data_dir: str, table: str) -> None:
+    """This package's PostgreSQL store on its own table, otherwise configured like
+    ``ours``."""
     from flask_beaker_session.session import Session
 
     app.config.update(
         SESSION_TYPE="postgresql",
         SESSION_DATABASE_URL=postgres_url(),
-        SESSION_DATABASE_TABLE=postgres_table("ours", data_dir),
+        SESSION_DATABASE_TABLE=postgres_table(table, data_dir),
         SESSION_TIMEOUT=TIMEOUT,
         SESSION_EXPIRES=True,
     )
     Session(app)
+
+
+def setup_ours_postgres(app: Flask, data_dir: str) -> None:
+    """This package's PostgreSQL store, otherwise configured like ``ours``."""
+    _setup_postgres(app, data_dir, "ours")
 
 
 def setup_baseline_postgres(app: Flask, data_dir: str) -> None:
     """``ours_postgres`` at the ``--baseline`` commit (its own table)."""
-    from flask_beaker_session.session import Session
-
-    app.config.update(
-        SESSION_TYPE="postgresql",
-        SESSION_DATABASE_URL=postgres_url(),
-        SESSION_DATABASE_TABLE=postgres_table("baseline", data_dir),
-        SESSION_TIMEOUT=TIMEOUT,
-        SESSION_EXPIRES=True,
-    )
-    Session(app)
+    _setup_postgres(app, data_dir, "baseline")
 
 
 def setup_flask_session_sqlalchemy(app: Flask, data_dir: str) -> None:
