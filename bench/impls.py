@@ -279,6 +279,19 @@ def setup_flask_session_sqlalchemy(app: Flask, data_dir: str) -> None:
         guard.close()
 
 
+def _variant(name: str, label: str, setup: Callable[[Flask, str], None]) -> Impl:
+    """``ours`` with other settings (``run.py --variants`` only), in ``ours``' venv."""
+    return Impl(
+        name=name,
+        label=label,
+        requirements=(),
+        cookie_name="beaker.session.id",
+        setup=setup,
+        group="variants",
+        venv="ours",
+    )
+
+
 IMPLS: dict[str, Impl] = {
     impl.name: impl
     for impl in (
@@ -289,41 +302,13 @@ IMPLS: dict[str, Impl] = {
             cookie_name="beaker.session.id",
             setup=setup_ours,
         ),
-        Impl(
-            name="ours_plain",
-            label="ours, SESSION_ENCRYPT=False",
-            requirements=(),
-            cookie_name="beaker.session.id",
-            setup=setup_ours_plain,
-            group="variants",
-            venv="ours",
-        ),
-        Impl(
-            name="ours_index",
-            label="ours, SESSION_USER_KEY='_user_id'",
-            requirements=(),
-            cookie_name="beaker.session.id",
-            setup=setup_ours_index,
-            group="variants",
-            venv="ours",
-        ),
-        Impl(
-            name="ours_metrics",
-            label="ours, SESSION_METRICS=True",
-            requirements=(),
-            cookie_name="beaker.session.id",
-            setup=setup_ours_metrics,
-            group="variants",
-            venv="ours",
-        ),
-        Impl(
-            name="ours_aa",
-            label="ours again: same settings, a second worker (the A/A spread)",
-            requirements=(),
-            cookie_name="beaker.session.id",
-            setup=setup_ours,
-            group="variants",
-            venv="ours",
+        _variant("ours_plain", "ours, SESSION_ENCRYPT=False", setup_ours_plain),
+        _variant("ours_index", "ours, SESSION_USER_KEY='_user_id'", setup_ours_index),
+        _variant("ours_metrics", "ours, SESSION_METRICS=True", setup_ours_metrics),
+        _variant(
+            "ours_aa",
+            "ours again: same settings, a second worker (the A/A spread)",
+            setup_ours,
         ),
         Impl(
             name="baseline",
