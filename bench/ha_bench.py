@@ -12,8 +12,11 @@ bench venv (a release build of the working tree, ``envs.py``) on:
   server the Sentinel configuration reaches, so only the way of finding it differs);
 * ``sentinel`` and ``cluster``: the ``redis+sentinel://`` and ``redis+cluster://`` URLs;
 * ``sentinel-wait1`` and ``cluster-wait1``: the same with ``SESSION_REDIS_WAIT_REPLICAS=1``;
-* with ``--baseline REF``, ``baseline-single``: this package at REF (its bench venv) on the
-  same single node, to show the single-node backend did not get slower.
+* with ``--baseline REF``, ``baseline-single``, ``baseline-sentinel`` and
+  ``baseline-cluster``: this package at REF (its bench venv) on the same deployments, to
+  show the single-node backend did not get slower and, as ratios to ``baseline-single``,
+  what a change did to Sentinel and Cluster (rows ``baseline-*`` are relative to
+  ``baseline-single``, the others to ``single``).
 
 Rounds are interleaved (each round starts with the next configuration); overhead = the
 scenario's median minus the session-free route's, in the same process; the table gives the
@@ -237,7 +240,10 @@ def main() -> None:
             "cluster-wait1": (pythons["ours"], config(cluster.url, 1)),
         }
         if args.baseline:
-            configs["baseline-single"] = (pythons["baseline"], configs["single"][1])
+            # The same deployments through the baseline build: its ratios against
+            # baseline-single are the "before" of a change, measured in the same rounds.
+            for name in ("single", "sentinel", "cluster"):
+                configs[f"baseline-{name}"] = (pythons["baseline"], configs[name][1])
         order = list(configs)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in order}
         everywhere = os.sched_getaffinity(0)
@@ -277,8 +283,10 @@ def main() -> None:
         "|---|" + "---|" * len(SCENARIOS),
     ]
     for name in order:
+        # A baseline configuration is compared with the baseline's single node.
+        base = "baseline-single" if name.startswith("baseline-") else "single"
         cells = [
-            f"{overhead[name][s]:.0f} ({overhead[name][s] / overhead['single'][s]:.2f})"
+            f"{overhead[name][s]:.0f} ({overhead[name][s] / overhead[base][s]:.2f})"
             for s in SCENARIOS
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
