@@ -212,6 +212,47 @@ fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> Store
     Ok(out)
 }
 
+/// Associated data of a sealed per-user index entry (`store::index`): its own context, so
+/// that nothing sealed for one purpose opens as the other (a record's is 48 bytes of id
+/// digest and header).
+const ENTRY_AD: &[u8] = b"flask-beaker-session 2026-12 user index entry v2";
+
+/// `plain` sealed under the current key's encryption subkey with a random nonce (nonce ‖
+/// ciphertext ‖ tag), for a per-user index entry: whenever the keys are keyed, whether or
+/// not records are sealed, since an entry names a live session id. Fails only if the OS
+/// random source does.
+pub fn seal_entry(keys: &Keys, plain: &[u8]) -> StoreResult<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
+    let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let tag = aead::seal_in_place(
+        &keys.primary().seal,
+        &nonce,
+        ENTRY_AD,
+        &mut out[NONCE_LEN..],
+    )
+    .ok_or(StoreError::TooLarge(plain.len()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// What [`seal_entry`] sealed, opened with whichever key (current or fallback) sealed it;
+/// None if none does.
+pub fn open_entry(keys: &Keys, sealed: &[u8]) -> Option<Vec<u8>> {
+    let len = sealed.len();
+    if !keys.keyed || len < SEAL_OVERHEAD {
+        return None;
+    }
+    let nonce: &[u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().ok()?;
+    let tag: &[u8; AEAD_TAG_LEN] = sealed[len - AEAD_TAG_LEN..].try_into().ok()?;
+    keys.keys.iter().find_map(|pair| {
+        let mut plain = sealed[NONCE_LEN..len - AEAD_TAG_LEN].to_vec();
+        aead::open_in_place(&pair.seal, nonce, ENTRY_AD, &mut plain, tag).then_some(plain)
+    })
+}
+
 /// Length of the stored bytes for a payload of `len` bytes under `keys`.
 pub fn stored_len(keys: &Keys, len: usize) -> usize {
     if keys.seals() {

@@ -120,6 +120,41 @@ def test_file_store_never_holds_the_value_in_the_clear(
     assert (value.encode() in all_bytes(data_dir)) is visible
 
 
+def log_in_with_metadata(app: Flask, user: str, agent: str) -> str:
+    """A session logged in as ``user`` from a browser announcing ``agent``; its id."""
+    client = app.test_client()
+    response = client.get(f"/set/_user_id/{user}", headers={"User-Agent": agent})
+    assert response.status_code == 200
+    sid = cookie_of(client)
+    assert sid is not None
+    return sid
+
+
+def assert_index_entries_sealed(app: Flask, dump: Any, user: str) -> None:
+    """The per-user index names live sessions: neither their ids nor the metadata kept at
+    login may be read off the store, with records encrypted or not; the index still
+    lists them."""
+    agent = marker()
+    sids = [log_in_with_metadata(app, user, agent) for _ in range(2)]
+    listed = app.extensions["flask_beaker_session"].user_sessions(user, app=app)
+    assert sorted(s.metadata.get("user_agent") for s in listed) == [agent, agent]
+    stored = dump()
+    assert agent.encode() not in stored
+    for sid in sids:
+        assert sid.encode() not in stored
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_file_user_index_never_shows_session_ids(data_dir: Path, encrypt: bool) -> None:
+    app = build_app(
+        data_dir,
+        SESSION_ENCRYPT=encrypt,
+        SESSION_USER_KEY="_user_id",
+        SESSION_USER_METADATA=True,
+    )
+    assert_index_entries_sealed(app, lambda: all_bytes(data_dir), "alice")
+
+
 def test_session_encrypt_is_validated(data_dir: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"SESSION_ENCRYPT=.*True or False"):
         build_app(data_dir, SESSION_ENCRYPT="sometimes")
@@ -309,6 +344,18 @@ def test_redis_dumps_never_hold_the_value_in_the_clear(
     dump = redis_dump(aof_server)
     assert b"appendonly" in b"".join(p.name.encode() for p in aof_server.workdir.rglob("*"))
     assert (value.encode() in dump) is visible
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_redis_user_index_never_shows_session_ids(aof_server: RedisServer, encrypt: bool) -> None:
+    app = redis_app(
+        aof_server,
+        f"idx{encrypt}:",
+        SESSION_ENCRYPT=encrypt,
+        SESSION_USER_KEY="_user_id",
+        SESSION_USER_METADATA=True,
+    )
+    assert_index_entries_sealed(app, lambda: redis_dump(aof_server), "bob")
 
 
 def test_rotation_and_rekey_on_redis(redis_server: RedisServer, prefix: str) -> None:

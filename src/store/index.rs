@@ -16,7 +16,8 @@
 //! Users are stored under the BLAKE3 digest of their id (`user_digest`): any string is a
 //! valid user id, and none becomes a file name or a key name as such.
 
-use crate::record::Keys;
+use crate::error::StoreResult;
+use crate::record::{self, Keys};
 use crate::sid::SessionId;
 
 /// Domain separation of the user digest.
@@ -26,8 +27,12 @@ const HANDLE_CONTEXT: &str = "flask-beaker-session 2026-12 session handle v1";
 /// The largest metadata an entry carries (user agent, address, application fields): a
 /// bound on what one login can make the store keep.
 pub const MAX_META: usize = 4096;
-/// Magic of an encoded entry (versioned, so a later layout can be told apart).
+/// Magic of an entry in the clear (only where there is no secret: the memory store's
+/// fallback, which never writes it anywhere).
 const MAGIC: &[u8] = b"FBSU1 ";
+/// Magic of a sealed entry: `FBSU2 ` ‖ nonce ‖ XChaCha20-Poly1305 of what follows
+/// `FBSU1 ` in the clear form ‖ tag (`record::seal_entry`).
+const MAGIC_SEALED: &[u8] = b"FBSU2 ";
 
 /// One session of a user, as the index holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,24 +48,42 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
-    /// `FBSU1 <id hex> <written_at>\n<meta>`: text up to the newline, so an entry found
-    /// on disk or in Redis can be read by an operator.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAGIC.len() + 64 + self.meta.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(self.id.to_hex().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(format!("{}", self.written_at).as_bytes());
-        out.push(b'\n');
-        out.extend_from_slice(&self.meta);
-        out
+    /// The stored form. With a secret (every store that writes entries outside the
+    /// process has one) the entry is sealed: it names a live session id, which must not be
+    /// read off the data dir, a backup or a Redis dump any more than a record's data may.
+    /// Without one: `FBSU1 <id hex> <written_at>\n<meta>`.
+    pub fn encode(&self, keys: &Keys) -> StoreResult<Vec<u8>> {
+        let mut body = Vec::with_capacity(64 + self.meta.len());
+        body.extend_from_slice(self.id.to_hex().as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(format!("{}", self.written_at).as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(&self.meta);
+        let (magic, rest) = if keys.is_keyed() {
+            (MAGIC_SEALED, record::seal_entry(keys, &body)?)
+        } else {
+            (MAGIC, body)
+        };
+        let mut out = Vec::with_capacity(magic.len() + rest.len());
+        out.extend_from_slice(magic);
+        out.extend_from_slice(&rest);
+        Ok(out)
     }
 
-    /// The entry `bytes` encode; `None` for anything else (torn, foreign, oversized).
-    pub fn decode(bytes: &[u8]) -> Option<IndexEntry> {
-        let rest = bytes.strip_prefix(MAGIC)?;
-        let newline = rest.iter().position(|b| *b == b'\n')?;
-        let (head, meta) = (&rest[..newline], &rest[newline + 1..]);
+    /// The entry `bytes` encode under `keys`; `None` for anything else (torn, foreign,
+    /// oversized, sealed under no key of ours, or in the clear where entries are sealed).
+    pub fn decode(keys: &Keys, bytes: &[u8]) -> Option<IndexEntry> {
+        if keys.is_keyed() {
+            let sealed = bytes.strip_prefix(MAGIC_SEALED)?;
+            Self::decode_body(&record::open_entry(keys, sealed)?)
+        } else {
+            Self::decode_body(bytes.strip_prefix(MAGIC)?)
+        }
+    }
+
+    fn decode_body(body: &[u8]) -> Option<IndexEntry> {
+        let newline = body.iter().position(|b| *b == b'\n')?;
+        let (head, meta) = (&body[..newline], &body[newline + 1..]);
         if meta.len() > MAX_META {
             return None;
         }
@@ -121,15 +144,57 @@ mod tests {
             written_at: 1234.5,
             meta: br#"{"ip": "10.0.0.1"}"#.to_vec(),
         };
-        assert_eq!(IndexEntry::decode(&entry.encode()), Some(entry.clone()));
-        let mut torn = entry.encode();
+        let clear = Keys::new(&[]);
+        assert_eq!(
+            IndexEntry::decode(&clear, &entry.encode(&clear).unwrap()),
+            Some(entry.clone())
+        );
+        let mut torn = entry.encode(&clear).unwrap();
         torn.truncate(20);
-        assert_eq!(IndexEntry::decode(&torn), None);
-        assert_eq!(IndexEntry::decode(b"FBSU1 nothex 1\n"), None);
-        assert_eq!(IndexEntry::decode(b""), None);
-        let mut big = entry.encode();
+        assert_eq!(IndexEntry::decode(&clear, &torn), None);
+        assert_eq!(IndexEntry::decode(&clear, b"FBSU1 nothex 1\n"), None);
+        assert_eq!(IndexEntry::decode(&clear, b""), None);
+        let mut big = entry.encode(&clear).unwrap();
         big.extend(std::iter::repeat_n(b'x', MAX_META + 1));
-        assert_eq!(IndexEntry::decode(&big), None);
+        assert_eq!(IndexEntry::decode(&clear, &big), None);
+    }
+
+    /// With a secret, an entry shows neither the session id nor the metadata, opens under
+    /// the current key and a fallback, and nothing else is accepted in its place.
+    #[test]
+    fn entries_are_sealed_under_a_secret() {
+        let entry = IndexEntry {
+            id: SessionId::generate().unwrap(),
+            written_at: 99.25,
+            meta: br#"{"ip": "192.0.2.7"}"#.to_vec(),
+        };
+        let old = Keys::new(&[b"old".to_vec()]);
+        let bytes = entry.encode(&old).unwrap();
+        let hex_id = entry.id.to_hex();
+        let shown = String::from_utf8_lossy(&bytes);
+        assert!(
+            !shown.contains(&hex_id) && !shown.contains("192.0.2.7"),
+            "{shown}"
+        );
+        assert_eq!(IndexEntry::decode(&old, &bytes), Some(entry.clone()));
+        let rotated = Keys::new(&[b"new".to_vec(), b"old".to_vec()]);
+        assert_eq!(IndexEntry::decode(&rotated, &bytes), Some(entry.clone()));
+        assert_eq!(
+            IndexEntry::decode(&Keys::new(&[b"new".to_vec()]), &bytes),
+            None
+        );
+        // A planted entry in the clear, or a sealed one altered, is refused.
+        let clear = entry.encode(&Keys::new(&[])).unwrap();
+        assert_eq!(IndexEntry::decode(&old, &clear), None);
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert_eq!(IndexEntry::decode(&old, &flipped), None);
+        // Encryption off for records: entries are still sealed.
+        let unsealed_records = Keys::new(&[b"old".to_vec()]).encrypting(false);
+        let bytes = entry.encode(&unsealed_records).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&hex_id));
+        assert_eq!(IndexEntry::decode(&old, &bytes), Some(entry));
     }
 
     #[test]

@@ -396,7 +396,8 @@ fn the_user_index_never_follows_a_symlink_and_removes_only_its_names() {
     fs::create_dir_all(&shard_dir).unwrap();
     symlink(&victim, shard_dir.join(&u)).unwrap();
     let fake = victim.join(shard::digest(&id));
-    plant(&fake, &e.encode());
+    let entry_bytes = e.encode(s.shared.keys.signing().unwrap()).unwrap();
+    plant(&fake, &entry_bytes);
     assert!(Store::index_list(&s, "bob").unwrap().is_empty());
     // A symlink at an entry's name: not read, and not removed either (only files are).
     let alice_dir = data.join("users1").join(&user_digest("alice")[..2]);
@@ -414,5 +415,5 @@ fn the_user_index_never_follows_a_symlink_and_removes_only_its_names() {
     assert!(fs::symlink_metadata(shard_dir.join(&u)).unwrap().is_dir());
     intact(&files);
     intact(&[victim.join("report.pdf")]);
-    assert_eq!(fs::read(&fake).unwrap(), e.encode());
+    assert_eq!(fs::read(&fake).unwrap(), entry_bytes);
 }

@@ -22,6 +22,7 @@ use super::tree::Found;
 use super::FileStore;
 use crate::error::{StoreError, StoreResult};
 use crate::platform::{self, Dir, Kind};
+use crate::record::Keys;
 use crate::shard;
 use crate::sid::SessionId;
 use crate::store::index::{self, IndexEntry, MAX_META};
@@ -29,14 +30,14 @@ use crate::store::index::{self, IndexEntry, MAX_META};
 /// Name of the index's directory under the data dir (versioned, as `fbs1`).
 pub const USERS_DIR: &str = "users1";
 /// The largest entry read back: header and metadata.
-const MAX_ENTRY: u64 = (MAX_META + 128) as u64;
+const MAX_ENTRY: u64 = (MAX_META + 256) as u64;
 
 fn is_shard_name(name: &str) -> bool {
     name.len() == shard::SHARD_CHARS && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Reads the entry `name` of `dir` (never through a symlink); `None` if it is not one.
-fn read_entry(dir: &Dir, name: &str) -> io::Result<Option<IndexEntry>> {
+fn read_entry(keys: &Keys, dir: &Dir, name: &str) -> io::Result<Option<IndexEntry>> {
     let file = match platform::open_file(dir, name) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound || platform::not_a_file(&e).is_some() => {
@@ -46,7 +47,7 @@ fn read_entry(dir: &Dir, name: &str) -> io::Result<Option<IndexEntry>> {
     };
     let mut bytes = Vec::new();
     file.take(MAX_ENTRY + 1).read_to_end(&mut bytes)?;
-    Ok(IndexEntry::decode(&bytes))
+    Ok(IndexEntry::decode(keys, &bytes))
 }
 
 /// Writes `bytes` as the entry `name` of `dir`, replacing an older one.
@@ -88,7 +89,7 @@ impl FileStore {
     pub(super) fn put_entry(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
         let user = index::user_digest(user);
         let name = shard::digest(&entry.id);
-        let bytes = entry.encode();
+        let bytes = entry.encode(self.shared.keys.signing()?)?;
         // Twice: a sweep may remove the user's (then empty) directory between our walk and
         // our write, which then fails with ENOENT; the second walk makes it again.
         for attempt in 0..2 {
@@ -122,11 +123,15 @@ impl FileStore {
         let Some(dir) = self.user_dir(&user, false)? else {
             return Ok(Vec::new());
         };
+        // (No key yet: no entry was ever written with one, none can be read.)
+        let Some(keys) = self.shared.keys.existing()? else {
+            return Ok(Vec::new());
+        };
         let io_err = |e| StoreError::io("read", self.users_path(&user), e);
         let mut entries = Vec::new();
         for name in platform::names(&dir).map_err(io_err)? {
             if index::is_digest(&name) {
-                if let Some(entry) = read_entry(&dir, &name).map_err(io_err)? {
+                if let Some(entry) = read_entry(keys, &dir, &name).map_err(io_err)? {
                     entries.push(entry);
                 }
             }
@@ -145,14 +150,14 @@ impl FileStore {
     }
 
     /// One entry of the sweep: whether it is to go.
-    fn stale(&self, dir: &Dir, name: &str, now: f64, grace: f64) -> io::Result<bool> {
+    fn stale(&self, keys: &Keys, dir: &Dir, name: &str, now: f64, grace: f64) -> io::Result<bool> {
         let Some(meta) = platform::stat_at(dir, name)? else {
             return Ok(false);
         };
         if meta.kind != Kind::File {
             return Ok(false); // not ours to remove
         }
-        match read_entry(dir, name)? {
+        match read_entry(keys, dir, name)? {
             // Torn (a crash while writing it) or garbled: its record was never written
             // after it, or it would have been written whole first. Left for `grace` after
             // its last change, as a write may be under way.
@@ -169,6 +174,10 @@ impl FileStore {
             Ok(Found::Dir(dir)) => dir,
             Ok(Found::Missing | Found::NotDir) => return Ok(0),
             Err(e) => return Err(io_err(e)),
+        };
+        // (No key: no entry can be verified, so none is taken for stale.)
+        let Some(keys) = self.shared.keys.existing()? else {
+            return Ok(0);
         };
         let mut removed = 0u64;
         for shard_name in platform::names(&users).map_err(io_err)? {
@@ -191,7 +200,9 @@ impl FileStore {
                 };
                 for name in platform::names(&user_dir).map_err(io_err)? {
                     if index::is_digest(&name)
-                        && self.stale(&user_dir, &name, now, grace).map_err(io_err)?
+                        && self
+                            .stale(keys, &user_dir, &name, now, grace)
+                            .map_err(io_err)?
                         && platform::unlink(&user_dir, &name).is_ok()
                     {
                         removed += 1;

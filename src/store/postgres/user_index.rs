@@ -31,7 +31,8 @@ impl Shared {
              DO UPDATE SET entry = EXCLUDED.entry, written_at = EXCLUDED.written_at",
             self.table.users
         );
-        let (user, id, bytes) = (user_digest(user), shard::digest(&entry.id), entry.encode());
+        let bytes = entry.encode(&self.cfg.keys)?;
+        let (user, id) = (user_digest(user), shard::digest(&entry.id));
         self.index_query(
             &sql,
             &[
@@ -64,7 +65,7 @@ impl Shared {
         Ok(rows
             .iter()
             .filter_map(|row| row.try_get::<_, Vec<u8>>(0).ok())
-            .filter_map(|bytes| IndexEntry::decode(&bytes))
+            .filter_map(|bytes| IndexEntry::decode(&self.cfg.keys, &bytes))
             .collect())
     }
 

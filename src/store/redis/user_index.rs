@@ -16,7 +16,7 @@ impl Shared {
     pub(super) fn index_put(&self, user: &str, entry: &IndexEntry) -> StoreResult<()> {
         let key = self.user_key(user);
         let field = shard::digest(&entry.id);
-        let value = entry.encode();
+        let value = entry.encode(&self.cfg.keys)?;
         self.pool.run(|c| {
             redis::cmd("HSET")
                 .arg(&key)
@@ -42,7 +42,7 @@ impl Shared {
             .run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
         Ok(fields
             .iter()
-            .filter_map(|(_, value)| IndexEntry::decode(value))
+            .filter_map(|(_, value)| IndexEntry::decode(&self.cfg.keys, value))
             .collect())
     }
 
@@ -57,7 +57,7 @@ impl Shared {
                     .pool
                     .run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
                 for (field, value) in fields {
-                    let stale = match IndexEntry::decode(&value) {
+                    let stale = match IndexEntry::decode(&self.cfg.keys, &value) {
                         None => true,
                         Some(entry) if now - entry.written_at > grace => {
                             let record = self.session_keys(&entry.id).record;
