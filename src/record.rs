@@ -43,7 +43,6 @@ use std::borrow::Cow;
 use zeroize::Zeroizing;
 
 use crate::aead::{self, NONCE_LEN};
-
 use crate::error::{StoreError, StoreResult};
 use crate::sid::SessionId;
 
@@ -200,16 +199,46 @@ pub fn seal<'a>(
 }
 
 fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> StoreResult<Vec<u8>> {
-    let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+    let ad = associated_data(digest, &sealed_head8(), &created.to_bits().to_le_bytes());
+    seal_with(&keys.primary().seal, &ad, payload)
+}
+
+/// `plain` sealed under `key` with a fresh random nonce: nonce ‖ ciphertext ‖ tag. Fails
+/// only if the OS random source does (or `plain` is beyond ChaCha20's 256 GiB).
+fn seal_with(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> StoreResult<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
+    let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(payload);
-    let ad = associated_data(digest, &sealed_head8(), &created.to_bits().to_le_bytes());
-    let tag = aead::seal_in_place(&keys.primary().seal, &nonce, &ad, &mut out[NONCE_LEN..])
-        .ok_or(StoreError::TooLarge(payload.len()))?;
+    out.extend_from_slice(plain);
+    let tag = aead::seal_in_place(key, &nonce, ad, &mut out[NONCE_LEN..])
+        .ok_or(StoreError::TooLarge(plain.len()))?;
     out.extend_from_slice(&tag);
     Ok(out)
+}
+
+/// What [`seal_with`] made under `key`, decrypted in place (no second buffer: for a large
+/// session, a fresh allocation's page faults cost as much as the decryption); None if it
+/// does not open.
+fn open_with(key: &[u8; 32], ad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+    let len = sealed.len();
+    if len < SEAL_OVERHEAD {
+        return None;
+    }
+    let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().ok()?;
+    let tag: [u8; AEAD_TAG_LEN] = sealed[len - AEAD_TAG_LEN..].try_into().ok()?;
+    if !aead::open_in_place(
+        key,
+        &nonce,
+        ad,
+        &mut sealed[NONCE_LEN..len - AEAD_TAG_LEN],
+        &tag,
+    ) {
+        return None;
+    }
+    sealed.truncate(len - AEAD_TAG_LEN);
+    sealed.drain(..NONCE_LEN);
+    Some(sealed)
 }
 
 /// Associated data of a sealed per-user index entry (`store::index`): its own context, so
@@ -222,35 +251,18 @@ const ENTRY_AD: &[u8] = b"flask-beaker-session 2026-12 user index entry v2";
 /// not records are sealed, since an entry names a live session id. Fails only if the OS
 /// random source does.
 pub fn seal_entry(keys: &Keys, plain: &[u8]) -> StoreResult<Vec<u8>> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
-    let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plain);
-    let tag = aead::seal_in_place(
-        &keys.primary().seal,
-        &nonce,
-        ENTRY_AD,
-        &mut out[NONCE_LEN..],
-    )
-    .ok_or(StoreError::TooLarge(plain.len()))?;
-    out.extend_from_slice(&tag);
-    Ok(out)
+    seal_with(&keys.primary().seal, ENTRY_AD, plain)
 }
 
 /// What [`seal_entry`] sealed, opened with whichever key (current or fallback) sealed it;
 /// None if none does.
 pub fn open_entry(keys: &Keys, sealed: &[u8]) -> Option<Vec<u8>> {
-    let len = sealed.len();
-    if !keys.keyed || len < SEAL_OVERHEAD {
+    if !keys.keyed {
         return None;
     }
-    let nonce: &[u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().ok()?;
-    let tag: &[u8; AEAD_TAG_LEN] = sealed[len - AEAD_TAG_LEN..].try_into().ok()?;
-    keys.keys.iter().find_map(|pair| {
-        let mut plain = sealed[NONCE_LEN..len - AEAD_TAG_LEN].to_vec();
-        aead::open_in_place(&pair.seal, nonce, ENTRY_AD, &mut plain, tag).then_some(plain)
-    })
+    keys.keys
+        .iter()
+        .find_map(|pair| open_with(&pair.seal, ENTRY_AD, sealed.to_vec()))
 }
 
 /// Length of the stored bytes for a payload of `len` bytes under `keys`.
@@ -262,29 +274,10 @@ pub fn stored_len(keys: &Keys, len: usize) -> usize {
     }
 }
 
-/// Decrypts sealed stored bytes in place (no second buffer: for a large session, a fresh
-/// allocation's page faults cost as much as the decryption) and leaves the payload in
-/// `stored`.
-fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], mut stored: Vec<u8>) -> Option<Vec<u8>> {
-    let len = stored.len();
-    if len < SEAL_OVERHEAD {
-        return None;
-    }
-    let nonce: [u8; NONCE_LEN] = stored[..NONCE_LEN].try_into().ok()?;
-    let tag: [u8; AEAD_TAG_LEN] = stored[len - AEAD_TAG_LEN..].try_into().ok()?;
+/// A record's sealed stored bytes, decrypted (in place) under `pair`.
+fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], stored: Vec<u8>) -> Option<Vec<u8>> {
     let ad = associated_data(digest, &head[..8], &head[16..24]);
-    if !aead::open_in_place(
-        &pair.seal,
-        &nonce,
-        &ad,
-        &mut stored[NONCE_LEN..len - AEAD_TAG_LEN],
-        &tag,
-    ) {
-        return None;
-    }
-    stored.truncate(len - AEAD_TAG_LEN);
-    stored.drain(..NONCE_LEN);
-    Some(stored)
+    open_with(&pair.seal, &ad, stored)
 }
 
 /// Header fields of one slot, as parsed (not yet verified).
