@@ -158,11 +158,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         (in a streamed body) reads without locking."""
         self.finished = True
         if self.loaded:  # nothing is held (or even built) for a session never used
-            stored = self._stored
-            stored.finished = True
-            # (persist released the lock already, unless it failed or regenerated)
-            if stored.handle is not None or stored._retired or stored._retired_ids:
-                stored.release()
+            self._stored.finished = True
+            self._stored.release()
 
     def release(self) -> None:
         """Releases the locks held for this session (at teardown)."""

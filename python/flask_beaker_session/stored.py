@@ -232,30 +232,39 @@ class StoredSession:
                 # (legacy payloads, time keys left by 0.2, payloads that do not unpickle)
                 # takes _load_unusual.
                 record = handle.record()
-                if record is None:
-                    return self._load_unusual(handle, handle.payload, now, metrics)
-                payload, created, last_access = record
-                try:
-                    data = _loads(payload)
-                except Exception:
-                    data = None
-                if type(data) is dict and _CREATED_KEY not in data and _ACCESSED_KEY not in data:
-                    # The cookie value: the core opened exactly the id it spells.
-                    self.id = self.stored_id = value
-                    if app.locking and not self.finished:
-                        self.handle = handle
-                    else:
-                        # Non-locking mode: the lock is held only while reading; changes
-                        # are merged into the stored data at persist time.
-                        handle.release()
-                    self.last_access = last_access
-                    self.payload = payload
-                    # Stored without data: some request read its id (the original package
-                    # stored every session it handed out), so it stays until cleared,
-                    # deleted or expired.
-                    self.keep = not data
-                    return data, created, payload
-                return self._load_unusual(handle, payload, now, metrics)
+                data: Any = None
+                if record is not None:
+                    payload, created, last_access = record
+                    try:
+                        data = _loads(payload)
+                    except Exception:
+                        data = None
+                    if type(data) is not dict or _CREATED_KEY in data or _ACCESSED_KEY in data:
+                        data = None
+                if data is not None:
+                    kept: bytes | None = payload
+                    snapshot: bytes | None = payload
+                else:
+                    unusual = self._decode_unusual(handle, now, metrics)
+                    if unusual is None:
+                        self.start_fresh()
+                        return None
+                    data, created, last_access, kept, snapshot = unusual
+                # The cookie value: the core opened exactly the id it spells.
+                self.id = self.stored_id = value
+                if app.locking and not self.finished:
+                    self.handle = handle
+                else:
+                    # Non-locking mode: the lock is held only while reading; changes are
+                    # merged into the stored data at persist time.
+                    handle.release()
+                self.last_access = last_access
+                self.payload = kept
+                # Stored without data: some request read its id (the original package
+                # stored every session it handed out), so it stays until cleared, deleted
+                # or expired.
+                self.keep = not data
+                return data, created, snapshot
             if status in _UNUSABLE:
                 kind, message = _UNUSABLE[status]
                 args = {"id": log_id(value), "key": self._key_file()}
@@ -263,41 +272,34 @@ class StoredSession:
         self.start_fresh()
         return None
 
-    def _load_unusual(
-        self, handle: _core.Handle, payload: bytes, now: float, metrics: Metrics | None
-    ) -> Loaded | None:
-        """``load`` for anything but a plain record of ours: legacy payloads (rewritten in
-        our format by the first save), time keys left by 0.2, payloads that do not
-        unpickle (decode_or_remove reports and removes what cannot be used)."""
+    def _decode_unusual(
+        self, handle: _core.Handle, now: float, metrics: Metrics | None
+    ) -> tuple[dict[str, Any], Any, float | None, bytes | None, bytes | None] | None:
+        """``load``'s decoding of anything but a plain record of ours: legacy payloads,
+        time keys left by 0.2, payloads that do not unpickle (decode_or_remove reports
+        and removes what cannot be used: None). Gives the data, the times, the payload to
+        keep as loaded (None for a legacy session: the first save rewrites it in our
+        format) and the snapshot for ``revert()``."""
         app = self.app
+        payload = handle.payload
         decoded = decode_or_remove(handle, app.store, now, app.once, payload, metrics)
         if decoded is None:
-            self.start_fresh()
             return None
         data, created, last_access, legacy = decoded
-        if legacy:
-            app.once.log(
-                LEGACY,
-                logging.INFO,
-                "session %s: migrating a session stored by the original package "
-                "(Beaker) to this package's format",
-                log_id(handle.id),
-            )
-        self.id = self.stored_id = self.cookie_value
-        if app.locking and not self.finished:
-            self.handle = handle
-        else:
-            handle.release()
-        self.last_access = last_access
-        self.payload = None if legacy else payload
-        self.keep = not data
-        snapshot: bytes | None = payload
-        if legacy:
-            try:
-                snapshot = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
-            except Exception:  # the first save reports it, naming the key
-                snapshot = None
-        return data, created, snapshot
+        if not legacy:
+            return data, created, last_access, payload, payload
+        app.once.log(
+            LEGACY,
+            logging.INFO,
+            "session %s: migrating a session stored by the original package "
+            "(Beaker) to this package's format",
+            log_id(handle.id),
+        )
+        try:
+            snapshot: bytes | None = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # the first save reports it, naming the key
+            snapshot = None
+        return data, created, last_access, None, snapshot
 
     def _key_file(self) -> str:
         """Where the generated key lives (for messages)."""

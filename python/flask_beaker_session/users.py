@@ -80,15 +80,6 @@ def user_id(value: Any) -> str | None:
     return text or None
 
 
-def _user_of(data: Mapping[Any, Any], key: str | None) -> str | None:
-    """:func:`user_id` of ``data[key]``, the usual ``str`` value answered without a call
-    (this runs twice on every request of an app with ``SESSION_USER_KEY``)."""
-    value = data.get(key)
-    if type(value) is str:
-        return value or None
-    return user_id(value)
-
-
 def _key(state: AppState) -> str:
     """The app's ``SESSION_USER_KEY`` (this module runs only when it is set)."""
     key = state.config.user_key
@@ -200,7 +191,7 @@ class IndexedStoredSession(StoredSession):
             self._reindexed(None)
             return outcome
         store = self.app.store
-        user = _user_of(data, self.app.user_key)
+        user = user_id(data.get(self.app.user_key))
         sid = self.id
         target = (user, sid) if user is not None and sid is not None else None
         if target is not None and (data or self.keep) and target != self._entry():
