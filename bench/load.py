@@ -84,14 +84,26 @@ def _new_cookie(header_lines: list[str], cookie_name: str) -> str | None:
 
 
 @contextlib.contextmanager
-def gunicorn(python: Path, impl: Impl, workers: int) -> Iterator[int]:
-    """Runs gunicorn (``workers`` sync workers, fresh data dir); yields the port."""
-    data_dir = tempfile.mkdtemp(prefix=f"bench-gunicorn-{impl.name}-")
+def gunicorn(
+    python: Path,
+    impl: Impl,
+    workers: int,
+    *,
+    worker_class: str = "sync",
+    threads: int = 1,
+    data_dir: str | None = None,
+) -> Iterator[int]:
+    """Runs gunicorn on ``data_dir`` (default: a fresh one, removed afterwards);
+    yields the port."""
+    own_dir = data_dir is None
+    if data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix=f"bench-gunicorn-{impl.name}-")
     port = free_port()
     command = [
         str(python.parent / "gunicorn"),
         "--workers", str(workers),
-        "--worker-class", "sync",
+        "--worker-class", worker_class,
+        "--threads", str(threads),
         "--bind", f"{HOST}:{port}",
         "--backlog", "2048",
         "--log-level", "warning",
@@ -104,7 +116,8 @@ def gunicorn(python: Path, impl: Impl, workers: int) -> Iterator[int]:
         yield port
     finally:
         stop(server)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def wait_ready(port: int, impl: Impl, server: subprocess.Popen[bytes]) -> None:

@@ -65,6 +65,7 @@ REDIS_ROWS = (
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 REDIS_START, REDIS_END = "<!-- redis:start -->", "<!-- redis:end -->"
 VARIANTS_START, VARIANTS_END = "<!-- variants:start -->", "<!-- variants:end -->"
+CEILING_START, CEILING_END = "<!-- ceiling:start -->", "<!-- ceiling:end -->"
 #: The phases of the main (file store) comparison.
 FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 
@@ -263,7 +264,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if "micro" in results:
         summary["micro"] = summarise_rounds(results["micro"]["rounds"])
-        summary["rewrite"] = results["micro"]["rewrite"]
+        if "rewrite" in results["micro"]:
+            summary["rewrite"] = results["micro"]["rewrite"]
     if results.get("syscalls"):
         summary["syscalls"] = results["syscalls"]
     if "store" in results:
@@ -285,6 +287,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "micro": summarise_rounds(pg["micro"]["rounds"], POSTGRES_OURS),
             "gunicorn": summarise_gunicorn(pg["gunicorn"], POSTGRES_OURS),
         }
+    if "ceiling" in results:
+        summary["ceiling"] = results["ceiling"]
     if "variants" in results:
         summary["variants"] = summarise_variants(results["variants"])
         summary["variants"]["targets"] = variant_targets(summary["variants"])
@@ -337,6 +341,19 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
             micro_ratio(summary, "read_write", "cookie"),
             0.5,
         ),
+        ratio_target(
+            "issue 21: read-write overhead ≤ 1/12 of the original's (ours/original)",
+            micro_ratio(summary, "read_write", "original"),
+            1 / 12,
+            digits=3,
+        ),
+        ratio_target(
+            "issue 21: read-write overhead ≤ 1/4 of Flask's cookie session "
+            "(ours/cookie)",
+            micro_ratio(summary, "read_write", "cookie"),
+            0.25,
+            digits=3,
+        ),
         rewrite_target(summary.get("rewrite", {}).get(OURS)),
         syscall_target(summary.get("syscalls", {}).get(OURS)),
         flatness_target(summary.get("store", {}).get("flatness", {}).get(OURS)),
@@ -347,6 +364,45 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     found.extend(gunicorn_targets(summary.get("gunicorn", [])))
+    found.extend(ceiling_targets(summary.get("ceiling", [])))
+    # A phase that did not run says nothing (``--ceiling`` runs two of them).
+    return [t for t in found if t["met"] is not None or not summary.get("ceiling")]
+
+
+#: Issue 21's share of the session-free ceiling, by stored sessions.
+CEILING_GOALS = {1_000: 0.90, 100_000: 0.85}
+#: How far apart two runs of the same thing may be for a ceiling ratio to count.
+AA_TOLERANCE = 0.05
+
+
+def ceiling_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours' ``rw ÷ free`` on sync workers against issue 21's goals, and the A/A
+    agreement of every ceiling run of ours."""
+    found = []
+    mine = [r for r in runs if r["impl"] == OURS]
+    for run in mine:
+        goal = CEILING_GOALS.get(run["sessions"])
+        if goal is None or not run["config"].startswith("sync:"):
+            continue
+        found.append(
+            ratio_target(
+                f"issue 21: gunicorn {run['config']}, {run['sessions']:,} sessions: "
+                f"≥ {goal:.2f}x the session-free ceiling",
+                run["ratio"],
+                goal,
+                at_most=False,
+                digits=3,
+            )
+        )
+    if mine:
+        worst = max(max(abs(r["aa_rw"] - 1), abs(r["aa_free"] - 1)) for r in mine)
+        found.append(
+            {
+                "target": f"issue 21: ceiling A/A runs agree within {AA_TOLERANCE:.0%}",
+                "value": f"worst {worst:.1%}",
+                "met": worst <= AA_TOLERANCE,
+            }
+        )
     return found
 
 
@@ -532,6 +588,8 @@ def micro_table(
     ]
     rows = []
     for scenario in rows_shown:
+        if scenario not in micro:
+            continue  # not among this run's scenarios (``--ceiling`` runs two)
         title = ROW_TITLES[scenario]
         entry = micro.get(scenario, {"impls": {}, "ratios": {}})
         field = "time_us" if scenario == BASELINE else "overhead_us"
@@ -779,7 +837,8 @@ def main_markdown(results: dict[str, Any]) -> str:
             f"{results['plan']['rounds']} interleaved rounds; ratios: median of "
             "per-round paired ratios):\n\n" + micro_table(summary["micro"], names)
         )
-        parts.append(rewrite_table(summary["rewrite"]))
+        if "rewrite" in summary:
+            parts.append(rewrite_table(summary["rewrite"]))
     if "syscalls" in summary:
         parts.append(syscall_table(summary["syscalls"]))
     if "store" in summary:
@@ -794,9 +853,44 @@ def main_markdown(results: dict[str, Any]) -> str:
             "client CPU: cores used by the load client):"
             "\n\n" + gunicorn_table(summary["gunicorn"])
         )
+    if "ceiling" in summary:
+        parts.append(ceiling_markdown(results))
     if "floor" in results:
         parts.append(floor_table(results["floor"]))
     return "\n\n".join(parts) + "\n"
+
+
+def ceiling_markdown(results: dict[str, Any]) -> str:
+    plan = results["plan"]
+    return (
+        "The session-free ceiling (issue 21): one gunicorn server per row, `wrk -t2 "
+        f"-c16`, {plan['ceiling_seconds']:g} s per run, {plan['ceiling_reps']} "
+        "repetition(s) of `/rw, /free, /free, /rw` (alternating), every request with "
+        "a stored session's cookie; `rw ÷ free`: median over the repetitions of the "
+        "read-write route's req/s over the session-free route's; A/A: second run of "
+        "a route over its first (1.000: they agree):\n\n"
+        + ceiling_table(results["summary"]["ceiling"])
+    )
+
+
+def ceiling_table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            f"{r['sessions']:,}",
+            r["config"],
+            label(r["impl"]),
+            fmt(r["free_req_per_s"]),
+            fmt(r["rw_req_per_s"]),
+            f"{r['ratio']:.3f}",
+            f"{r['aa_rw']:.3f}",
+            f"{r['aa_free']:.3f}",
+            str(r["errors"]),
+        ]
+        for r in runs
+    ]
+    header = ["sessions", "gunicorn", "implementation", "/free req/s", "/rw req/s",
+              "rw ÷ free", "A/A rw", "A/A free", "errors"]  # fmt: skip
+    return table(header, rows)
 
 
 def redis_markdown(results: dict[str, Any]) -> str:
@@ -908,6 +1002,11 @@ def update_readme(readme: Path, results: dict[str, Any]) -> list[str]:
             text, REDIS_START, REDIS_END, redis_markdown(results), results
         )
         updated.append("redis")
+    if "ceiling" in results and results["mode"] == "full":
+        text = replace_section(
+            text, CEILING_START, CEILING_END, ceiling_markdown(results), results
+        )
+        updated.append("ceiling")
     if "variants" in results:
         text = replace_section(
             text, VARIANTS_START, VARIANTS_END, variants_markdown(results), results

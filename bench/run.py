@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import ceiling
 import envs
 import load
 import pgbench
@@ -90,6 +91,11 @@ class Plan:
     redis_load_workers: tuple[int, ...]
     redis_load_rounds: int
     variant_rounds: int
+    #: The ceiling phase: (stored sessions, gunicorn set-ups) pairs, the seconds of
+    #: each ``wrk`` run and the ABBA repetitions (``ceiling.py``).
+    ceiling_runs: tuple[tuple[int, tuple[str, ...]], ...]
+    ceiling_seconds: float
+    ceiling_reps: int
 
 
 PLANS = {
@@ -114,6 +120,9 @@ PLANS = {
         redis_load_workers=(4,),
         redis_load_rounds=1,
         variant_rounds=3,
+        ceiling_runs=((1_000, ("sync:2",)),),
+        ceiling_seconds=2,
+        ceiling_reps=1,
     ),
     "full": Plan(
         rounds=9,
@@ -136,6 +145,12 @@ PLANS = {
         redis_load_workers=(4,),
         redis_load_rounds=2,
         variant_rounds=11,
+        ceiling_runs=(
+            (1_000, ("sync:2", "sync:4", "gthread:2x4")),
+            (100_000, ("sync:2", "sync:4")),
+        ),
+        ceiling_seconds=5,
+        ceiling_reps=2,
     ),
 }
 
@@ -368,6 +383,22 @@ def run_gunicorn(
     return runs
 
 
+def run_ceiling(pythons: dict[str, Path], plan: Plan) -> list[dict[str, Any]]:
+    """Issue 21: ``/rw`` against the session-free ``/free`` on one gunicorn server
+    (``wrk``, the same cookies), for ours and, with ``--baseline``, the baseline."""
+    runs: list[dict[str, Any]] = []
+    for sessions, configs in plan.ceiling_runs:
+        runs += ceiling.run(
+            pythons,
+            (sessions,),
+            tuple(ceiling.Config.parse(c) for c in configs),
+            plan.ceiling_seconds,
+            plan.ceiling_reps,
+            log,
+        )
+    return runs
+
+
 def run_redis(pythons: dict[str, Path], plan: Plan) -> dict[str, Any]:
     """Ours' Redis store vs. Flask-Session's Redis backend on one redis-server:
     micro scenarios (test client, interleaved rounds), then gunicorn."""
@@ -451,6 +482,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         + " on the micro scenarios and syscalls (< 5 min)",
     )
     parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="only the read-only/read-write micro rounds and the ceiling phase: "
+        "gunicorn + wrk, /rw against the session-free /free with the same cookies "
+        "(issue 21)",
+    )
+    parser.add_argument(
         "--impls",
         default=None,
         help="comma-separated subset of: "
@@ -472,12 +510,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated phases to skip: "
-        "floor,micro,syscalls,store,gunicorn,redis,postgres,variants",
+        "floor,micro,syscalls,store,gunicorn,ceiling,redis,postgres,variants",
     )
     return parser.parse_args(argv)
 
 
 FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
+#: Implementations the ceiling phase serves (the others have their own gunicorn rows).
+CEILING_IMPLS = ("ours", "baseline", "ours_plain")
+#: ``--ceiling``'s implementations: the in-process goals are ratios to these two.
+CEILING_DEFAULT = ("ours", "original", "cookie")
+#: ``--ceiling``'s micro scenarios (besides the baseline).
+CEILING_SCENARIOS = ("read_only", "read_write")
 
 
 def main(argv: list[str]) -> int:
@@ -486,7 +530,11 @@ def main(argv: list[str]) -> int:
     plan = PLANS[mode]
     skip = set(filter(None, args.skip.split(",")))
     allowed = VARIANT_IMPLS if args.variants else tuple(impl_names("file"))
-    names = [n for n in (args.impls or ",".join(allowed)).split(",") if n]
+    default = allowed
+    if args.ceiling:
+        allowed = (*allowed, "ours_plain")
+        default = CEILING_DEFAULT
+    names = [n for n in (args.impls or ",".join(default)).split(",") if n]
     unknown = set(names) - set(allowed)
     if unknown:
         raise SystemExit(f"unknown implementation(s): {', '.join(sorted(unknown))}")
@@ -496,7 +544,7 @@ def main(argv: list[str]) -> int:
             raise SystemExit("--variants: the ratios need ours in --impls")
         # Only this phase; the README's variants section is rewritten by a full run.
         variant_names, names = names, []
-        skip |= {*FILE_PHASES, "redis"}
+        skip |= {*FILE_PHASES, "ceiling", "redis"}
     else:
         skip.add("variants")
     if args.baseline:
@@ -504,8 +552,15 @@ def main(argv: list[str]) -> int:
         target = variant_names if args.variants else names
         target.insert(1 if "ours" in target else 0, "baseline")
         args.no_readme = True
+    if args.ceiling:
+        skip |= {"floor", "syscalls", "store", "gunicorn", "redis", "variants"}
+    if "ceiling" not in skip and not ceiling.available():
+        if args.ceiling:
+            raise SystemExit("no wrk (apt-get install wrk)")
+        log("no wrk: ceiling phase skipped (apt-get install wrk)")
+        skip.add("ceiling")
     if args.redis:
-        skip |= {*FILE_PHASES, "variants"}
+        skip |= {*FILE_PHASES, "ceiling", "variants"}
         names = []
     if "redis" not in skip and not redisbench.available():
         if args.redis:
@@ -513,7 +568,7 @@ def main(argv: list[str]) -> int:
         log("no redis-server: Redis phase skipped (apt-get install redis-server)")
         skip.add("redis")
     if args.postgres:
-        skip |= {*FILE_PHASES, "redis", "variants"}
+        skip |= {*FILE_PHASES, "ceiling", "redis", "variants"}
         names = []
         if not (pgbench.available() and redisbench.available()):
             raise SystemExit(
@@ -556,10 +611,19 @@ def main(argv: list[str]) -> int:
     files = {n: pythons[n] for n in names}
     phases: dict[str, Callable[[], Any]] = {
         "floor": lambda: run_floor(plan),
-        "micro": lambda: run_micro(files, plan),
+        "micro": lambda: (
+            micro_rounds(
+                files, plan.rounds, plan.requests, "micro", only=CEILING_SCENARIOS
+            )
+            if args.ceiling
+            else run_micro(files, plan)
+        ),
         "syscalls": lambda: run_syscalls(files, plan),
         "store": lambda: run_store(files, plan),
         "gunicorn": lambda: run_gunicorn(files, plan),
+        "ceiling": lambda: run_ceiling(
+            {n: p for n, p in files.items() if n in CEILING_IMPLS}, plan
+        ),
         "redis": lambda: run_redis({n: pythons[n] for n in redis_names}, plan),
         "postgres": lambda: run_postgres({n: pythons[n] for n in pg_names}, plan),
         "variants": lambda: run_variants({n: pythons[n] for n in variant_names}, plan),
@@ -574,7 +638,9 @@ def main(argv: list[str]) -> int:
     table = report.markdown(results)
     RESULTS.mkdir(exist_ok=True)
     kind = (
-        "redis-"
+        "ceiling-"
+        if args.ceiling
+        else "redis-"
         if args.redis
         else "postgres-"
         if args.postgres

@@ -277,6 +277,12 @@ class Bench:
             "stalled": len(self.stored_ids) < total,
         }
 
+    def write_ids(self, path: str) -> int:
+        """Writes the populated session ids to ``path``, one per line (the cookies the
+        ceiling run's ``wrk`` sends); returns how many."""
+        Path(path).write_text("".join(f"{sid}\n" for sid in self.stored_ids))
+        return len(self.stored_ids)
+
     def store_round(self, n: int) -> dict[str, Any]:
         """Baseline, existing-session read-write (random stored ids) and new session."""
         name = self.impl.cookie_name
@@ -313,6 +319,7 @@ def serve(bench: Bench) -> None:
         "rewrite_check": bench.rewrite_check,
         "redis_cost": bench.redis_cost,
         "populate": bench.populate,
+        "write_ids": bench.write_ids,
         "store_round": bench.store_round,
         "survivors": bench.survivors,
     }
