@@ -7,7 +7,7 @@ PORT ?= 5000
 
 .PHONY: help venv demo test test-rust test-py test-oldest test-flask typecheck lint fmt clean bench bench-full
 .PHONY: docs wheels wheel-test release-check release-tools
-.PHONY: test-windows check-macos
+.PHONY: test-windows test-windows-sim check-macos
 
 help:
 	@echo "make demo   - install and run the demo app on http://127.0.0.1:$(PORT)/"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-oldest - the Python suite on the oldest Flask/Werkzeug we support"
 	@echo "make test-flask  - Flask's own session tests (from its sdist) with this package as the session"
 	@echo "make test-windows - the Rust core's tests cross-compiled for Windows, run under Wine"
+	@echo "make test-windows-sim - the Python suite as Windows runs it, POSIX modules removed (Linux)"
 	@echo "make check-macos  - clippy for the Apple targets (zig as the C cross compiler)"
 	@echo "make fmt    - format Rust and Python sources"
 	@echo "make bench  - quick benchmark against the original, Flask-Session and Flask's cookie (< 5 min)"
@@ -92,6 +93,16 @@ test-windows:
 			| sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'); do \
 		echo "wine $$exe"; $(WINE) "$$exe"; \
 	done
+
+# The Python suite as the release workflow's Windows job runs it, here (docs/platforms.md):
+# tests/windows_sim.py removes what Windows lacks (fcntl, pwd, termios, os.fork,
+# signal.SIGKILL, ...) and runs every test not marked posix_only. The ASCII locale
+# (PYTHONUTF8=0, no locale coercion) makes a text file opened without an encoding fail
+# as it may under Windows' legacy code page. File semantics are Linux's.
+test-windows-sim: venv
+	$(BIN)/python -c 'import pytest, flask_beaker_session._core' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test]'
+	LC_ALL=C LANG=C PYTHONUTF8=0 PYTHONCOERCECLOCALE=0 PYTHONIOENCODING=utf-8 \
+		$(BIN)/python tests/windows_sim.py -m "not posix_only" -p no:cacheprovider
 
 # macOS (docs/platforms.md): `cargo clippy` of everything for the Apple targets, with zig
 # (PyPI's ziglang) as the C compiler ring's build script needs. No macOS to run tests on.

@@ -28,6 +28,21 @@ from flask_beaker_session import session as fbs
 from flask_beaker_session.session_interface import BeakerSessionInterface
 
 TESTS_DIR = Path(__file__).parent
+#: False on Windows, and under tests/windows_sim.py (which removes ``os.fork``): then
+#: ``posix_only`` tests are skipped (conftest.py), and so is every start of a database
+#: server (``require_posix``).
+POSIX = os.name == "posix" and hasattr(os, "fork")
+
+
+def require_posix(what: str) -> None:
+    """Skips the calling test where POSIX is missing; ``what`` is the reason. For what a
+    test can reach other than through a marked fixture (the servers' start-up helpers)."""
+    if not POSIX:
+        import pytest  # helpers.py is also imported by child processes without pytest
+
+        pytest.skip(f"POSIX only: {what}")
+
+
 FIXTURES = TESTS_DIR / "fixtures"
 # ``legacy_objects`` (classes pickled into the legacy fixtures) must be importable.
 if str(TESTS_DIR) not in sys.path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -28,11 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import require_posix
 from redis_server import free_port, in_ci
 
 
 def pg_bin(name: str) -> str:
-    """Path of PostgreSQL program ``name``; skips the test if missing, except under CI."""
+    """Path of PostgreSQL program ``name``; skips the test if missing, except under CI,
+    and on Windows."""
+    require_posix("PostgreSQL server (initdb, runuser, Unix sockets)")
     found = sorted(
         glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
         key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0,
@@ -66,6 +68,8 @@ class PostgresServer:
         self.as_user: list[str] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="fbs-pg-"))
         if os.geteuid() == 0:
+            import pwd  # POSIX only: imported here, so that collection works on Windows
+
             user = pwd.getpwnam("postgres")
             os.chown(self.workdir, user.pw_uid, user.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
@@ -91,6 +95,8 @@ class PostgresServer:
         issued.cert_chain_pems[0].write_to_path(str(cert))
         os.chmod(key, 0o600)
         if self.as_user:
+            import pwd
+
             user = pwd.getpwnam("postgres")
             for path in (key, cert):
                 os.chown(path, user.pw_uid, user.pw_gid)

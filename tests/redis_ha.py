@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import require_posix
 from redis_server import RedisServer, Resp, RespError, free_port, in_ci
 
 #: Milliseconds without an answer before a Cluster node / a Sentinel calls a server down.
@@ -35,6 +36,7 @@ NODE_TIMEOUT_MS = 1000
 
 
 def _binary(name: str) -> str:
+    require_posix(f"{name} (SIGKILL, SIGSTOP)")
     path = shutil.which(name)
     if path is None:
         if in_ci():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RACE_WINDOW, TESTS_DIR, build_app, client_with
+from helpers import RACE_WINDOW, TESTS_DIR, build_app, client_with, require_posix
 
 
 def in_ci() -> bool:
@@ -34,7 +34,9 @@ def in_ci() -> bool:
 
 
 def redis_server_binary() -> str:
-    """Path of ``redis-server``; skips the test if missing, except under CI (fails)."""
+    """Path of ``redis-server``; skips the test if missing, except under CI (fails), and
+    on Windows."""
+    require_posix("redis-server (Unix sockets, SIGKILL, SIGSTOP)")
     path = shutil.which("redis-server")
     if path is None:
         if in_ci():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import pty
 import secrets
 import shutil
 import subprocess
@@ -298,6 +297,7 @@ def test_migrate_many_shows_progress_and_converts_all(make_app: MakeApp, data_di
         assert probe(app, seen, sid)["obj"] == LegacyThing(7)
 
 
+@pytest.mark.posix_only(reason="a pseudo-terminal (pty)")
 def test_migrate_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Path) -> None:
     """Run by ``flask`` on a terminal, migrate draws a progress bar with its position."""
     source = LEGACY / "beaker110/container_file/a/aa/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa01.cache"
@@ -311,6 +311,8 @@ def test_migrate_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Path) -> N
         f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\n"
         f"from helpers import build_app\napp = build_app({str(data_dir)!r})\n"
     )
+    import pty  # POSIX only (posix_only in conftest.py): imported here, for collection
+
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", str(module), "beaker-session", "migrate"],

@@ -208,6 +208,7 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     assert target.read_text() == "x"
 
 
+@pytest.mark.posix_only(reason="mode bits")
 def test_data_dir_created_at_init_records_on_first_save(make_app: MakeApp, data_dir: Path) -> None:
     """The data dir need not exist before init_app, which creates it (0700); records
     appear with the first stored session."""

@@ -98,6 +98,7 @@ def run_all_commands(app: Flask) -> dict[str, Any]:
 # -- item 1: symlinks where directories belong ---------------------------------------------
 
 
+@pytest.mark.posix_only(reason="symlinks (need privileges on Windows)")
 def test_symlinked_shard_is_reported_and_never_followed(tmp_path: Path) -> None:
     """``fbs1/<xx>`` a symlink to a victim dir: sweep, clear and stats leave the victim's
     files (old and fresh) alone and count the link; new sessions are never created
@@ -130,6 +131,7 @@ def test_symlinked_shard_is_reported_and_never_followed(tmp_path: Path) -> None:
     assert everything_under(tmp_path / "victim") == before
 
 
+@pytest.mark.posix_only(reason="symlinks (need privileges on Windows)")
 def test_symlinked_records_dir_is_reported_and_never_followed(tmp_path: Path) -> None:
     """``fbs1`` itself a symlink to a directory shaped like a store: nothing in it is
     read, counted, created or removed."""
@@ -159,6 +161,7 @@ def test_symlinked_records_dir_is_reported_and_never_followed(tmp_path: Path) ->
     assert everything_under(tmp_path / "victim") == before
 
 
+@pytest.mark.posix_only(reason="symlinks (need privileges on Windows)")
 @pytest.mark.parametrize("where", ["container_file", "container_file/a", "container_file/a/aa"])
 def test_symlinked_legacy_tree_is_never_followed(tmp_path: Path, where: str) -> None:
     """A symlink at or below ``container_file/`` (and at ``container_file_lock/``): the

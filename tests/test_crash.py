@@ -5,7 +5,9 @@ with their process)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import signal
 import struct
 import time
 from pathlib import Path
@@ -22,10 +24,6 @@ from helpers import (
     holding_worker,
     record_path,
 )
-
-# 'fork' makes each restart of the writer cheap (no re-import); the parent has no other
-# threads at that point.
-FORK = multiprocessing.get_context("fork")
 
 BIG = 300 * 1024
 SMALL = 200
@@ -53,6 +51,7 @@ def _check_all(app: Flask, sessions: dict[str, str]) -> dict[str, dict[str, Any]
     return out
 
 
+@pytest.mark.posix_only(reason="SIGKILL of forked writers")
 def test_sigkill_loop_leaves_every_session_whole(data_dir: Path) -> None:
     """A forked writer rewrites 6 sessions of ~300 KB and 3 small ones in a tight loop
     and is SIGKILLed at random instants ~60 times: every session still loads (fresh app)
@@ -76,10 +75,13 @@ def test_sigkill_loop_leaves_every_session_whole(data_dir: Path) -> None:
     recovered_from_torn = 0
     unreadable: list[str] = []
     started = time.monotonic()
+    # 'fork' makes each restart of the writer cheap (no re-import); the parent has no
+    # other threads at that point.
+    fork = multiprocessing.get_context("fork")
     for _ in range(60):
         if time.monotonic() - started > 30:
             break
-        proc = FORK.Process(target=bump_loop_worker, args=(str(data_dir), targets))
+        proc = fork.Process(target=bump_loop_worker, args=(str(data_dir), targets))
         proc.start()
         time.sleep(rng.uniform(0.02, 0.15))
         assert proc.is_alive(), f"writer died on its own (exit code {proc.exitcode})"
@@ -122,7 +124,9 @@ def test_sigkill_loop_leaves_every_session_whole(data_dir: Path) -> None:
         assert int(resp.get_data(as_text=True)) == last_seen[sid] + 1
 
 
-@pytest.mark.parametrize("ctx_name", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    "ctx_name", [pytest.param("fork", marks=pytest.mark.posix_only(reason="os.fork")), "spawn"]
+)
 def test_worker_killed_holding_lock_does_not_block(data_dir: Path, ctx_name: str) -> None:
     """A worker SIGKILLed inside a request that holds a session: the session is usable
     right after (within a 2 s lock timeout), with its last committed data."""
@@ -143,7 +147,8 @@ def test_worker_killed_holding_lock_does_not_block(data_dir: Path, ctx_name: str
     finally:
         proc.kill()
         proc.join(10)
-    assert proc.exitcode == -9
+    # -9: SIGKILL. Windows: kill() is TerminateProcess, reported as -SIGTERM.
+    assert proc.exitcode == (-signal.SIGTERM if os.name == "nt" else -9)
     resp = client_with(app, sid).get("/inc")
     assert resp.status_code == 200
     assert resp.get_data(as_text=True) == "2"

@@ -527,6 +527,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.posix_only(reason="os.fork")
 def test_automatic_sweep_is_fork_safe(data_dir: Path, tmp_path: Path) -> None:
     """An app set up in a parent that never served a request (a pre-fork master) has no
     thread; after fork the child sweeps in the background and serves requests."""
@@ -593,6 +594,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.posix_only(reason="os.fork and SIGKILL")
 def test_fork_during_sweep_leaves_no_lock_behind(data_dir: Path, tmp_path: Path) -> None:
     """A process that forks while its sweeper thread is mid-sweep (e.g. a view using
     multiprocessing) must not leave the sweep stamp or any session locked by the files

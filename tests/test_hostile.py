@@ -485,6 +485,7 @@ def test_planted_pickle_bomb_record_never_executes(tmp_path: Path) -> None:
     assert not record_path(data_dir, bomb_id).exists()
 
 
+@pytest.mark.posix_only(reason="symlinks (need privileges on Windows)")
 @pytest.mark.parametrize("target_kind", ["outside-file", "other-session-record"])
 @pytest.mark.parametrize("view", ["/probe", "/dump", "/delete", "/set/secret/x"])
 def test_symlink_at_record_path_not_followed(tmp_path: Path, target_kind: str, view: str) -> None:

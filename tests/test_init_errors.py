@@ -78,6 +78,7 @@ def shared_tmp() -> Iterator[Path]:
 # -- SESSION_DATA_DIR ------------------------------------------------------------------
 
 
+@pytest.mark.posix_only(reason="mode bits and umask")
 def test_missing_data_dir_is_created_private_at_init(tmp_path: Path) -> None:
     """A missing data dir (and its missing parents) is created at init_app, mode 0700
     whatever the umask; the first request finds it."""
@@ -112,6 +113,7 @@ def test_data_dir_under_a_regular_file(tmp_path: Path) -> None:
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.posix_only(reason="os.fork, setuid and mode bits")
 def test_data_dir_behind_a_directory_that_cannot_be_entered(shared_tmp: Path) -> None:
     """A parent without search permission: ConfigurationError naming the key (not a raw
     PermissionError)."""
@@ -124,6 +126,7 @@ def test_data_dir_behind_a_directory_that_cannot_be_entered(shared_tmp: Path) ->
     assert "permission denied" in message and "parent" in message
 
 
+@pytest.mark.posix_only(reason="os.fork, setuid and mode bits")
 def test_data_dir_that_cannot_be_created(shared_tmp: Path) -> None:
     """A parent that can be entered but not written (the README's
     ``/var/lib/myapp/sessions`` for a non-root user): ConfigurationError at init_app naming
@@ -139,6 +142,7 @@ def test_data_dir_that_cannot_be_created(shared_tmp: Path) -> None:
     assert not (readonly / "myapp").exists()
 
 
+@pytest.mark.posix_only(reason="mode bits")
 def test_existing_data_dir_is_left_as_it_is(tmp_path: Path) -> None:
     """An existing data dir is used as it is (its mode is the operator's choice; init_app
     only warns about one writable by others)."""

@@ -242,6 +242,7 @@ def test_no_secret_key_warned_once_per_process(tmp_path: Path) -> None:
     assert run_apps(tmp_path, [(str(tmp_path / "m2"), {**no_key, "SESSION_TYPE": "memory"})]) == []
 
 
+@pytest.mark.posix_only(reason="mode bits (the check is POSIX-only)")
 def test_data_dir_writable_by_others_warned_once(tmp_path: Path) -> None:
     """A data dir writable by other users is reported once per process, naming it; a
     private one is not reported."""

@@ -233,6 +233,7 @@ def _scrape(server: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gunicorn tests need Linux")
+@pytest.mark.posix_only(reason="gunicorn (fcntl, fork)")
 def test_gunicorn_four_workers_scraped_counts_match_the_workload(tmp_path: Path) -> None:
     """Every worker writes its totals into ``PROMETHEUS_MULTIPROC_DIR``; a scrape of any
     worker sums them: once written, the counts equal the workload's, exactly."""

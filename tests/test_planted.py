@@ -103,10 +103,14 @@ def plant(path: Path, how: str, marker: Path) -> None:
         path.chmod(0o646)
 
 
+#: Whether this process runs as root (never on Windows, which has no ``geteuid``).
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
 HOW = ["other-owner", "group-writable", "world-writable", "fifo", "directory"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+@pytest.mark.skipif(not ROOT, reason="chown to another uid needs root")
+@pytest.mark.posix_only(reason="owners, mode bits and FIFOs")
 @pytest.mark.parametrize("how", HOW)
 def test_planted_legacy_file_is_never_unpickled(
     how: str, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -145,7 +149,8 @@ def test_trusted_legacy_bomb_is_the_remaining_trust(data_dir: Path, tmp_path: Pa
     assert marker.is_dir()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+@pytest.mark.skipif(not ROOT, reason="chown to another uid needs root")
+@pytest.mark.posix_only(reason="owners, mode bits and FIFOs")
 @pytest.mark.parametrize("how", ["other-owner", "group-writable", "fifo"])
 def test_migrate_applies_the_same_rule(how: str, data_dir: Path, tmp_path: Path) -> None:
     """``flask beaker-session migrate`` never unpickles an untrusted file: it migrates the
@@ -253,6 +258,7 @@ print(response.status_code, body, elapsed, (after - before) / 1024)
 
 
 @pytest.mark.parametrize("announced", ["4GiB", "max-size"])
+@pytest.mark.posix_only(reason="RLIMIT_AS, and sparse files (NTFS would write 8 GiB)")
 def test_planted_sparse_8gib_record_costs_little(announced: str, data_dir: Path) -> None:
     """Regression: an 8 GiB sparse file with a valid-looking header at a session's record
     path made one request take 49 s and 4.1 GiB of RSS (the payload length was allocated
@@ -284,6 +290,7 @@ def test_planted_sparse_8gib_record_costs_little(announced: str, data_dir: Path)
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o775, 0o777, 0o700, 0o755])
+@pytest.mark.posix_only(reason="mode bits (the check is POSIX-only, docs/platforms.md)")
 def test_group_writable_data_dir_is_reported(
     mode: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

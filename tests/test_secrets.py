@@ -42,6 +42,7 @@ def test_redis_without_secret_key_is_a_configuration_error(secret: Any) -> None:
         fbs.init_app(app)
 
 
+@pytest.mark.posix_only(reason="mode bits and owners")
 def test_key_is_generated_on_first_save_private_and_reused(data_dir: Path) -> None:
     app = no_key_app(data_dir)
     client = app.test_client()
@@ -122,6 +123,7 @@ def test_workers_starting_together_share_one_key(data_dir: Path) -> None:
         assert client_with(reader, sid).get("/get/w").get_data(as_text=True) != "None"
 
 
+@pytest.mark.posix_only(reason="mode bits and owners (not checked on Windows)")
 @pytest.mark.parametrize("problem", ["readable", "other-owner"])
 def test_untrusted_key_file_fails_loudly(problem: str, data_dir: Path) -> None:
     """A key file others can read (or that another user owns) is never used: saving fails

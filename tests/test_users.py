@@ -327,6 +327,7 @@ def test_bad_user_key_is_a_configuration_error(data_dir: Path, value: Any) -> No
         users_app(data_dir, SESSION_USER_KEY=value)
 
 
+@pytest.mark.posix_only(reason="symlinks (need privileges on Windows)")
 def test_symlinks_in_the_index_tree_are_never_followed(data_dir: Path, tmp_path: Path) -> None:
     """The index's directories follow the data dir's confinement: a symlink planted at
     ``users1`` is replaced (its target untouched), one planted at an entry is not read."""

@@ -16,8 +16,14 @@ from flask import Flask
 from flask import session as flask_session
 from helpers import build_app, client_with, cookie_of, interface_of
 
-# 'fork' makes each restart of the worker cheap (no re-import), as in test_crash.py.
-FORK = multiprocessing.get_context("fork")
+
+def _fork() -> Any:
+    """The 'fork' context: each restart of the worker is cheap (no re-import), as in
+    test_crash.py. A function, not a module constant: Windows has no 'fork' context, and
+    this module must still import there (it is skipped, see conftest.py)."""
+    return multiprocessing.get_context("fork")
+
+
 USERS = ("alice", "bob", "carol")
 
 
@@ -80,7 +86,7 @@ def test_sigkill_never_hides_a_session_from_its_user(
     seen: set[tuple[str, ...]] = set()
     # A raw shared int: a worker killed while holding a lock on it would block every later
     # reader and writer (the test only reads it; the one live worker writes it).
-    done = FORK.RawValue("i", 0)
+    done = _fork().RawValue("i", 0)
     started = time.monotonic()
     for round_ in range(40):
         if time.monotonic() - started > 30:
@@ -88,7 +94,7 @@ def test_sigkill_never_hides_a_session_from_its_user(
         # Kill after a random number of completed requests (whatever the machine's load),
         # plus a random delay, so that the kill lands anywhere inside the next request.
         target = done.value + rng.randint(1, 4)
-        proc = FORK.Process(target=_churn, args=(str(data_dir), config, sids, round_, done))
+        proc = _fork().Process(target=_churn, args=(str(data_dir), config, sids, round_, done))
         proc.start()
         deadline = time.monotonic() + 10
         while done.value < target and proc.is_alive() and time.monotonic() < deadline:

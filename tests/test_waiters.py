@@ -98,6 +98,7 @@ CONFIGS = {
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gunicorn tests need Linux")
+@pytest.mark.posix_only(reason="gunicorn (fcntl, fork)")
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_an_unrelated_user_is_served_while_one_session_is_mobbed(

@@ -67,7 +67,9 @@ def _check_data_dir(cfg: _config.SessionConfig) -> None:
             "SESSION_DATA_DIR %s is not writable by this process: saving sessions will fail",
             cfg.data_dir,
         )
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    # Windows has no mode bits: stat reports every writable directory as 0777, and who
+    # may write is its ACL's business (docs/platforms.md), which this does not read.
+    if os.name == "posix" and mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "everyone" if mode & stat.S_IWOTH else "its group"
         PROCESS.log(
             f"insecure-data-dir:{cfg.data_dir}",
