@@ -911,6 +911,60 @@ def test_mixed_lock_modes_fail_closed(
     wait_for(lambda: advisory_locks(postgres_server) + lock_rows(postgres_server, table) == 0)
 
 
+def test_rekey_waits_for_an_advisory_holder(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """Advisory: a request's write requires the record's header it read, which `rekey`
+    changes; so `rekey` rewrites a record only under the session's advisory lock, waiting
+    for a holder (bounded by SESSION_DATABASE_TIMEOUT). A request holding its session
+    while the key rotates saves as usual, and `rekey` then finds that record written under
+    the current key already."""
+    old = pg_app(
+        tmp_path, postgres_server, table, SECRET_KEY="old-key", SESSION_DATABASE_LOCK="advisory"
+    )
+    client = old.test_client()
+    assert client.get("/set/a/1").status_code == 200
+    sid = cookie_of(client)
+    assert sid is not None
+    other = old.test_client()
+    assert other.get("/set/a/1").status_code == 200
+    rotated = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SECRET_KEY="new-key",
+        SECRET_KEY_FALLBACKS=["old-key"],
+        SESSION_DATABASE_LOCK="advisory",
+        SESSION_DATABASE_TIMEOUT=10,
+    )
+    status, held = store_of(rotated).open(sid, interface_of(rotated).clock())
+    assert status == _core.OpenStatus.Found and held is not None
+    output: dict[str, str] = {}
+
+    def rekey() -> None:
+        result = rotated.test_cli_runner().invoke(args=["beaker-session", "rekey"])
+        output["text"] = result.output
+
+    thread = threading.Thread(target=rekey)
+    thread.start()
+    try:
+        wait_for(
+            lambda: postgres_server.psql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            == "1"
+        )
+        held.save(held.payload, interface_of(rotated).clock(), None)
+    finally:
+        thread.join(timeout=30)
+    assert "re-encrypted 1 of 2 sessions" in output["text"], output["text"]
+    assert "1 already under the current key" in output["text"], output["text"]
+    new_only = pg_app(
+        tmp_path, postgres_server, table, SECRET_KEY="new-key", SESSION_DATABASE_LOCK="advisory"
+    )
+    assert client_with(new_only, sid).get("/get/a").text == "1"
+
+
 def http_get(
     port: int, path: str, sid: str | None = None, timeout: float = 10
 ) -> tuple[int, str | None]:
