@@ -160,7 +160,8 @@ SESSION_DATABASE_LOCK_TTL = 60.0
 #: session's row: any PostgreSQL version, works through PgBouncer's transaction pooling)
 #: or ``'advisory'`` (a session-level advisory lock: a read-only request writes nothing;
 #: PostgreSQL 14 or later, a direct or session-pooled connection). Every worker sharing
-#: the table must use the same one (docs/postgresql.md, "Locking").
+#: the table must use the same one and switch together (docs/postgresql.md, *Locking
+#: design*, *Switching between modes*).
 SESSION_DATABASE_LOCK: Literal["row", "advisory"] = "row"
 #: Whether the first request creates the sessions table when it is missing (checked once
 #: per process: when the table exists nothing else is sent, so a role without DDL rights is
