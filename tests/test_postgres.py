@@ -8,7 +8,7 @@ indexed expiry column, and failures: unreachable server, a statement held up pas
 statement timeout, a server restarted under load (503s, then recovery by itself, never a
 500), a worker SIGKILLed mid-request (its connections go, its lock lapses or goes with
 them); gunicorn with 4 workers loses no update on one shared session nor on many
-sessions.
+sessions, nor gunicorn's threaded workers with a small pool.
 
 The tests of the lock and of failures run in both lock modes (the ``lock_mode``
 fixture: ``SESSION_DATABASE_LOCK`` 'row' and 'advisory'); what does not depend on the
@@ -1037,6 +1037,30 @@ def test_gunicorn_shared_session_loses_no_update(
         # Several workers served (which ones win accept() is the kernel's choice: on a
         # loaded machine not all four need to).
         assert len(worker_pids(server)) >= 2
+
+
+def test_gunicorn_threads_lose_no_update(
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
+) -> None:
+    """gunicorn -w 2 -k gthread --threads 4 with a pool of 3 connections per worker:
+    4 clients x 20 increments of ONE shared session and 4 clients x 20 on their own
+    sessions at once. With the advisory lock at most 2 requests of a worker hold a
+    session (each keeps its connection) and the others wait for one: every request a 200
+    all the same, and no update lost."""
+    env = pg_env(
+        postgres_server, table, SESSION_DATABASE_POOL_SIZE=3, SESSION_DATABASE_LOCK=lock_mode
+    )
+    args = ("-w", "2", "-k", "gthread", "--threads", "4")
+    with gunicorn(tmp_path, *args, lock_timeout=20.0, env=env) as server:
+        shared = _new_session(server)
+        own = [_new_session(server) for _ in range(4)]
+        sids = [shared] * 4 + own
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tallies = list(pool.map(lambda s: drive(server, s, 20, True), sids))
+        assert sum(tallies, Counter()) == Counter({200: 160}), server.log_tail()
+        assert _dump(server, shared)["n"] == 81
+        assert [_dump(server, sid)["n"] for sid in own] == [21] * 4
+    wait_for(lambda: locks_held(postgres_server, table, lock_mode) == 0)
 
 
 def client_get_text(server: Server, sid: str, path: str) -> str:
