@@ -949,10 +949,12 @@ def test_rekey_waits_for_an_advisory_holder(
     thread.start()
     try:
         wait_for(
-            lambda: postgres_server.psql(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            lambda: (
+                postgres_server.psql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                == "1"
             )
-            == "1"
         )
         held.save(held.payload, interface_of(rotated).clock(), None)
     finally:
