@@ -1,6 +1,7 @@
 """The common behaviour of the backends (SPEC §5, §7, §8, §10): every test runs against
 'file', 'redis' (the run's ``redis-server``, one key prefix per test), 'memory' and
-'postgresql' (the run's PostgreSQL cluster, one table per test).
+'postgresql' (the run's PostgreSQL cluster, one table per test), the latter in both lock
+modes (``SESSION_DATABASE_LOCK`` 'row' and 'advisory').
 Time passes on the apps' fake clock (the ``clock`` fixture), never by sleeping."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from postgres_server import PostgresServer, table_for
 from redis_ha import cluster_data_key
 from redis_server import RedisServer, add_contention_routes, data_key
 
-BACKENDS = ["file", "redis", "memory", "postgresql"]
+BACKENDS = ["file", "redis", "memory", "postgresql", "postgresql-advisory"]
 #: Redis as a Cluster and behind Sentinel: the same backend found another way.
 BACKENDS += ["redis-cluster", "redis-sentinel"]
 
@@ -136,11 +137,15 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> B
         key = cluster_data_key if kind == "redis-cluster" else data_key
         return Backend("redis", tmp_path / "sessions", prefix, server, config, key)
     pg = None
-    if kind == "postgresql":
+    if kind in ("postgresql", "postgresql-advisory"):
         pg = request.getfixturevalue("postgres_server")
         config.update(
-            SESSION_DATABASE_URL=pg.url(), SESSION_DATABASE_TABLE=table_for(tmp_path.name)
+            SESSION_TYPE="postgresql",
+            SESSION_DATABASE_URL=pg.url(),
+            SESSION_DATABASE_TABLE=table_for(tmp_path.name),
+            SESSION_DATABASE_LOCK="advisory" if kind == "postgresql-advisory" else "row",
         )
+        kind = "postgresql"
     return Backend(kind, tmp_path / "sessions", prefix, server, config, pg=pg)
 
 
@@ -150,7 +155,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request, tmp_path, request.param)
 
 
-@pytest.fixture(params=["file", "redis", "postgresql"])
+@pytest.fixture(params=["file", "redis", "postgresql", "postgresql-advisory"])
 def external_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The backends whose records live outside the process (and can be corrupted)."""
     return make_backend(request, tmp_path, request.param)

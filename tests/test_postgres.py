@@ -2,12 +2,21 @@
 against a real PostgreSQL: the run's cluster (``postgres_server``), one table per test.
 
 The table and its migration (``init-db``, idempotent; a role without DDL rights gets a
-clear 503, never DDL), settings checked at ``init_app``, the lock column (a waiting
-request pins no connection; a save whose lock lapsed is refused), the sweep by the
+clear 503, never DDL), settings checked at ``init_app``, the session lock (a waiting
+request pins no connection; a save whose lock was lost is refused), the sweep by the
 indexed expiry column, and failures: unreachable server, a statement held up past the
 statement timeout, a server restarted under load (503s, then recovery by itself, never a
-500), a worker SIGKILLed mid-request (its connections go, its lock lapses); gunicorn with
-4 workers loses no update on one shared session nor on many sessions.
+500), a worker SIGKILLed mid-request (its connections go, its lock lapses or goes with
+them); gunicorn with 4 workers loses no update on one shared session nor on many
+sessions, nor gunicorn's threaded workers with a small pool.
+
+The tests of the lock and of failures run in both lock modes (the ``lock_mode``
+fixture: ``SESSION_DATABASE_LOCK`` 'row' and 'advisory'); what does not depend on the
+mode (the table, settings, TLS, unreachable servers) runs once, with the default 'row',
+and so does the slowest test whose other mode adds no coverage:
+``test_gunicorn_many_sessions`` (session creation is the same INSERT in both modes; the
+advisory lock under gunicorn is covered by the shared-session, killed-worker and restart
+tests).
 """
 
 from __future__ import annotations
@@ -44,6 +53,28 @@ SECRET = "pg-test-secret"
 @pytest.fixture
 def table(tmp_path: Path) -> str:
     return table_for(tmp_path.name)
+
+
+@pytest.fixture(params=["row", "advisory"])
+def lock_mode(request: pytest.FixtureRequest) -> str:
+    """``SESSION_DATABASE_LOCK`` of a test that runs in both lock modes."""
+    mode: str = request.param
+    return mode
+
+
+def advisory_locks(server: PostgresServer) -> int:
+    """Advisory locks granted now (any connection): the advisory mode's session locks."""
+    return int(server.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"))
+
+
+def lock_rows(server: PostgresServer, table: str) -> int:
+    """Rows whose lock row is taken (lapsed or not): the row mode's session locks."""
+    return int(server.psql(f'SELECT count(*) FROM "{table}" WHERE lock_token IS NOT NULL'))
+
+
+def locks_held(server: PostgresServer, table: str, mode: str) -> int:
+    """Session locks held now in ``mode``."""
+    return advisory_locks(server) if mode == "advisory" else lock_rows(server, table)
 
 
 def pg_config(server: PostgresServer, table: str, **extra: Any) -> dict[str, Any]:
@@ -88,14 +119,18 @@ def test_row_keyed_by_digest_with_indexed_expiry(
 
 
 def test_statements_and_round_trips_per_request(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """What a request costs the server, counted in its own statement log
     (`log_statement=all` for this store's connection, which prepared its statements
-    during the warm-up): a new session is one statement (the INSERT), a read-write
-    request two (lock+read, save+release), a read-only one two (lock+read, release),
-    where the release is pipelined: the request waits for one answer only, so its
-    statement is logged by the time the next request's answer arrives."""
+    during the warm-up): a new session is one statement (the INSERT). Lock row: a
+    read-write request two (lock+read, save+release), a read-only one two (lock+read,
+    release). Advisory: a read-write request four in two round trips
+    (pg_try_advisory_lock + SELECT, then UPDATE + pg_advisory_unlock, each pair
+    pipelined), a read-only one three, all read-only (pg_try_advisory_lock + SELECT,
+    then the unlock). Either way the read-only request's release is sent without waiting
+    for its answer: the request waits for one answer only, so its statement is logged by
+    the time the next request's answer arrives."""
     name = f"fbs-count-{table}"
     url = postgres_server.url() + f"&application_name={name}&options=-c%20log_statement%3Dall"
     app = pg_app(
@@ -105,6 +140,7 @@ def test_statements_and_round_trips_per_request(
         SESSION_DATABASE_URL=url,
         SESSION_TIMEOUT=3600,
         SESSION_SWEEP_INTERVAL=None,
+        SESSION_DATABASE_LOCK=lock_mode,
     )
     client = app.test_client()
     for _ in range(3):  # prepares every statement below on the one connection
@@ -128,11 +164,32 @@ def test_statements_and_round_trips_per_request(
         wait_for(lambda: len(executed(since)) >= expected)
         return executed(since)
 
+    def kinds(lines: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for line in lines:
+            text = line.split(": ", 2)[-1]
+            kind = next(
+                k for k in ("pg_try_advisory_lock", "pg_advisory_unlock", "SELECT record",
+                            "WITH got", "UPDATE", "INSERT") if k in text
+            )  # fmt: skip
+            found[kind] = found.get(kind, 0) + 1
+        return found
+
     n = 20
-    read_write = count(lambda: [client.get("/inc") for _ in range(n)], 2 * n)
-    assert len(read_write) == 2 * n
-    read_only = count(lambda: [client.get("/get/n") for _ in range(n)], 2 * n)
-    assert len(read_only) == 2 * n
+    if lock_mode == "row":
+        read_write = count(lambda: [client.get("/inc") for _ in range(n)], 2 * n)
+        assert kinds(read_write) == {"WITH got": n, "UPDATE": n}
+        read_only = count(lambda: [client.get("/get/n") for _ in range(n)], 2 * n)
+        assert kinds(read_only) == {"WITH got": n, "UPDATE": n}
+    else:
+        read_write = count(lambda: [client.get("/inc") for _ in range(n)], 4 * n)
+        assert kinds(read_write) == {
+            "pg_try_advisory_lock": n, "SELECT record": n, "UPDATE": n, "pg_advisory_unlock": n
+        }  # fmt: skip
+        read_only = count(lambda: [client.get("/get/n") for _ in range(n)], 3 * n)
+        assert kinds(read_only) == {
+            "pg_try_advisory_lock": n, "SELECT record": n, "pg_advisory_unlock": n
+        }  # fmt: skip
     fresh = app.test_client()
     new = count(lambda: fresh.get("/inc"), 1)
     assert len(new) == 1
@@ -140,13 +197,16 @@ def test_statements_and_round_trips_per_request(
     assert not any("execute <unnamed>" in line for line in read_write + read_only + new)
 
 
-def test_lock_and_release_never_wait_for_the_wal_flush(tmp_path: Path, table: str) -> None:
-    """Taking and releasing the lock change only the lock columns and commit without
-    waiting for the WAL flush or a synchronous standby (`LOCK_ONLY` in
-    store/postgres.rs); saves still wait. Shown on a cluster of its own where no waiting
-    commit can complete: `synchronous_commit=on` and a synchronous standby that never
-    comes. Read-only requests (lock + pipelined release, over and over on the one pooled
-    connection) go through and leave the lock free; a read-write request's save waits
+def test_lock_and_release_never_wait_for_the_wal_flush(
+    tmp_path: Path, table: str, lock_mode: str
+) -> None:
+    """Taking and releasing the lock never wait for the WAL flush or a synchronous
+    standby; saves still wait. Lock row: they change only the lock columns and commit
+    asynchronously (`LOCK_ONLY` in store/postgres/lock.rs); advisory: the advisory lock
+    functions and the read are read-only statements, with nothing to commit. Shown on a
+    cluster of its own where no waiting commit can complete: `synchronous_commit=on` and
+    a synchronous standby that never comes. Read-only requests (lock + pipelined release,
+    over and over) go through and leave the lock free; a read-write request's save waits
     for the standby, so it is a 503 after SESSION_DATABASE_TIMEOUT."""
     with running_server() as server:
         url = server.url() + "&options=-c%20synchronous_commit%3Don"
@@ -157,6 +217,7 @@ def test_lock_and_release_never_wait_for_the_wal_flush(tmp_path: Path, table: st
             SESSION_DATABASE_URL=url,
             SESSION_DATABASE_TIMEOUT=0.5,
             SESSION_SWEEP_INTERVAL=None,
+            SESSION_DATABASE_LOCK=lock_mode,
         )
         client = app.test_client()
         assert client.get("/set/a/1").status_code == 200
@@ -165,7 +226,7 @@ def test_lock_and_release_never_wait_for_the_wal_flush(tmp_path: Path, table: st
         wait_for(lambda: server.psql("SHOW synchronous_standby_names") == "nobody")
         for _ in range(5):
             assert client.get("/get/a").text == "1"
-        wait_for(lambda: server.psql(f'SELECT lock_token IS NULL FROM "{table}"') == "t")
+        wait_for(lambda: locks_held(server, table, lock_mode) == 0)
         response = client.get("/set/a/2")
         assert response.status_code == 503
         server.psql("ALTER SYSTEM RESET synchronous_standby_names")
@@ -173,11 +234,13 @@ def test_lock_and_release_never_wait_for_the_wal_flush(tmp_path: Path, table: st
 
 
 def test_touch_writes_only_the_access_time(
-    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
+    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock, lock_mode: str
 ) -> None:
     """A read-only request past the touch interval refreshes touched_at and expires_at,
     never the record; the session then outlives its first idle deadline."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_TIMEOUT=100)
+    app = pg_app(
+        tmp_path, postgres_server, table, SESSION_TIMEOUT=100, SESSION_DATABASE_LOCK=lock_mode
+    )
     clock.install(app)
     client = app.test_client()
     client.get("/set/a/1")
@@ -222,11 +285,13 @@ def test_init_db_on_other_backends_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_stats_sweep_clear_commands(
-    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
+    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock, lock_mode: str
 ) -> None:
     """stats counts rows, sweep deletes the expired ones by expires_at and keeps the live
     ones, clear deletes everything."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_TIMEOUT=100)
+    app = pg_app(
+        tmp_path, postgres_server, table, SESSION_TIMEOUT=100, SESSION_DATABASE_LOCK=lock_mode
+    )
     clock.install(app)
     for _ in range(3):
         app.test_client().get("/inc")
@@ -252,11 +317,19 @@ def test_stats_sweep_clear_commands(
 
 
 def test_sweeper_thread_deletes_expired_rows(
-    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock
+    tmp_path: Path, postgres_server: PostgresServer, table: str, clock: FakeClock, lock_mode: str
 ) -> None:
     """The automatic sweeper's pass on PostgreSQL: expired rows deleted by the indexed
-    expiry column, live rows and a row locked by a live request kept."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_TIMEOUT=100, SESSION_SWEEP_INTERVAL=600)
+    expiry column, live rows and a row locked by a live request kept (its lock row, or
+    its advisory lock, which the sweep tries for each row)."""
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_TIMEOUT=100,
+        SESSION_SWEEP_INTERVAL=600,
+        SESSION_DATABASE_LOCK=lock_mode,
+    )
     clock.install(app)
     old = [app.test_client() for _ in range(3)]
     for client in old:
@@ -335,6 +408,9 @@ def test_missing_table_message_says_what_to_run(
         ("SESSION_DATABASE_LOCK_TTL", 0),
         ("SESSION_DATABASE_CREATE", "perhaps"),
         ("SESSION_DATABASE_TLS_CA_CERTS", "/nonexistent/ca.pem"),
+        ("SESSION_DATABASE_LOCK", "advisory-xact"),
+        ("SESSION_DATABASE_LOCK", None),
+        ("SESSION_DATABASE_LOCK", 1),
     ],
 )
 def test_bad_settings_rejected_at_init(tmp_path: Path, key: str, value: Any) -> None:
@@ -349,6 +425,29 @@ def test_bad_settings_rejected_at_init(tmp_path: Path, key: str, value: Any) -> 
     with pytest.raises(ConfigurationError, match=key) as info:
         build_app(tmp_path, **config)
     assert "secretpw" not in str(info.value)
+
+
+def test_lock_mode_setting(tmp_path: Path) -> None:
+    """SESSION_DATABASE_LOCK: 'row' by default, 'advisory' (any case) reaches the native
+    backend as its enum; a bad value names the accepted ones; the advisory lock needs a
+    pool of two connections at least (one is kept by a request holding its session)."""
+    base = {
+        "SESSION_TYPE": "postgresql",
+        "SESSION_DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
+        "SECRET_KEY": SECRET,
+    }
+    backend = store_of(build_app(tmp_path, **base)).config.backend
+    assert isinstance(backend, _core.PostgresBackend)
+    assert backend.lock == _core.PostgresLock.Row
+    advisory = build_app(tmp_path, **base, SESSION_DATABASE_LOCK=" Advisory ")
+    backend = store_of(advisory).config.backend
+    assert isinstance(backend, _core.PostgresBackend)
+    assert backend.lock == _core.PostgresLock.Advisory
+    with pytest.raises(ConfigurationError, match=r"SESSION_DATABASE_LOCK.*'row' or 'advisory'"):
+        build_app(tmp_path, **base, SESSION_DATABASE_LOCK="table")
+    build_app(tmp_path, **base, SESSION_DATABASE_POOL_SIZE=1)  # fine with the lock row
+    with pytest.raises(ConfigurationError, match=r"SESSION_DATABASE_POOL_SIZE.*from 2"):
+        build_app(tmp_path, **base, SESSION_DATABASE_POOL_SIZE=1, SESSION_DATABASE_LOCK="advisory")
 
 
 def test_secret_key_required(tmp_path: Path) -> None:
@@ -434,15 +533,18 @@ def test_tls_verifies_the_server_certificate(
         assert untrusted.test_client().get("/inc").status_code == 503
 
 
-def test_stalled_server_gives_503_then_the_orphaned_lock_is_taken_over(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+def test_stalled_server_gives_503_then_the_lock_is_free_at_once(
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """The server process of our connection stops answering (SIGSTOP) in the middle of
     the lock statement: the client-side timeout gives a 503 within
     SESSION_DATABASE_TIMEOUT (the server-side statement_timeout cannot fire: it is
-    stopped). Resumed, it finishes the statement and takes the lock for the gone request;
-    this process remembers that token, so its next request of the session takes the lock
-    over at once instead of waiting SESSION_DATABASE_LOCK_TTL."""
+    stopped), and the client closes that connection. Resumed, the server process
+    finishes the statement. Lock row: it takes the lock for the gone request; this
+    process remembers that token (an orphan), so its next request of the session takes
+    the lock over at once. Advisory: it may take the lock, but finds its connection
+    closed and exits, which drops the lock. Either way the next request gets the session
+    at once, not after SESSION_DATABASE_LOCK_TTL."""
     name = f"fbs-stall-{table}"
     url = postgres_server.url() + f"&application_name={name}"
     app = pg_app(
@@ -453,6 +555,7 @@ def test_stalled_server_gives_503_then_the_orphaned_lock_is_taken_over(
         SESSION_DATABASE_TIMEOUT=0.5,
         SESSION_DATABASE_LOCK_TTL=60,
         SESSION_LOCK_TIMEOUT=2,
+        SESSION_DATABASE_LOCK=lock_mode,
     )
     client = app.test_client()
     # (twice: the connection has then prepared the lock statement, and sends it at once)
@@ -467,27 +570,36 @@ def test_stalled_server_gives_503_then_the_orphaned_lock_is_taken_over(
         assert time.monotonic() - started < 1.5
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_for(
-        lambda: (
-            postgres_server.psql(f'SELECT count(*) FROM "{table}" WHERE lock_token IS NOT NULL')
-            == "1"
+    if lock_mode == "row":
+        wait_for(lambda: lock_rows(postgres_server, table) == 1)
+    else:
+        wait_for(
+            lambda: (
+                postgres_server.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")
+                == "0"
+            )
         )
-    )
     started = time.monotonic()
     assert client.get("/inc").text == "3"
     assert time.monotonic() - started < 1.5
 
 
 def test_statement_timeout_gives_503(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """Another client holds the table locked: the request's statement gives up after
     SESSION_DATABASE_TIMEOUT (server-side lock/statement timeout) with a 503, and the
     session works again once the other client lets go. The URL's own ``options`` (here
-    synchronous_commit) are kept and the timeouts added to them."""
+    synchronous_commit) are kept and the timeouts added to them. Advisory: the lock taken
+    before the read timed out went with that connection (closed, never pooled)."""
     url = postgres_server.url() + "&options=-c%20synchronous_commit%3Doff"
     app = pg_app(
-        tmp_path, postgres_server, table, SESSION_DATABASE_TIMEOUT=0.5, SESSION_DATABASE_URL=url
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_TIMEOUT=0.5,
+        SESSION_DATABASE_URL=url,
+        SESSION_DATABASE_LOCK=lock_mode,
     )
     client = app.test_client()
     assert client.get("/inc").text == "1"
@@ -508,6 +620,7 @@ def test_statement_timeout_gives_503(
     finally:
         blocker.wait(timeout=30)
     assert client.get("/inc").text == "2"
+    wait_for(lambda: locks_held(postgres_server, table, lock_mode) == 0)
 
 
 def run_psql_background(server: PostgresServer, sql: str) -> Any:
@@ -528,7 +641,7 @@ def wait_for(condition: Any, timeout: float = 15.0) -> None:
 
 
 def test_server_turned_read_only_then_writable_again(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """As a failover seen from a pooled connection: the database stops taking writes
     (here: ``default_transaction_read_only``, and its connections are cut) → 503, never a
@@ -537,7 +650,9 @@ def test_server_turned_read_only_then_writable_again(
     db = f"ro_{table}"
     postgres_server.psql(f'CREATE DATABASE "{db}"')
     url = postgres_server.url().replace("/postgres?", f"/{db}?")
-    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_URL=url)
+    app = pg_app(
+        tmp_path, postgres_server, table, SESSION_DATABASE_URL=url, SESSION_DATABASE_LOCK=lock_mode
+    )
     client = app.test_client()
     assert client.get("/inc").text == "1"
     postgres_server.psql(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
@@ -551,12 +666,22 @@ def test_server_turned_read_only_then_writable_again(
 
 
 def test_waiting_request_pins_no_connection(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
-    """With a pool of ONE connection: while one session's lock is held (by an open handle)
-    and a request waits for it, requests of other sessions still run; the waiter gets the
-    session as soon as the lock is released."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_POOL_SIZE=1)
+    """While one session's lock is held (by an open handle) and a request waits for it,
+    requests of other sessions still run; the waiter gets the session as soon as the lock
+    is released. Lock row: with a pool of ONE connection (nothing is kept between
+    statements). Advisory: with a pool of THREE (the holder keeps one, where its lock
+    lives; the other session's request keeps one while it holds its session: at most
+    pool size - 1 do at once, so one is left for other statements)."""
+    pool_size = 1 if lock_mode == "row" else 3
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_POOL_SIZE=pool_size,
+        SESSION_DATABASE_LOCK=lock_mode,
+    )
     client = app.test_client()
     client.get("/set/a/1")
     sid = cookie_of(client)
@@ -582,11 +707,19 @@ def test_waiting_request_pins_no_connection(
 
 
 def test_lapsed_lock_refuses_the_stale_save(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
-    """A holder whose lock lapsed (SESSION_DATABASE_LOCK_TTL, the server's clock) and was
-    taken by another request cannot overwrite the newer data: its save is refused."""
-    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_LOCK_TTL=0.3)
+    """A holder whose lock lapsed (SESSION_DATABASE_LOCK_TTL: the lock row's expiry on
+    the server's clock; advisory: the server's idle_session_timeout closes the holder's
+    connection, and the lock goes with it) and was taken by another request cannot
+    overwrite the newer data: its save is refused."""
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_LOCK_TTL=0.3,
+        SESSION_DATABASE_LOCK=lock_mode,
+    )
     client = app.test_client()
     client.get("/set/a/old")
     sid = cookie_of(client)
@@ -596,7 +729,13 @@ def test_lapsed_lock_refuses_the_stale_save(
     assert status == _core.OpenStatus.Found and stale is not None
     # As another process's request: another URL is another in-process lock scope.
     other_url = postgres_server.url() + "&application_name=other"
-    other = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_URL=other_url)
+    other = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=other_url,
+        SESSION_DATABASE_LOCK=lock_mode,
+    )
     time.sleep(0.4)
     assert client_with(other, sid).get("/set/a/new").status_code == 200
     with pytest.raises(LockTimeoutError):
@@ -605,17 +744,19 @@ def test_lapsed_lock_refuses_the_stale_save(
 
 
 def test_worker_killed_mid_request_leaks_no_connection(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """A server process SIGKILLed while a request holds its session: its connections are
-    gone from pg_stat_activity within seconds, and its lock lapses (lock TTL) so the
-    session is usable again with its last saved data."""
+    gone from pg_stat_activity within seconds; its lock row lapses (lock TTL, 1 s here),
+    its advisory lock goes with its connection (not after the lock TTL, a minute here),
+    so the session is usable again with its last saved data."""
     name = f"fbs-kill-{table}"
     config = pg_config(
         postgres_server,
         table,
         SESSION_DATABASE_URL=postgres_server.url() + f"&application_name={name}",
-        SESSION_DATABASE_LOCK_TTL=1.0,
+        SESSION_DATABASE_LOCK_TTL=1.0 if lock_mode == "row" else 60.0,
+        SESSION_DATABASE_LOCK=lock_mode,
     )
     proc = run_child("serve", json.dumps(config))
     try:
@@ -640,8 +781,190 @@ def test_worker_killed_mid_request_leaks_no_connection(
             proc.kill()
         proc.communicate(timeout=10)
     wait_for(lambda: postgres_server.connections(name) == 0, timeout=10)
-    app = pg_app(tmp_path, postgres_server, table)
+    if lock_mode == "advisory":
+        assert advisory_locks(postgres_server) == 0
+    app = pg_app(
+        tmp_path, postgres_server, table, SESSION_LOCK_TIMEOUT=5, SESSION_DATABASE_LOCK=lock_mode
+    )
+    started = time.monotonic()
     assert client_with(app, sid).get("/inc").text == "2"
+    if lock_mode == "advisory":
+        assert time.monotonic() - started < 1.0
+
+
+def test_hung_holder_is_bounded_by_the_lock_ttl(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """Advisory: a request that holds its session and then hangs, its TCP connection
+    open (here: a handle never released), keeps the session at most
+    SESSION_DATABASE_LOCK_TTL: the server's idle_session_timeout closes that connection
+    and drops its advisory lock, so a request of another process waiting for the session
+    gets it then. The hung process's own next request works too (its pooled
+    connections, closed the same way, are replaced by themselves). (The lock row's
+    equivalent, a lapsed lock, is `test_lapsed_lock_refuses_the_stale_save`.)"""
+    name = f"fbs-hung-{table}"
+    url = postgres_server.url() + f"&application_name={name}"
+    app = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=url,
+        SESSION_DATABASE_LOCK_TTL=0.5,
+        SESSION_DATABASE_LOCK="advisory",
+    )
+    client = app.test_client()
+    assert client.get("/inc").text == "1"
+    sid = cookie_of(client)
+    assert sid is not None
+    status, hung = store_of(app).open(sid, interface_of(app).clock())
+    assert status == _core.OpenStatus.Found and hung is not None
+    assert advisory_locks(postgres_server) >= 1
+    other_url = postgres_server.url() + "&application_name=other"
+    other = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=other_url,
+        SESSION_LOCK_TIMEOUT=5,
+        SESSION_DATABASE_LOCK="advisory",
+    )
+    started = time.monotonic()
+    assert client_with(other, sid).get("/inc").text == "2"
+    waited = time.monotonic() - started
+    assert 0.3 < waited < 2.0, waited
+    assert postgres_server.connections(name) == 0
+    with pytest.raises(LockTimeoutError):
+        hung.save(hung.payload, interface_of(app).clock(), None)
+    assert client_with(app, sid).get("/inc").text == "3"
+
+
+def test_two_processes_contend_on_one_session(
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
+) -> None:
+    """Two stores with separate in-process locks (as two worker processes: another URL
+    is another lock scope) and four threads each increment one session: the database's
+    lock serialises them, no update is lost, and no lock is left behind."""
+    apps = [
+        pg_app(
+            tmp_path,
+            postgres_server,
+            table,
+            SESSION_DATABASE_URL=postgres_server.url() + f"&application_name=p{i}",
+            SESSION_LOCK_TIMEOUT=20,
+            SESSION_DATABASE_LOCK=lock_mode,
+        )
+        for i in range(2)
+    ]
+    first = apps[0].test_client()
+    assert first.get("/inc").text == "1"
+    sid = cookie_of(first)
+    assert sid is not None
+
+    def work(app: Flask) -> list[int]:
+        client = client_with(app, sid)
+        return [client.get("/inc").status_code for _ in range(25)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = [c for r in pool.map(work, apps * 4) for c in r]
+    assert statuses == [200] * 200
+    assert client_with(apps[1], sid).get("/get/n").text == "201"
+    wait_for(lambda: locks_held(postgres_server, table, lock_mode) == 0)
+
+
+def test_mixed_lock_modes_fail_closed(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """A rolling switch between the modes, two processes on one table, one of each (not
+    a supported way to run, docs/postgresql.md: all workers switch together). A
+    row-locking process never sees advisory locks, but the advisory mode respects the
+    lock row: it waits while a lock row is live, and its save is refused (never a lost
+    update) when a row-locking request changed the session while it held it."""
+    row = pg_app(tmp_path, postgres_server, table, SESSION_LOCK_TIMEOUT=5)
+    advisory = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SESSION_DATABASE_URL=postgres_server.url() + "&application_name=adv",
+        SESSION_DATABASE_LOCK="advisory",
+        SESSION_LOCK_TIMEOUT=0.3,
+    )
+    client = row.test_client()
+    assert client.get("/inc").text == "1"
+    sid = cookie_of(client)
+    assert sid is not None
+    # A live lock row keeps the advisory process out.
+    status, held = store_of(row).open(sid, interface_of(row).clock())
+    assert status == _core.OpenStatus.Found and held is not None
+    try:
+        assert client_with(advisory, sid).get("/inc").status_code == 503
+    finally:
+        held.release()
+    assert client_with(advisory, sid).get("/inc").text == "2"
+    # An advisory holder does not keep the row-locking process out, but its own save
+    # then fails instead of overwriting that process's update.
+    status, stale = store_of(advisory).open(sid, interface_of(advisory).clock())
+    assert status == _core.OpenStatus.Found and stale is not None
+    assert client_with(row, sid).get("/inc").text == "3"
+    with pytest.raises(LockTimeoutError):
+        stale.save(stale.payload, interface_of(advisory).clock(), None)
+    assert client_with(advisory, sid).get("/get/n").text == "3"
+    wait_for(lambda: advisory_locks(postgres_server) + lock_rows(postgres_server, table) == 0)
+
+
+def test_rekey_waits_for_an_advisory_holder(
+    tmp_path: Path, postgres_server: PostgresServer, table: str
+) -> None:
+    """Advisory: a request's write requires the record's header it read, which `rekey`
+    changes; so `rekey` rewrites a record only under the session's advisory lock, waiting
+    for a holder (bounded by SESSION_DATABASE_TIMEOUT). A request holding its session
+    while the key rotates saves as usual, and `rekey` then finds that record written under
+    the current key already."""
+    old = pg_app(
+        tmp_path, postgres_server, table, SECRET_KEY="old-key", SESSION_DATABASE_LOCK="advisory"
+    )
+    client = old.test_client()
+    assert client.get("/set/a/1").status_code == 200
+    sid = cookie_of(client)
+    assert sid is not None
+    other = old.test_client()
+    assert other.get("/set/a/1").status_code == 200
+    rotated = pg_app(
+        tmp_path,
+        postgres_server,
+        table,
+        SECRET_KEY="new-key",
+        SECRET_KEY_FALLBACKS=["old-key"],
+        SESSION_DATABASE_LOCK="advisory",
+        SESSION_DATABASE_TIMEOUT=10,
+    )
+    status, held = store_of(rotated).open(sid, interface_of(rotated).clock())
+    assert status == _core.OpenStatus.Found and held is not None
+    output: dict[str, str] = {}
+
+    def rekey() -> None:
+        result = rotated.test_cli_runner().invoke(args=["beaker-session", "rekey"])
+        output["text"] = result.output
+
+    thread = threading.Thread(target=rekey)
+    thread.start()
+    try:
+        wait_for(
+            lambda: (
+                postgres_server.psql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                == "1"
+            )
+        )
+        held.save(held.payload, interface_of(rotated).clock(), None)
+    finally:
+        thread.join(timeout=30)
+    assert "re-encrypted 1 of 2 sessions" in output["text"], output["text"]
+    assert "1 already under the current key" in output["text"], output["text"]
+    new_only = pg_app(
+        tmp_path, postgres_server, table, SECRET_KEY="new-key", SESSION_DATABASE_LOCK="advisory"
+    )
+    assert client_with(new_only, sid).get("/get/a").text == "1"
 
 
 def http_get(
@@ -691,13 +1014,13 @@ def drive(server: Server, sid: str, count: int, keepalive: bool) -> Counter[int]
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-connect", "preload"])
 def test_gunicorn_shared_session_loses_no_update(
-    tmp_path: Path, postgres_server: PostgresServer, table: str, preload: bool
+    tmp_path: Path, postgres_server: PostgresServer, table: str, preload: bool, lock_mode: str
 ) -> None:
     """gunicorn -w 4: 8 clients x 25 increments of ONE session spread over the workers:
     every request a 200, the counter exactly 1 + 200. With ``--preload`` the master
     created and read the session (so it holds pooled connections) before forking: the
     workers use connections of their own."""
-    env = pg_env(postgres_server, table)
+    env = pg_env(postgres_server, table, SESSION_DATABASE_LOCK=lock_mode)
     args = ["-w", "4"]
     if preload:
         env["FBS_WARMUP_FILE"] = str(tmp_path / "warm.sid")
@@ -716,6 +1039,30 @@ def test_gunicorn_shared_session_loses_no_update(
         # Several workers served (which ones win accept() is the kernel's choice: on a
         # loaded machine not all four need to).
         assert len(worker_pids(server)) >= 2
+
+
+def test_gunicorn_threads_lose_no_update(
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
+) -> None:
+    """gunicorn -w 2 -k gthread --threads 4 with a pool of 3 connections per worker:
+    4 clients x 20 increments of ONE shared session and 4 clients x 20 on their own
+    sessions at once. With the advisory lock at most 2 requests of a worker hold a
+    session (each keeps its connection) and the others wait for one: every request a 200
+    all the same, and no update lost."""
+    env = pg_env(
+        postgres_server, table, SESSION_DATABASE_POOL_SIZE=3, SESSION_DATABASE_LOCK=lock_mode
+    )
+    args = ("-w", "2", "-k", "gthread", "--threads", "4")
+    with gunicorn(tmp_path, *args, lock_timeout=20.0, env=env) as server:
+        shared = _new_session(server)
+        own = [_new_session(server) for _ in range(4)]
+        sids = [shared] * 4 + own
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tallies = list(pool.map(lambda s: drive(server, s, 20, True), sids))
+        assert sum(tallies, Counter()) == Counter({200: 160}), server.log_tail()
+        assert _dump(server, shared)["n"] == 81
+        assert [_dump(server, sid)["n"] for sid in own] == [21] * 4
+    wait_for(lambda: locks_held(postgres_server, table, lock_mode) == 0)
 
 
 def client_get_text(server: Server, sid: str, path: str) -> str:
@@ -756,13 +1103,18 @@ def pg_client_ports(pid: int, pg_port: int) -> set[int]:
 
 
 def test_gunicorn_worker_killed_mid_request_leaks_no_connection(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """gunicorn -w 2: a worker SIGKILLed while its request holds the session. Its
-    connections (found by their client ports) leave pg_stat_activity; its lock lapses
-    (lock TTL 1 s) and the next requests of the session succeed with the last saved
-    data on the other workers."""
-    env = pg_env(postgres_server, table, SESSION_DATABASE_LOCK_TTL=1.0)
+    connections (found by their client ports) leave pg_stat_activity; its lock row lapses
+    (lock TTL 1 s), its advisory lock goes with the connection holding it, and the next
+    requests of the session succeed with the last saved data on the other workers."""
+    env = pg_env(
+        postgres_server,
+        table,
+        SESSION_DATABASE_LOCK_TTL=1.0 if lock_mode == "row" else 60.0,
+        SESSION_DATABASE_LOCK=lock_mode,
+    )
     with gunicorn(tmp_path, "-w", "2", lock_timeout=5.0, env=env) as server:
         sid = _new_session(server)
         holder = server.client(sid)
@@ -794,6 +1146,8 @@ def test_gunicorn_worker_killed_mid_request_leaks_no_connection(
             return not ports & {int(p) for p in listed.split() if p.isdigit()}
 
         wait_for(gone, timeout=10)
+        if lock_mode == "advisory":
+            assert advisory_locks(postgres_server) == 0
         replies = [server.client(sid).get("/inc") for _ in range(3)]
         assert [r.status for r in replies] == [200] * 3
         assert [r.text for r in replies] == ["2", "3", "4"]
@@ -820,18 +1174,20 @@ def test_gunicorn_many_sessions(
 
 
 def test_server_restart_under_load(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """gunicorn -w 4 under load from 8 clients on their own sessions while PostgreSQL is
     stopped (fast shutdown) and started again: requests get 200 or 503, never a 500 nor a
     dropped connection; once it is back every client's requests succeed again by
-    themselves, and no counter lost an acknowledged update."""
+    themselves, and no counter lost an acknowledged update. (Advisory: the connections
+    holding locks die with the server, and their holders' saves are refused.)"""
     env = pg_env(
         postgres_server,
         table,
         SESSION_DATABASE_TIMEOUT=1.0,
         SESSION_DATABASE_CONNECT_TIMEOUT=1.0,
         SESSION_DATABASE_LOCK_TTL=2.0,
+        SESSION_DATABASE_LOCK=lock_mode,
     )
     with gunicorn(tmp_path, "-w", "4", env=env) as server:
         sids = [_new_session(server) for _ in range(8)]
@@ -881,11 +1237,11 @@ def test_server_restart_under_load(
 
 
 def test_fork_after_init_uses_its_own_connections(
-    tmp_path: Path, postgres_server: PostgresServer, table: str
+    tmp_path: Path, postgres_server: PostgresServer, table: str, lock_mode: str
 ) -> None:
     """A store used in the parent, then forked: the child works on new connections of
     its own and the parent's still work afterwards (the child never closed them)."""
-    app = pg_app(tmp_path, postgres_server, table)
+    app = pg_app(tmp_path, postgres_server, table, SESSION_DATABASE_LOCK=lock_mode)
     client = app.test_client()
     assert client.get("/inc").text == "1"
     sid = cookie_of(client)

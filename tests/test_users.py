@@ -1,7 +1,8 @@
 """The per-user index (``SESSION_USER_KEY``, issue 20 items 1-2): listing and revoking a
-user's sessions through real apps and the test client, on the file and memory backends and
-on a real ``redis-server`` and Redis Cluster; the CLI's ``sessions`` and ``revoke``; the
-crash-ordering rule (the entry is written before the record, removed after it).
+user's sessions through real apps and the test client, on the file and memory backends,
+on a real ``redis-server`` and Redis Cluster, and on PostgreSQL in both lock modes; the
+CLI's ``sessions`` and ``revoke``; the crash-ordering rule (the entry is written before the
+record, removed after it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flask_beaker_session.users import IndexedStoredSession, index_grace
 from helpers import FakeClock, build_app, cookie_of, interface_of
 from postgres_server import table_for
 
-BACKENDS = ["file", "memory", "redis", "cluster", "postgresql"]
+BACKENDS = ["file", "memory", "redis", "cluster", "postgresql", "postgresql-advisory"]
 
 
 def _config(kind: str, request: pytest.FixtureRequest, prefix: str) -> dict[str, Any]:
@@ -41,12 +42,13 @@ def _config(kind: str, request: pytest.FixtureRequest, prefix: str) -> dict[str,
             "SESSION_REDIS_URL": cluster.url,
             "SESSION_REDIS_PREFIX": prefix,
         }
-    if kind == "postgresql":
+    if kind in ("postgresql", "postgresql-advisory"):
         server = request.getfixturevalue("postgres_server")
         return {
             "SESSION_TYPE": "postgresql",
             "SESSION_DATABASE_URL": server.url(),
             "SESSION_DATABASE_TABLE": table_for(prefix),
+            "SESSION_DATABASE_LOCK": "advisory" if kind == "postgresql-advisory" else "row",
         }
     return {"SESSION_TYPE": kind}
 

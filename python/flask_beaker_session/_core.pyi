@@ -19,6 +19,7 @@ __all__ = [
     "OpenStatus",
     "PayloadKind",
     "PostgresBackend",
+    "PostgresLock",
     "RedisBackend",
     "Report",
     "Store",
@@ -55,6 +56,19 @@ class BackendKind:
     Memory: ClassVar[BackendKind]
     Redis: ClassVar[BackendKind]
     Postgres: ClassVar[BackendKind]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __int__(self) -> int: ...
+
+@final
+class PostgresLock:
+    """How the PostgreSQL backend locks a session (``SESSION_DATABASE_LOCK``): a lock row in
+    the session's row (any server, any pooler) or a session-level advisory lock
+    (PostgreSQL 14+, no transaction pooling)."""
+
+    Row: ClassVar[PostgresLock]
+    Advisory: ClassVar[PostgresLock]
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
@@ -188,11 +202,14 @@ class PostgresBackend:
         lock_ttl: float = 60.0,
         create: bool = True,
         tls_ca_certs: bytes | None = None,
+        lock: PostgresLock = ...,
     ) -> PostgresBackend: ...
     @property
     def table(self) -> str: ...
     @property
     def schema(self) -> str | None: ...
+    @property
+    def lock(self) -> PostgresLock: ...
 
 @final
 class StoreConfig:

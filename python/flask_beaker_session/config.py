@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from .errors import ConfigurationError
 
@@ -143,15 +143,26 @@ SESSION_DATABASE_URL: str | None = None
 SESSION_DATABASE_SCHEMA: str | None = None
 #: Name of the sessions table (letters, digits and ``_``, at most 52 characters).
 SESSION_DATABASE_TABLE = "beaker_sessions"
-#: Most connections each worker process opens (a request uses one only for the duration
-#: of each statement, never while it waits for a session lock).
+#: Most connections each worker process opens. With the lock row a request uses one only
+#: for the duration of each statement, never while it waits for a session lock; with the
+#: advisory lock a request that holds its session keeps one (where its lock lives), so at
+#: most this minus one requests of a process hold a session at once (2 at least then).
 SESSION_DATABASE_POOL_SIZE = 8
 #: Seconds allowed to connect (and to wait for a free pooled connection), and for each
 #: statement (sent as ``statement_timeout``, and enforced by the client as well).
 SESSION_DATABASE_CONNECT_TIMEOUT = 2.0
 SESSION_DATABASE_TIMEOUT = 2.0
-#: Seconds a PostgreSQL session lock survives a worker that died holding it.
+#: Seconds a PostgreSQL session lock survives a holder that died or hung: the lock row's
+#: expiry; with the advisory lock, the server's ``idle_session_timeout`` (a killed
+#: worker's advisory lock goes at once, with its connection).
 SESSION_DATABASE_LOCK_TTL = 60.0
+#: How a PostgreSQL session is locked: ``'row'`` (an owner token and expiry in the
+#: session's row: any PostgreSQL version, works through PgBouncer's transaction pooling)
+#: or ``'advisory'`` (a session-level advisory lock: a read-only request writes nothing;
+#: PostgreSQL 14 or later, a direct or session-pooled connection). Every worker sharing
+#: the table must use the same one and switch together (docs/postgresql.md, *Locking
+#: design*, *Switching between modes*).
+SESSION_DATABASE_LOCK: Literal["row", "advisory"] = "row"
 #: Whether the first request creates the sessions table when it is missing (checked once
 #: per process: when the table exists nothing else is sent, so a role without DDL rights is
 #: fine). ``False``: create it with ``flask beaker-session init-db``; until then requests
@@ -179,6 +190,7 @@ _TYPES = ("file", "memory", "redis", "postgresql")
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _PG_SSLMODES = ("disable", "prefer", "require")
 _PG_TABLE_MAX = 52
+_PG_LOCKS: tuple[Literal["row", "advisory"], ...] = ("row", "advisory")
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://", "unix://")
 _REDIS_HA_SCHEMES = (
     "redis+sentinel://",
@@ -231,6 +243,7 @@ class SessionConfig:
     database_connect_timeout: float = SESSION_DATABASE_CONNECT_TIMEOUT
     database_timeout: float = SESSION_DATABASE_TIMEOUT
     database_lock_ttl: float = SESSION_DATABASE_LOCK_TTL
+    database_lock: Literal["row", "advisory"] = SESSION_DATABASE_LOCK
     database_create: bool = SESSION_DATABASE_CREATE
     database_tls_ca_certs: bytes | None = field(default=None, repr=False)
     redis_sentinel_password: str | None = field(default=None, repr=False)
@@ -547,6 +560,15 @@ def _identifier(key: str, value: Any, maximum: int, allow_none: bool) -> str | N
     return value
 
 
+def _database_lock(value: Any) -> Literal["row", "advisory"]:
+    """``SESSION_DATABASE_LOCK``: ``'row'`` or ``'advisory'`` (any case, spaces ignored)."""
+    if isinstance(value, str):
+        for mode in _PG_LOCKS:
+            if value.strip().lower() == mode:
+                return mode
+    raise _fail("SESSION_DATABASE_LOCK", value, " or ".join(repr(m) for m in _PG_LOCKS))
+
+
 def _pool_size(value: Any) -> int:
     key = "SESSION_DATABASE_POOL_SIZE"
     if isinstance(value, str) and value.strip().isdigit():
@@ -672,6 +694,7 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
         database_lock_ttl=_positive(
             config, "SESSION_DATABASE_LOCK_TTL", SESSION_DATABASE_LOCK_TTL, _DAY
         ),
+        database_lock=_database_lock(config.get("SESSION_DATABASE_LOCK", SESSION_DATABASE_LOCK)),
         database_create=_bool(
             "SESSION_DATABASE_CREATE",
             config.get("SESSION_DATABASE_CREATE", SESSION_DATABASE_CREATE),
@@ -696,6 +719,14 @@ def load(config: Mapping[str, Any], secret_key: Any = None) -> SessionConfig:
             "SESSION_TYPE='redis' needs a SECRET_KEY: without one, whoever can write to "
             "Redis could plant session records that would be unpickled (code execution); "
             "set SECRET_KEY (and SECRET_KEY_FALLBACKS when rotating it)"
+        )
+    if loaded.database_lock == "advisory" and loaded.database_pool_size < 2:
+        # A request holding its session keeps one connection (its advisory lock lives
+        # there); the other statements of the process need another.
+        raise _fail(
+            "SESSION_DATABASE_POOL_SIZE",
+            loaded.database_pool_size,
+            "a whole number from 2 to 1000 with SESSION_DATABASE_LOCK='advisory'",
         )
     if loaded.type == "postgresql" and not loaded.secret_keys:
         # As with Redis: whoever can write to the table must not be able to plant records.

@@ -43,6 +43,10 @@ def system_clock() -> float:
     return time.time()
 
 
+#: ``SESSION_DATABASE_LOCK`` (validated by ``config.load``) as the native enum.
+_PG_LOCKS = {"row": _core.PostgresLock.Row, "advisory": _core.PostgresLock.Advisory}
+
+
 def _backend(
     config: SessionConfig,
 ) -> _core.FileBackend | _core.MemoryBackend | _core.RedisBackend | _core.PostgresBackend:
@@ -60,6 +64,7 @@ def _backend(
             lock_ttl=config.database_lock_ttl,
             create=config.database_create,
             tls_ca_certs=config.database_tls_ca_certs,
+            lock=_PG_LOCKS[config.database_lock],
         )
     if config.type == "redis":
         return _core.RedisBackend(

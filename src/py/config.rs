@@ -10,6 +10,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use super::enums::PyPostgresLock;
 use crate::expiry::Expiry;
 use crate::record::Keys;
 use crate::store::redis::Secret;
@@ -173,6 +174,7 @@ impl PyPostgresBackend {
         lock_ttl = 60.0,
         create = true,
         tls_ca_certs = None,
+        lock = PyPostgresLock::Row,
     ))]
     fn new(
         url: String,
@@ -184,9 +186,16 @@ impl PyPostgresBackend {
         lock_ttl: f64,
         create: bool,
         tls_ca_certs: Option<Vec<u8>>,
+        lock: PyPostgresLock,
     ) -> PyResult<Self> {
         if pool_size == 0 {
             return Err(PyValueError::new_err("pool_size must be at least 1"));
+        }
+        if lock == PyPostgresLock::Advisory && pool_size < 2 {
+            // A holder keeps one connection; its other statements need another.
+            return Err(PyValueError::new_err(
+                "pool_size must be at least 2 with the advisory lock",
+            ));
         }
         Ok(PyPostgresBackend(PostgresConfig {
             url,
@@ -196,6 +205,7 @@ impl PyPostgresBackend {
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             timeout: seconds("timeout", timeout)?,
             lock_ttl: seconds("lock_ttl", lock_ttl)?,
+            lock: lock.into(),
             create,
             tls_ca_certs,
         }))
@@ -209,6 +219,11 @@ impl PyPostgresBackend {
     #[getter]
     fn schema(&self) -> Option<&str> {
         self.0.schema.as_deref()
+    }
+
+    #[getter]
+    fn lock(&self) -> PyPostgresLock {
+        self.0.lock.into()
     }
 }
 

@@ -1,10 +1,11 @@
 //! The enums of the boundary: what an open found, what a payload is, which backend a store
-//! is, what a walk does. Python sees members (`OpenStatus.Found`), never magic integers;
+//! is, what a walk does, how PostgreSQL locks. Python sees members (`OpenStatus.Found`), never magic integers;
 //! each mirrors a core enum and converts from or to it here, in one place.
 
 use pyo3::prelude::*;
 
 use crate::report::WalkMode;
+use crate::store::postgres::LockMode;
 use crate::store::{BackendKind, Opened, PayloadKind};
 
 /// Which backend a store is.
@@ -124,6 +125,42 @@ impl From<PyWalkMode> for WalkMode {
             PyWalkMode::Clear => WalkMode::Clear,
             PyWalkMode::Rekey => WalkMode::Rekey,
             PyWalkMode::RekeyDryRun => WalkMode::RekeyDryRun,
+        }
+    }
+}
+
+/// How the PostgreSQL backend locks a session (`SESSION_DATABASE_LOCK`): a lock row in
+/// the session's row (any server, any pooler) or a session-level advisory lock
+/// (PostgreSQL 14+, no transaction pooling).
+#[pyclass(
+    name = "PostgresLock",
+    module = "flask_beaker_session._core",
+    from_py_object,
+    eq,
+    eq_int,
+    hash,
+    frozen
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PyPostgresLock {
+    Row,
+    Advisory,
+}
+
+impl From<PyPostgresLock> for LockMode {
+    fn from(mode: PyPostgresLock) -> Self {
+        match mode {
+            PyPostgresLock::Row => LockMode::Row,
+            PyPostgresLock::Advisory => LockMode::Advisory,
+        }
+    }
+}
+
+impl From<LockMode> for PyPostgresLock {
+    fn from(mode: LockMode) -> Self {
+        match mode {
+            LockMode::Row => PyPostgresLock::Row,
+            LockMode::Advisory => PyPostgresLock::Advisory,
         }
     }
 }

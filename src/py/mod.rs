@@ -20,7 +20,7 @@ pub mod _core {
         PyFileBackend, PyMemoryBackend, PyPostgresBackend, PyRedisBackend, PyStoreConfig,
     };
     #[pymodule_export]
-    use super::enums::{PyBackendKind, PyOpenStatus, PyPayloadKind, PyWalkMode};
+    use super::enums::{PyBackendKind, PyOpenStatus, PyPayloadKind, PyPostgresLock, PyWalkMode};
     #[pymodule_export]
     use super::handle::PyHandle;
     #[pymodule_export]

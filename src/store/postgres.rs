@@ -11,31 +11,29 @@
 //!   its own (autocommit, one round trip). Any failure to reach or hear from the server is
 //!   `StoreError::Unavailable` (a 503 with `Retry-After`); a pool found dead after a restart
 //!   reconnects by itself.
-//! * Lock: a lock *column* rather than a row lock or an advisory lock, because both of
-//!   those live in a server session: a request holding one would pin a connection for its
-//!   whole duration, and each waiter would pin another. Here the lock is data: one
-//!   `UPDATE … SET lock_token = <token>, lock_expires = now + ttl WHERE lock is free or
-//!   lapsed RETURNING record` takes it and reads the record in one round trip; a waiter
-//!   polls with back-off (threads of one process queue on the in-process `ThreadLock`
-//!   first, so only one of them polls) and holds no connection between polls. Saves,
-//!   touches and deletes are compare-and-set on the token and release the lock in the
-//!   same statement: a request whose lock lapsed (`lock_ttl`, the server's clock) and was
-//!   taken by another never overwrites the newer data (`StoreError::LockLost`). A bare
-//!   release (a read-only request) is sent without waiting for its answer (pipelined):
-//!   a read-only request costs one round trip, a read-write one two, a new session one.
-//!   Taking the lock and the bare release change only the lock columns, so they commit
-//!   without waiting for the WAL flush (`LOCK_ONLY`: losing them in a crash fails
-//!   closed); saves, touches, deletes and creates commit as the server is configured.
-//! * A lock this process may have left behind (its release failed: the server was down)
-//!   is remembered with its token; the next request of that session in this process takes
-//!   it over at once instead of waiting for it to lapse. Other processes wait `lock_ttl`.
+//! * Lock (`lock`): one of two modes, `LockMode::Row` (the default: an owner token and
+//!   expiry in the row, taken and read by one `UPDATE … RETURNING`, works on any server
+//!   and through any pooler) or `LockMode::Advisory` (a session-level advisory lock kept
+//!   on the holder's connection: a read-only request writes nothing; PostgreSQL 14+, no
+//!   transaction pooling). A waiter polls with back-off and holds no connection between
+//!   polls. Saves, touches and deletes carry the mode's guard (`LockMode::write_guard`)
+//!   and let the lock go in the same round trip; a request whose lock was lost meanwhile
+//!   never overwrites newer data (`StoreError::LockLost`). A read-only request's release
+//!   is sent without waiting for its answer: it costs one round trip, a read-write one
+//!   two, a new session one, in both modes.
+//! * A lock row this process may have left behind (its release failed: the server was
+//!   down) is remembered with its token; the next request of that session in this process
+//!   takes it over at once instead of waiting for it to lapse. Other processes wait
+//!   `lock_ttl`. (An advisory lock goes with its connection.)
 //! * Every statement is safe to send twice (the pool retries one that met a dead pooled
-//!   connection): taking a lock accepts our own token, and the compare-and-set ones fail
-//!   closed (`LockLost`, never a lost update).
+//!   connection): taking a lock row accepts our own token, and the guarded writes fail
+//!   closed (`LockLost`, never a lost update); the advisory mode's lock-holding statements
+//!   are never retried on another connection.
 //! * Last access, on the injected clock: the later of the record's save time and
 //!   `touched_at`, exactly as the Redis backend's `a:` key; a touch writes only
 //!   `touched_at` and `expires_at`, never the record.
 
+mod lock;
 mod pool;
 mod schema;
 mod user_index;
@@ -51,7 +49,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::{self, Expiry};
-use crate::lock::{clear_if_free, generation, lock, ForkLocal, LockKey, LockScope, ThreadLock};
+use crate::lock::{clear_if_free, lock, ForkLocal, LockKey, LockScope, ThreadLock};
 use crate::record::{self, Rekey};
 use crate::report::{Report, WalkMode, SIZE_BUCKETS};
 use crate::shard;
@@ -61,13 +59,16 @@ use crate::store::{
     StoreConfig,
 };
 
+use lock::{Hold, LockSql, Locked};
 use pool::{Param, Pool};
 use schema::Table;
 
+pub use lock::LockMode;
 pub use schema::{is_identifier, MAX_TABLE_LEN};
 
-/// Rows removed per statement by a sweep or a clear (each stays well within the
-/// statement timeout, and never holds many row locks).
+/// Rows removed per statement by a clear, read per page by `rekey` (each statement stays
+/// well within the statement timeout, and never holds many row locks; the sweep's batch
+/// depends on the lock mode, `LockMode::sweep_batch`).
 const BATCH: i64 = 1000;
 
 /// Makes the statement's own transaction commit asynchronously (`synchronous_commit =
@@ -103,8 +104,11 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// Bound on each statement (`statement_timeout`, and client-side).
     pub timeout: Duration,
-    /// How long a session lock lives if its holder never releases it (a crashed worker).
+    /// How long a session lock lives if its holder never releases it: a lock row's
+    /// expiry; the advisory mode's `idle_session_timeout` (a hung holder).
     pub lock_ttl: Duration,
+    /// How sessions are locked.
+    pub lock: LockMode,
     /// Whether the first use creates the table when it is missing.
     pub create: bool,
     /// PEM CA certificates to trust for TLS instead of the public ones.
@@ -118,6 +122,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("pool_size", &self.pool_size)
+            .field("lock", &self.lock)
             .finish_non_exhaustive()
     }
 }
@@ -148,10 +153,8 @@ fn tls_for(ca_certs: Option<&[u8]>) -> StoreResult<MakeRustlsConnect> {
 
 /// The statements of one table, formatted once.
 struct Sql {
-    lock: String,
     save: String,
     touch: String,
-    release: String,
     delete: String,
     create: String,
     stats: String,
@@ -162,45 +165,29 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(t: &str) -> Self {
+    fn new(t: &str, mode: LockMode) -> Self {
         let buckets: String = SIZE_BUCKETS
             .iter()
             .map(|b| format!(", count(*) FILTER (WHERE octet_length(record) <= {b})"))
             .collect();
+        // What every write of a locked session requires of its row ($1 id, $2 the lock's
+        // token or the header read); each also clears the lock row (in the advisory mode
+        // there is none but a lapsed one, which it may as well clear).
+        let guard = mode.write_guard();
+        let sweep_guard = mode.sweep_guard();
+        let rekey_guard = mode.rekey_guard();
         Sql {
-            // Takes the lock if free, lapsed, ours (a repeated statement) or our orphan
-            // ($4), and reads the record; a row with `false` means another holds it, no
-            // row means no session. Committed without waiting for the WAL flush
-            // (`LOCK_ONLY`).
-            lock: format!(
-                "WITH got AS (
-                   UPDATE {t} SET lock_token = $2,
-                     lock_expires = clock_timestamp() + $3 * interval '1 millisecond'
-                   WHERE id = $1 AND (lock_token IS NULL OR lock_token = $2 OR lock_token = $4
-                                      OR lock_expires < clock_timestamp())
-                   RETURNING record, touched_at, {LOCK_ONLY})
-                 SELECT true, record, touched_at FROM got
-                 UNION ALL
-                 SELECT false, NULL, NULL FROM {t}
-                 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM got)"
-            ),
             save: format!(
                 "UPDATE {t} SET record = $3, expires_at = $4, touched_at = NULL,
                    lock_token = NULL, lock_expires = NULL
-                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+                 WHERE id = $1 AND {guard} RETURNING 1"
             ),
             touch: format!(
                 "UPDATE {t} SET touched_at = $3, expires_at = $4, lock_token = NULL,
                    lock_expires = NULL
-                 WHERE id = $1 AND lock_token = $2 RETURNING 1"
+                 WHERE id = $1 AND {guard} RETURNING 1"
             ),
-            // A bare release (a read-only request): lock columns only, committed
-            // without waiting for the WAL flush (`LOCK_ONLY`).
-            release: format!(
-                "UPDATE {t} SET lock_token = NULL, lock_expires = NULL
-                 WHERE id = $1 AND lock_token = $2 RETURNING {LOCK_ONLY}"
-            ),
-            delete: format!("DELETE FROM {t} WHERE id = $1 AND lock_token = $2 RETURNING 1"),
+            delete: format!("DELETE FROM {t} WHERE id = $1 AND {guard} RETURNING 1"),
             create: format!(
                 "INSERT INTO {t} (id, record, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO NOTHING RETURNING 1"
@@ -215,6 +202,7 @@ impl Sql {
                 "WITH d AS (DELETE FROM {t} WHERE id IN (
                    SELECT id FROM {t} WHERE expires_at < $1
                      AND (lock_token IS NULL OR lock_expires < clock_timestamp())
+                     {sweep_guard}
                    LIMIT $2 FOR UPDATE SKIP LOCKED)
                    RETURNING octet_length(record) AS n)
                  SELECT count(*), coalesce(sum(n), 0)::int8 FROM d"
@@ -230,6 +218,7 @@ impl Sql {
             rekey_page: format!("SELECT id, record FROM {t} WHERE id > $1 ORDER BY id LIMIT $2"),
             rekey: format!(
                 "UPDATE {t} SET record = $3 WHERE id = $1 AND substring(record FROM 1 FOR 64) = $2
+                   {rekey_guard}
                  RETURNING 1"
             ),
         }
@@ -240,6 +229,10 @@ struct Shared {
     cfg: StoreConfig,
     table: Table,
     sql: Sql,
+    /// The lock's own statements, and its mode.
+    lock: LockSql,
+    /// The advisory locks' class (first key; `lock::advisory_class`).
+    class: i32,
     pool: Pool,
     lock_ttl_ms: f64,
     timeout: Duration,
@@ -258,15 +251,14 @@ pub struct PostgresHandle {
     store: Arc<Shared>,
     id: SessionId,
     digest: String,
-    token: String,
+    /// The session lock (`None` once let go).
+    hold: Option<Hold>,
     payload: Vec<u8>,
     created: f64,
     last_access: f64,
     seq: u64,
     /// Opened under a fallback key or in the other format (`record::Verified::stale`).
     stale: bool,
-    released: bool,
-    generation: u64,
     _lock: ThreadLock,
 }
 
@@ -295,24 +287,10 @@ fn count(row: &tokio_postgres::Row, i: usize) -> StoreResult<u64> {
     Ok(u64::try_from(column::<i64>(row, i)?).unwrap_or(0))
 }
 
-/// What the lock statement found.
-enum Locked {
-    /// No row: no session.
-    Missing,
-    /// Locked by us: the record and its last touch.
-    Got(Vec<u8>, Option<f64>),
-}
-
 impl Shared {
     fn query(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<tokio_postgres::Row>> {
         self.table.ensure(&self.pool, self.timeout)?;
         self.pool.query(sql, params)
-    }
-
-    /// A statement sent without waiting for its answer (`pool::Pool::send`).
-    fn send(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<()> {
-        self.table.ensure(&self.pool, self.timeout)?;
-        self.pool.send(sql, params)
     }
 
     fn orphans(&self) -> &Mutex<HashMap<String, (String, Instant)>> {
@@ -328,49 +306,6 @@ impl Shared {
             orphans.retain(|_, (_, lapses)| *lapses > now);
         }
         orphans.insert(digest.to_owned(), (token.to_owned(), lapses));
-    }
-
-    /// Takes the session lock and reads the record, polling with back-off until `deadline`.
-    fn lock_and_read(&self, digest: &str, token: &str, deadline: Instant) -> StoreResult<Locked> {
-        let orphan = lock(self.orphans())
-            .get(digest)
-            .map(|(t, _)| t.clone())
-            .unwrap_or_default();
-        let mut backoff = Duration::from_micros(500);
-        loop {
-            let rows = self.query(
-                &self.sql.lock,
-                &[
-                    (&digest, Type::TEXT),
-                    (&token, Type::TEXT),
-                    (&self.lock_ttl_ms, Type::FLOAT8),
-                    (&orphan, Type::TEXT),
-                ],
-            );
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    // The lock may have been taken before the reply was lost.
-                    self.orphan(digest, token);
-                    return Err(e);
-                }
-            };
-            let Some(row) = rows.first() else {
-                return Ok(Locked::Missing);
-            };
-            if column::<bool>(row, 0)? {
-                if !orphan.is_empty() {
-                    lock(self.orphans()).remove(digest);
-                }
-                return Ok(Locked::Got(column(row, 1)?, column(row, 2)?));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.cfg.lock_timed_out());
-            }
-            std::thread::sleep(backoff.min(left));
-            backoff = (backoff * 2).min(POLL_MAX);
-        }
     }
 
     /// Counts the table's rows (`records`, `bytes`, `expired`, `live`, `sizes`).
@@ -435,8 +370,12 @@ impl Shared {
         match record::rekey_value(&self.cfg.keys, digest, value)? {
             Rekey::Reseal(new) if write => {
                 let head = &value[..record::HEADER_LEN];
-                let params: [Param<'_>; 3] =
-                    [(&id, Type::TEXT), (&head, Type::BYTEA), (&new, Type::BYTEA)];
+                let key = lock::advisory_key(id);
+                let mut params: Vec<Param<'_>> =
+                    vec![(&id, Type::TEXT), (&head, Type::BYTEA), (&new, Type::BYTEA)];
+                if self.lock.mode == LockMode::Advisory {
+                    params.extend_from_slice(&[(&self.class, Type::INT4), (&key, Type::INT4)]);
+                }
                 if self.query(&self.sql.rekey, &params)?.is_empty() {
                     report.current += 1; // saved by a request meanwhile
                 } else {
@@ -453,14 +392,25 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes in batches with `sql` (`params` then the batch size) until a batch is short;
-    /// (rows, bytes) removed.
-    fn delete_batches(&self, sql: &str, now: Option<f64>) -> StoreResult<(u64, u64)> {
+    /// Deletes in batches until a batch is short: the sweep's (expired at `now`) or the
+    /// clear's (`None`); (rows, bytes) removed.
+    fn delete_batches(&self, now: Option<f64>) -> StoreResult<(u64, u64)> {
         let (mut rows_total, mut bytes_total) = (0, 0);
+        let batch = match now {
+            Some(_) => self.lock.mode.sweep_batch(),
+            None => BATCH,
+        };
         loop {
             let rows = match now {
-                Some(now) => self.query(sql, &[(&now, Type::FLOAT8), (&BATCH, Type::INT8)])?,
-                None => self.query(sql, &[(&BATCH, Type::INT8)])?,
+                Some(now) => {
+                    let mut params: Vec<Param<'_>> =
+                        vec![(&now, Type::FLOAT8), (&batch, Type::INT8)];
+                    if self.lock.mode == LockMode::Advisory {
+                        params.push((&self.class, Type::INT4));
+                    }
+                    self.query(&self.sql.sweep, &params)?
+                }
+                None => self.query(&self.sql.clear, &[(&batch, Type::INT8)])?,
             };
             let (n, bytes) = match rows.first() {
                 Some(r) => (count(r, 0)?, count(r, 1)?),
@@ -468,7 +418,7 @@ impl Shared {
             };
             rows_total += n;
             bytes_total += bytes;
-            if n < BATCH as u64 {
+            if n < batch as u64 {
                 return Ok((rows_total, bytes_total));
             }
         }
@@ -484,12 +434,20 @@ impl PostgresStore {
         });
         let table = Table::new(pcfg.schema.as_deref(), &pcfg.table, pcfg.create)?;
         let tls = tls_for(pcfg.tls_ca_certs.as_deref())?;
+        // The advisory mode keeps a connection per held session, and always leaves one
+        // for the other statements: two at least; `idle_session_timeout` bounds a hung
+        // holder there.
+        let (size, idle) = match pcfg.lock {
+            LockMode::Row => (pcfg.pool_size, None),
+            LockMode::Advisory => (pcfg.pool_size.max(2), Some(pcfg.lock_ttl)),
+        };
         let pool = Pool::new(
             &pcfg.url,
             Some(tls),
-            pcfg.pool_size,
+            size,
             pcfg.connect_timeout,
             pcfg.timeout,
+            idle,
         )?;
         let scope = LockScope::Server(Arc::from(format!(
             "postgresql\n{}\n{}",
@@ -498,7 +456,9 @@ impl PostgresStore {
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 cfg,
-                sql: Sql::new(&table.qualified),
+                sql: Sql::new(&table.qualified, pcfg.lock),
+                lock: LockSql::new(&table.qualified, pcfg.lock),
+                class: lock::advisory_class(&table.qualified),
                 table,
                 pool,
                 lock_ttl_ms: pcfg.lock_ttl.as_secs_f64() * 1e3,
@@ -527,22 +487,24 @@ impl Store for PostgresStore {
         };
         let (thread_lock, deadline) = lock_thread(key, &shared.cfg)?;
         let digest = shard::digest(id);
-        let token = SessionId::generate()?.to_hex();
-        let Locked::Got(value, touched) = shared.lock_and_read(&digest, &token, deadline)? else {
+        let Some(Locked {
+            value,
+            touched,
+            hold,
+        }) = shared.lock_and_read(&digest, deadline)?
+        else {
             return Ok(Opened::Missing);
         };
         let mut handle = PostgresHandle {
             store: Arc::clone(shared),
             id: *id,
             digest,
-            token,
+            hold: Some(hold),
             payload: Vec::new(),
             created: now,
             last_access: now,
             seq: 0,
             stale: false,
-            released: false,
-            generation: generation(),
             _lock: thread_lock,
         };
         let verified = match record::check_value(&shared.cfg.keys, id, &value) {
@@ -600,13 +562,13 @@ impl Store for PostgresStore {
             WalkMode::RekeyDryRun => shared.rekey(false),
             WalkMode::Sweep => {
                 let mut report = shared.stats(now)?;
-                let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
+                let (removed, bytes) = shared.delete_batches(Some(now))?;
                 report.removed = removed;
                 report.bytes_freed = bytes;
                 Ok(report)
             }
             WalkMode::Clear => {
-                let (removed, bytes) = shared.delete_batches(&shared.sql.clear, None)?;
+                let (removed, bytes) = shared.delete_batches(None)?;
                 Ok(Report {
                     records: removed,
                     bytes,
@@ -623,7 +585,7 @@ impl Store for PostgresStore {
     /// several workers skip each other's rows (`SKIP LOCKED`), so none is coordinated.
     fn sweep_if_due(&self, now: f64, _interval: f64, _: usize) -> StoreResult<Option<Report>> {
         let shared = &self.shared;
-        let (removed, bytes) = shared.delete_batches(&shared.sql.sweep, Some(now))?;
+        let (removed, bytes) = shared.delete_batches(Some(now))?;
         Ok(Some(Report {
             expired: removed,
             removed,
@@ -655,23 +617,19 @@ impl Store for PostgresStore {
 }
 
 impl PostgresHandle {
-    /// Runs one of the token-checking statements; the lock is gone afterwards whatever
-    /// the outcome (released by the statement, or no longer ours). A statement that did
-    /// not get an answer leaves a possible orphan behind.
+    /// Runs one of the guarded writes (`Sql::save`, `touch`, `delete`: `$1` the id, `$2`
+    /// the lock's guard, then `extra`), which lets the lock go in the same round trip; the
+    /// lock is gone afterwards whatever the outcome. No row changed: the lock was lost
+    /// (or the session is gone), `LockLost`.
     fn run(&mut self, sql: &str, extra: &[Param<'_>]) -> StoreResult<()> {
-        let mut params: Vec<Param<'_>> =
-            vec![(&self.digest, Type::TEXT), (&self.token, Type::TEXT)];
-        params.extend_from_slice(extra);
-        let rows = self.store.query(sql, &params);
-        self.released = true;
-        match rows {
-            Ok(rows) if rows.is_empty() => Err(StoreError::LockLost),
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.store.orphan(&self.digest, &self.token);
-                Err(e)
-            }
+        let Some(hold) = self.hold.take() else {
+            return Err(StoreError::LockLost);
+        };
+        let rows = self.store.write_locked(hold, &self.digest, sql, extra)?;
+        if rows.is_empty() {
+            return Err(StoreError::LockLost);
         }
+        Ok(())
     }
 
     /// Removes the session and its lock.
@@ -680,23 +638,10 @@ impl PostgresHandle {
         self.run(&store.sql.delete, &[])
     }
 
-    /// Releases the lock (compare-and-set), without waiting for the server's answer:
-    /// nothing the request does depends on it (a lock no longer ours stays so either
-    /// way), and it saves a read-only request a round trip. The statement is on the wire
-    /// when this returns, so the lock is free as soon as the server reads it. When it
-    /// cannot be sent the lock is remembered as an orphan of this process. Nothing in a
-    /// forked child: the lock is the parent's.
+    /// Lets the lock go without waiting for the server's answer (`Shared::release`).
     fn release(&mut self) {
-        if std::mem::replace(&mut self.released, true) || self.generation != generation() {
-            return;
-        }
-        let store = Arc::clone(&self.store);
-        let released = store.send(
-            &store.sql.release,
-            &[(&self.digest, Type::TEXT), (&self.token, Type::TEXT)],
-        );
-        if released.is_err() {
-            store.orphan(&self.digest, &self.token);
+        if let Some(hold) = self.hold.take() {
+            self.store.release(hold, &self.digest);
         }
     }
 }
@@ -796,6 +741,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(1),
+            lock: LockMode::Row,
             create: true,
             tls_ca_certs: None,
         };
@@ -834,6 +780,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(1),
+            lock: LockMode::Row,
             create: true,
             tls_ca_certs: None,
         };
