@@ -226,7 +226,7 @@ def postgres_table(name: str, data_dir: str) -> str:
     return f"bench_{name}_{run}"
 
 
-def _setup_postgres(app: Flask, data_dir: str, table: str) -> None:
+def _setup_postgres(app: Flask, data_dir: str, table: str, **settings: Any) -> None:
     """This package's PostgreSQL store on its own table, otherwise configured like
     ``ours``."""
     from flask_beaker_session.session import Session
@@ -237,6 +237,7 @@ def _setup_postgres(app: Flask, data_dir: str, table: str) -> None:
         SESSION_DATABASE_TABLE=postgres_table(table, data_dir),
         SESSION_TIMEOUT=TIMEOUT,
         SESSION_EXPIRES=True,
+        **settings,
     )
     Session(app)
 
@@ -244,6 +245,11 @@ def _setup_postgres(app: Flask, data_dir: str, table: str) -> None:
 def setup_ours_postgres(app: Flask, data_dir: str) -> None:
     """This package's PostgreSQL store, otherwise configured like ``ours``."""
     _setup_postgres(app, data_dir, "ours")
+
+
+def setup_ours_postgres_advisory(app: Flask, data_dir: str) -> None:
+    """``ours_postgres`` with the opt-in advisory session lock (its own table)."""
+    _setup_postgres(app, data_dir, "ours_adv", SESSION_DATABASE_LOCK="advisory")
 
 
 def setup_baseline_postgres(app: Flask, data_dir: str) -> None:
@@ -365,6 +371,15 @@ IMPLS: dict[str, Impl] = {
             requirements=(),
             cookie_name="beaker.session.id",
             setup=setup_ours_postgres,
+            group="postgres",
+            venv="ours",
+        ),
+        Impl(
+            name="ours_postgres_advisory",
+            label="flask-beaker-session (this), PostgreSQL, advisory lock",
+            requirements=(),
+            cookie_name="beaker.session.id",
+            setup=setup_ours_postgres_advisory,
             group="postgres",
             venv="ours",
         ),

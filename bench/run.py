@@ -579,7 +579,10 @@ def main(argv: list[str]) -> int:
         # Only on request: the PostgreSQL comparison needs its own venvs and servers.
         skip.add("postgres")
     redis_names = [] if "redis" in skip else impl_names("redis")
-    pg_names = [] if "postgres" in skip else ["ours_redis", *impl_names("postgres")]
+    # The file store too: one run gives the README's backend table (file, Redis, PostgreSQL).
+    pg_names = (
+        [] if "postgres" in skip else ["ours_redis", *impl_names("postgres"), "ours"]
+    )
     if pg_names and args.baseline:
         # Before/after of the PostgreSQL store in the same run (the baseline venv).
         pg_names.insert(pg_names.index("ours_postgres") + 1, "baseline_postgres")
