@@ -158,8 +158,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         by_rep.setdefault(run["rep"], {}).setdefault(run["path"], []).append(
             run["req_per_s"]
         )
-        key = f"{run['path']}#{run['half']}"
-        halves[key] = [*halves.get(key, []), run["req_per_s"]]
+        halves.setdefault(f"{run['path']}#{run['half']}", []).append(run["req_per_s"])
     ratios = [
         statistics.mean(rep["/rw"]) / statistics.mean(rep["/free"])
         for rep in by_rep.values()

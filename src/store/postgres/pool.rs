@@ -404,14 +404,26 @@ impl Pool {
 
     /// A connection of generation `born` was closed (or never opened): frees its slot.
     fn forget_one(&self, born: u64) {
+        self.count_down(born, |state| &mut state.open, false);
+    }
+
+    /// Takes one off the counter `field` picks (if `born` is this generation's: counts
+    /// of an earlier one were left behind with the fork) and wakes one waiter, or all of
+    /// them (`all`) where the count bounds several.
+    fn count_down(&self, born: u64, field: fn(&mut State) -> &mut usize, all: bool) {
         if born != generation() {
             return;
         }
         let slots = self.slots();
         let mut state = lock(&slots.state);
-        state.open = state.open.saturating_sub(1);
+        let count = field(&mut state);
+        *count = count.saturating_sub(1);
         drop(state);
-        slots.freed.notify_one();
+        if all {
+            slots.freed.notify_all();
+        } else {
+            slots.freed.notify_one();
+        }
     }
 
     /// Drops every idle connection (they are as old as one found dead).
@@ -505,14 +517,7 @@ impl Pool {
 
     /// The connection of a lock is no longer kept: counted out of `held`.
     fn unhold(&self, born: u64) {
-        if born != generation() {
-            return;
-        }
-        let slots = self.slots();
-        let mut state = lock(&slots.state);
-        state.held = state.held.saturating_sub(1);
-        drop(state);
-        slots.freed.notify_all();
+        self.count_down(born, |state| &mut state.held, true);
     }
 
     /// A statement and the lock's release, in one round trip on the connection that holds
