@@ -16,11 +16,14 @@ bench venv (a release build of the working tree, ``envs.py``) on:
   ``baseline-cluster``: this package at REF (its bench venv) on the same deployments, to
   show the single-node backend did not get slower and, as ratios to ``baseline-single``,
   what a change did to Sentinel and Cluster (rows ``baseline-*`` are relative to
-  ``baseline-single``, the others to ``single``).
+  ``baseline-single``, the others to ``single``); a last line gives ``single`` over
+  ``baseline-single``. ``--baseline-single-only`` measures the baseline on the single node
+  alone, for a REF from before Sentinel and Cluster existed.
 
 Rounds are interleaved (each round starts with the next configuration); overhead = the
 scenario's median minus the session-free route's, in the same process; the table gives the
-median over rounds and the ratio to ``single``.
+median over rounds and the median of the per-round ratios to ``single``. ``single-aa`` is
+the single node again, as a configuration of its own: its ratio is the run's noise.
 
 Then gunicorn (``load.py``: sync workers, ``-w 2`` and ``-w 4``, the Python load client
 with 2 threads per worker, one connection per request, ``/rw`` over distinct sessions)
@@ -31,7 +34,9 @@ use a Cluster or Sentinel). Each round runs every configuration once per worker 
 in rotating order; req/s is the median over rounds and ``× single`` the median of the
 per-round ratios to ``single`` at the same worker count. ``--quick`` (3 rounds of 200
 requests, 3 load rounds of 2 s) stays under ~5 minutes (about 2 here). ``--pin CPU``
-runs the micro rounds with every Redis process and the worker on one CPU (``pin``).
+runs the micro rounds with every Redis process and the worker on one CPU, ``--pin
+CLIENT:SERVERS`` with the worker on one and every Redis process on the other (``pin``).
+The micro table also gives the CPU time of all Redis processes per session request.
 Results go to ``bench/results/redis-ha-<timestamp>[-quick].json``.
 """
 
@@ -83,14 +88,8 @@ def measure(python: Path, cfg: dict[str, object], n: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def pin(sentinels: RedisSentinels, cluster: RedisCluster, cpus: set[int]) -> None:
-    """Sets the CPU affinity of every Redis process and of this one (hence of the
-    workers it starts).
-
-    On this 2-vCPU VM one loopback round trip costs ~7 µs when client and server share
-    a CPU and ~56 µs when they do not (waking the other vCPU): where the scheduler puts
-    each process decides more than the deployment does. ``--pin`` removes that.
-    """
+def server_pids(sentinels: RedisSentinels, cluster: RedisCluster) -> list[int]:
+    """Every Redis process of both deployments (servers and Sentinels)."""
     servers = [
         sentinels.primary,
         sentinels.replica,
@@ -99,9 +98,51 @@ def pin(sentinels: RedisSentinels, cluster: RedisCluster, cpus: set[int]) -> Non
     ]
     pids = [s.proc.pid for s in servers if s.proc is not None]
     pids += [proc.pid for proc in sentinels.procs]
-    for pid in dict.fromkeys(pids):
-        os.sched_setaffinity(pid, cpus)
-    os.sched_setaffinity(0, cpus)
+    return list(dict.fromkeys(pids))
+
+
+def pin(
+    sentinels: RedisSentinels,
+    cluster: RedisCluster,
+    client: set[int],
+    servers: set[int],
+) -> None:
+    """Sets the CPU affinity of every Redis process (``servers``) and of this one, hence
+    of the workers it starts (``client``).
+
+    On this 2-vCPU VM one loopback round trip costs ~7 µs when client and server share
+    a CPU and ~56-100 µs when they do not (waking the other vCPU): where the scheduler
+    puts each process decides more than the deployment does. Pinning removes that, in
+    one of two ways (``--pin``): everything on one CPU, where round trips are cheapest
+    but every server's CPU time is added to the app's latency (a Cluster's six servers
+    contend for that CPU's caches); or the app on one CPU and every server on the other,
+    where each round trip costs what a network hop does and the servers' work runs
+    beside the app, as on separate hosts.
+    """
+    for pid in server_pids(sentinels, cluster):
+        os.sched_setaffinity(pid, servers)
+    os.sched_setaffinity(0, client)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _base_of(name: str) -> str:
+    """What a configuration's ratios are to: a baseline configuration is compared with
+    the baseline's single node."""
+    return "baseline-single" if name.startswith("baseline-") else "single"
+
+
+def parse_pin(value: str) -> tuple[set[int], set[int]]:
+    """``CPU`` (app and servers on it) or ``CLIENT:SERVERS``."""
+    client, _, servers = value.partition(":")
+    return {int(client)}, {int(servers or client)}
 
 
 def load_phase(
@@ -206,12 +247,18 @@ def main() -> None:
     parser.add_argument("--no-load", action="store_true", help="skip the gunicorn runs")
     parser.add_argument(
         "--pin",
-        type=int,
-        metavar="CPU",
-        help="micro rounds: every Redis process and the worker on this one CPU",
+        type=parse_pin,
+        metavar="CPU[:SERVERS]",
+        help="micro rounds: the worker on CPU, every Redis process on SERVERS "
+        "(default: the same CPU)",
     )
     parser.add_argument(
         "--baseline", help="also measure this package at REF (single node)"
+    )
+    parser.add_argument(
+        "--baseline-single-only",
+        action="store_true",
+        help="the baseline on the single node only (a REF without Sentinel/Cluster)",
     )
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.quick else 5)
@@ -234,6 +281,9 @@ def main() -> None:
         single_url = sentinels.current_primary().url
         configs = {
             "single": (pythons["ours"], config(single_url)),
+            # A/A: the single node again, as a configuration of its own: its ratio to
+            # `single` is the run's noise, to read the other ratios against.
+            "single-aa": (pythons["ours"], config(single_url)),
             "sentinel": (pythons["ours"], config(sentinels.url)),
             "cluster": (pythons["ours"], config(cluster.url)),
             "sentinel-wait1": (pythons["ours"], config(sentinels.url, 1)),
@@ -242,21 +292,38 @@ def main() -> None:
         if args.baseline:
             # The same deployments through the baseline build: its ratios against
             # baseline-single are the "before" of a change, measured in the same rounds.
-            for name in ("single", "sentinel", "cluster"):
+            deployments = (
+                ("single",)
+                if args.baseline_single_only
+                else (
+                    "single",
+                    "sentinel",
+                    "cluster",
+                )
+            )
+            for name in deployments:
                 configs[f"baseline-{name}"] = (pythons["baseline"], configs[name][1])
         order = list(configs)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in order}
         everywhere = os.sched_getaffinity(0)
         if args.pin is not None:
-            pin(sentinels, cluster, {args.pin})
+            pin(sentinels, cluster, *args.pin)
+        pids = server_pids(sentinels, cluster)
         for r in range(args.rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 python, cfg = configs[name]
+                before = cpu_seconds(pids)
                 timed = measure(python, cfg, args.requests)
-                rounds[name].append({s: timed[s] - timed["free"] for s in SCENARIOS})
+                # Every Redis process's CPU over the worker's requests (its warm-up
+                # included: a tenth of them), per session request; both deployments
+                # are counted every time, so their idle work cancels in the ratio.
+                served = int(timed.pop("session_requests"))
+                server_us = (cpu_seconds(pids) - before) / served * 1e6
+                row = {s: timed[s] - timed["free"] for s in SCENARIOS}
+                rounds[name].append({**row, "server_cpu_us": server_us})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         if args.pin is not None:
-            pin(sentinels, cluster, everywhere)
+            pin(sentinels, cluster, everywhere, everywhere)
         runs: dict[str, dict[int, list[dict[str, object]]]] = {}
         if not args.no_load:
             runs = load_phase(
@@ -276,20 +343,49 @@ def main() -> None:
         name: {s: statistics.median(x[s] for x in runs_) / 1000 for s in SCENARIOS}
         for name, runs_ in rounds.items()
     }
+    server_cpu = {
+        name: statistics.median(x["server_cpu_us"] for x in runs_)
+        for name, runs_ in rounds.items()
+    }
+    # Ratios: the median of per-round ratios (each round measures every configuration
+    # back to back, so a slow stretch of the machine moves both sides of a ratio).
+    ratios = {
+        name: {
+            s: statistics.median(
+                mine[s] / base[s]
+                for mine, base in zip(runs_, rounds[_base_of(name)])
+                if base[s] > 0
+            )
+            for s in SCENARIOS
+        }
+        for name, runs_ in rounds.items()
+    }
     lines = [
         "| configuration | "
         + " | ".join(f"{s} µs (× single)" for s in SCENARIOS)
-        + " |",
-        "|---|" + "---|" * len(SCENARIOS),
+        + " | Redis CPU µs per request |",
+        "|---|" + "---|" * (len(SCENARIOS) + 1),
     ]
     for name in order:
-        # A baseline configuration is compared with the baseline's single node.
-        base = "baseline-single" if name.startswith("baseline-") else "single"
-        cells = [
-            f"{overhead[name][s]:.0f} ({overhead[name][s] / overhead[base][s]:.2f})"
-            for s in SCENARIOS
-        ]
+        cells = [f"{overhead[name][s]:.0f} ({ratios[name][s]:.2f})" for s in SCENARIOS]
+        cells.append(f"{server_cpu[name]:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "baseline-single" in rounds:
+        # The single node now against the single node at REF, in the same rounds.
+        before = {
+            s: statistics.median(
+                mine[s] / base[s]
+                for mine, base in zip(rounds["single"], rounds["baseline-single"])
+                if base[s] > 0
+            )
+            for s in SCENARIOS
+        }
+        ratios["single/baseline-single"] = before
+        lines.append("")
+        lines.append(
+            "single ÷ baseline-single: "
+            + ", ".join(f"{s} {before[s]:.2f}" for s in SCENARIOS)
+        )
     table = "\n".join(lines)
     print(table)
     summary = load_summary(runs) if runs else {}
@@ -297,6 +393,9 @@ def main() -> None:
     if gunicorn_table:
         print()
         print(gunicorn_table)
+    pinned = None
+    if args.pin is not None:
+        pinned = {"client": sorted(args.pin[0]), "servers": sorted(args.pin[1])}
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -306,11 +405,13 @@ def main() -> None:
             {
                 "rounds": rounds,
                 "overhead_us": overhead,
+                "server_cpu_us": server_cpu,
+                "ratios": ratios,
                 "table": table,
                 "gunicorn_runs": runs,
                 "gunicorn": summary,
                 "gunicorn_table": gunicorn_table,
-                "args": vars(args),
+                "args": {**vars(args), "pin": pinned},
                 "load_average": [load_before, os.getloadavg()[0]],
                 "seconds": time.monotonic() - started,
                 "cpus": os.cpu_count(),

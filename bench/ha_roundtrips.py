@@ -2,6 +2,7 @@
 cost, on the single node, via Sentinel and on a Cluster (``docs/redis-ha.md``).
 
     .venv/bin/python bench/ha_roundtrips.py [--requests 200] [--pings 2000] [--rounds 5]
+        [--pin CPU[:SERVERS]]
 
 Runs in the development venv (this package as ``make test`` installs it; counts do not
 depend on the build profile) with the fixtures of ``tests/redis_ha.py``:
@@ -11,7 +12,8 @@ depend on the build profile) with the fixtures of ``tests/redis_ha.py``:
   events on client connections, i.e. round trips, a pipeline being one) and ``INFO
   commandstats``, summed over the primaries (a Cluster's three); the snapshots' own
   reads and ``INFO`` calls are subtracted.
-* **One round trip** (no client library): a raw RESP ``PING`` and ``GET`` loop over one
+* **One round trip** (no client library): a raw RESP ``PING``, ``GET`` and ``SET`` (300
+  bytes) loop over one
   socket to the single node and to a Cluster primary, interleaved rounds, median µs per
   command. The difference is the server's (cluster mode, and six servers plus their
   cluster bus sharing the cores) and is paid once per round trip.
@@ -32,6 +34,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 
+from ha_bench import parse_pin, pin  # noqa: E402
 from redis_ha import RedisCluster, RedisSentinels  # noqa: E402
 from redis_server import Resp, RespError  # noqa: E402
 
@@ -122,6 +125,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--pin",
+        type=parse_pin,
+        metavar="CPU[:SERVERS]",
+        help="the raw round trips with this process on CPU and every Redis process on "
+        "SERVERS (default: the same CPU), as ha_bench.py --pin",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-redis-rt-"))
     with (
@@ -144,10 +154,15 @@ def main() -> None:
             r("SET", "k", "v")
         with Resp(primary.port) as r:
             r("SET", "k", "v")
+        value = b"v" * 300  # about a small session's record
         commands = {
             "PING": b"*1\r\n$4\r\nPING\r\n",
             "GET": b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+            # A write, replicated to the node's replica like a session save.
+            "SET": b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$300\r\n" + value + b"\r\n",
         }
+        if args.pin is not None:
+            pin(sentinels, cluster, *args.pin)
         latency: dict[str, dict[str, list[float]]] = {
             name: {"single": [], "cluster": []} for name in commands
         }
@@ -182,7 +197,10 @@ def main() -> None:
                 "per_request": counts,
                 "round_trip_us": latency,
                 "summary": summary,
-                "args": vars(args),
+                "args": {
+                    **vars(args),
+                    "pin": None if args.pin is None else [sorted(x) for x in args.pin],
+                },
             },
             indent=2,
         )

@@ -4,7 +4,8 @@ One Flask app on the Redis deployment named by a JSON config, the benchmark rout
 ``apps``, and per scenario the median time of ``client.get`` over N requests (after a
 warm-up), printed as one JSON object. Scenarios: ``free`` (no session: the baseline),
 ``ro`` (reads a key), ``rw`` (increments a counter), ``new`` (no cookie: creates a
-session).
+session). Also printed: ``session_requests``, how many requests used Redis (warm-ups
+included), for ``ha_bench.py``'s Redis CPU per request.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(config_json: str, n: str) -> None:
     assert cookie is not None
     header = {"Cookie": f"beaker.session.id={cookie.value}"}
     out = {}
+    session_requests = 1  # the /rw above
     for scenario, path, headers in (
         ("free", "/free", {}),
         ("ro", "/ro", header),
@@ -41,8 +43,11 @@ def main(config_json: str, n: str) -> None:
         ("new", "/rw", {}),
     ):
         fresh = app.test_client(use_cookies=False)
-        for _ in range(max(10, count // 10)):
+        warm = max(10, count // 10)
+        for _ in range(warm):
             fresh.get(path, headers=headers)
+        if scenario != "free":
+            session_requests += warm + count
         samples = []
         for _ in range(count):
             started = time.perf_counter_ns()
@@ -50,6 +55,8 @@ def main(config_json: str, n: str) -> None:
             samples.append(time.perf_counter_ns() - started)
             assert response.status_code == 200, (scenario, response.status_code)
         out[scenario] = statistics.median(samples)
+    # For ha_bench's Redis CPU per request: the requests that used Redis.
+    out["session_requests"] = session_requests
     print(json.dumps(out))
 
 
