@@ -109,9 +109,11 @@ impl PyHandle {
         let large = if self.segments.is_empty() {
             None
         } else {
-            let entries = self.segments.entries().iter().map(|e| {
-                (PyBytes::new(py, &e.key), e.kind == Kind::Bytes)
-            });
+            let entries = self
+                .segments
+                .entries()
+                .iter()
+                .map(|e| (PyBytes::new(py, &e.key), e.kind == Kind::Bytes));
             Some(PyTuple::new(py, entries)?)
         };
         Ok(Some((
@@ -127,7 +129,11 @@ impl PyHandle {
     /// its segment does not verify (the record was altered): the value must be treated as
     /// absent. Works after the handle was released. IndexError for an index the record
     /// did not list.
-    fn open_large<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn open_large<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let segments = &self.segments;
         let len = segments
             .plain_len(index)

@@ -103,7 +103,9 @@ impl PyStore {
             large: &values,
             loaded: None,
         };
-        guarded(py, || self.inner.create_payload(&id, &payload, created, now))?;
+        guarded(py, || {
+            self.inner.create_payload(&id, &payload, created, now)
+        })?;
         Ok(())
     }
 

@@ -241,7 +241,10 @@ pub fn seal(
     created: f64,
     payload: &Payload<'_>,
 ) -> StoreResult<Vec<u8>> {
-    segments::build(&sealer_for(keys, id.digest(), created, keys.seals()), payload)
+    segments::build(
+        &sealer_for(keys, id.digest(), created, keys.seals()),
+        payload,
+    )
 }
 
 /// `plain` sealed under `key` with a fresh random nonce: nonce ‖ ciphertext ‖ tag. Fails
@@ -584,7 +587,15 @@ pub fn encode_header(
     saved_at: f64,
     stored: &[u8],
 ) -> [u8; HEADER_LEN] {
-    header_for(keys, id.digest(), keys.seals(), seq, created, saved_at, stored)
+    header_for(
+        keys,
+        id.digest(),
+        keys.seals(),
+        seq,
+        created,
+        saved_at,
+        stored,
+    )
 }
 
 fn header_for(
@@ -756,7 +767,7 @@ pub fn slot_size_for(len: usize) -> usize {
 #[derive(Debug, PartialEq)]
 pub enum Choice {
     /// Slot index and what it holds, verified and opened.
-    Valid(usize, Verified),
+    Valid(usize, Box<Verified>),
     /// No valid slot; at least one was written by a newer format version.
     Newer(u16),
     /// No valid slot, but at least one is whole and well-formed and only its tag fails under
@@ -839,7 +850,7 @@ where
             if stored.len() == header.payload_len {
                 let stored = Arc::new(stored);
                 if let Some(verified) = open_bound(keys, heads[i], &header, bind, stored, 0) {
-                    return Choice::Valid(i, verified);
+                    return Choice::Valid(i, Box::new(verified));
                 }
                 whole = true;
             }

@@ -391,7 +391,12 @@ pub(super) fn build(sealer: &Sealer, payload: &Payload<'_>) -> StoreResult<Vec<u
             }
             Source::Seal(plain) if sealer.sealed => {
                 let start = out.len();
-                let tag = seal_into(&mut out, &sealer.seal, &sealer.segment_ad(*kind, key), plain)?;
+                let tag = seal_into(
+                    &mut out,
+                    &sealer.seal,
+                    &sealer.segment_ad(*kind, key),
+                    plain,
+                )?;
                 debug_assert_eq!(out.len() - start, plain.len() + OVERHEAD);
                 auths.push(tag);
             }
@@ -419,7 +424,8 @@ pub(super) fn build(sealer: &Sealer, payload: &Payload<'_>) -> StoreResult<Vec<u
         region[..NONCE_LEN].copy_from_slice(&nonce);
         let body = &mut region[NONCE_LEN..NONCE_LEN + head_plain];
         body.copy_from_slice(&head);
-        let tag = aead::seal_in_place(&sealer.seal, &nonce, &sealer.ad, body).ok_or_else(too_large)?;
+        let tag =
+            aead::seal_in_place(&sealer.seal, &nonce, &sealer.ad, body).ok_or_else(too_large)?;
         region[NONCE_LEN + head_plain..].copy_from_slice(&tag);
     } else {
         region.copy_from_slice(&head);
@@ -511,6 +517,26 @@ pub(super) fn open_head(
     Some((plain, segments))
 }
 
+/// What [`parse_unsealed`] found: the small pickle, and each segment opened (None: it does
+/// not verify).
+pub type Parsed = (Vec<u8>, Vec<Option<Vec<u8>>>);
+
+/// The head parser alone, on unsealed stored bytes taken as authentic (for the fuzz target
+/// and property tests: the parser must never panic nor describe bytes outside the input,
+/// whatever the head says). Returns the small pickle and every segment, opened.
+#[doc(hidden)]
+pub fn parse_unsealed(stored: &[u8]) -> Option<Parsed> {
+    let sealer = Sealer {
+        sealed: false,
+        seal: Zeroizing::new([0u8; 32]),
+        hash: Zeroizing::new([0u8; 32]),
+        ad: [0u8; AD_LEN],
+    };
+    let (small, segs) = open_head(sealer, Arc::new(stored.to_vec()), 0, stored.len())?;
+    let opened = (0..segs.entries.len()).map(|i| segs.open(i)).collect();
+    Some((small, opened))
+}
+
 fn open_sealed(key: &[u8; 32], ad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let len = sealed.len();
     if len < OVERHEAD {
@@ -520,4 +546,244 @@ fn open_sealed(key: &[u8; 32], ad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let tag: [u8; aead::TAG_LEN] = sealed[len - aead::TAG_LEN..].try_into().ok()?;
     let mut body = sealed[NONCE_LEN..len - aead::TAG_LEN].to_vec();
     aead::open_in_place(key, &nonce, ad, &mut body, &tag).then_some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    fn id() -> SessionId {
+        SessionId::parse("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    fn keys(sealed: bool) -> Keys {
+        Keys::new(&[b"secret".to_vec()]).encrypting(sealed)
+    }
+
+    fn blob(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    fn open_value(keys: &Keys, id: &SessionId, slot: &[u8]) -> Option<Verified> {
+        check_value(keys, id, slot).ok()
+    }
+
+    /// A slot with small pickle `small` and two large values.
+    fn slot_with(keys: &Keys, seq: u64, small: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
+        let large = [
+            Value::New {
+                key: b"ka",
+                kind: Kind::Pickle,
+                plain: a,
+            },
+            Value::New {
+                key: b"kb",
+                kind: Kind::Bytes,
+                plain: b,
+            },
+        ];
+        let payload = Payload {
+            small,
+            large: &large,
+            loaded: None,
+        };
+        encode_slot(keys, &id(), seq, 1.0, 2.0, payload).unwrap()
+    }
+
+    #[test]
+    fn large_values_round_trip_and_open_one_at_a_time() {
+        for sealed in [true, false] {
+            let keys = keys(sealed);
+            let (a, b) = (blob(10_000, 1), blob(5_000, 2));
+            let slot = slot_with(&keys, 1, b"small", &a, &b);
+            let v = open_value(&keys, &id(), &slot).unwrap();
+            assert_eq!(v.header.version, VERSION);
+            assert_eq!((v.payload.as_slice(), v.stale), (&b"small"[..], false));
+            let e = v.segments.entries();
+            assert_eq!(
+                (e.len(), &e[0].key[..], e[0].kind, e[1].kind),
+                (2, &b"ka"[..], Kind::Pickle, Kind::Bytes)
+            );
+            assert_eq!(v.segments.open(0).unwrap(), a);
+            assert_eq!(v.segments.open(1).unwrap(), b);
+            assert!(v.segments.open(2).is_none());
+            // Sealed: neither value nor key shows in the stored bytes.
+            let shows = |needle: &[u8]| slot.windows(needle.len()).any(|w| w == needle);
+            assert_eq!(shows(&a[..64]), !sealed);
+            assert_eq!(shows(b"ka\x00"), !sealed);
+        }
+    }
+
+    #[test]
+    fn a_bad_segment_fails_alone_and_only_when_used() {
+        for sealed in [true, false] {
+            let keys = keys(sealed);
+            let (a, b) = (blob(10_000, 1), blob(5_000, 2));
+            let slot = slot_with(&keys, 1, b"small", &a, &b);
+            // The last byte belongs to segment 2: the record opens, segment 1 too.
+            let mut bad = slot.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            let v = open_value(&keys, &id(), &bad).unwrap();
+            assert_eq!(v.segments.open(0).unwrap(), a);
+            assert!(v.segments.open(1).is_none());
+            // A flipped byte anywhere in the head (or header): the record does not open.
+            let head_end = HEADER_LEN + 4 + covered(&slot[HEADER_LEN..]).unwrap().len() - 4;
+            for at in (0..head_end).step_by(7) {
+                let mut bad = slot.clone();
+                bad[at] ^= 0x40;
+                assert!(open_value(&keys, &id(), &bad).is_none(), "byte {at}");
+            }
+            // Truncated or extended: refused.
+            assert!(open_value(&keys, &id(), &slot[..slot.len() - 1]).is_none());
+            let mut longer = slot.clone();
+            longer.push(0);
+            assert!(open_value(&keys, &id(), &longer).is_none());
+            // Another id: refused.
+            let other = SessionId::parse("ffffffffffffffffffffffffffffffff").unwrap();
+            assert!(open_value(&keys, &other, &slot).is_none());
+        }
+    }
+
+    #[test]
+    fn segments_swapped_from_another_record_or_version_do_not_open() {
+        for sealed in [true, false] {
+            let keys = keys(sealed);
+            let (a, b) = (blob(10_000, 1), blob(5_000, 2));
+            let first = slot_with(&keys, 1, b"small", &a, &b);
+            // Same sizes, other contents: a later version of this record.
+            let later = slot_with(&keys, 2, b"small", &blob(10_000, 3), &blob(5_000, 4));
+            let len = first.len();
+            assert_eq!(len, later.len());
+            let seg2 = 5_000 + if sealed { OVERHEAD } else { 0 };
+            let mut mixed = first.clone();
+            mixed[len - seg2..].copy_from_slice(&later[len - seg2..]);
+            let v = open_value(&keys, &id(), &mixed).unwrap();
+            assert_eq!(v.segments.open(0).unwrap(), a);
+            assert!(v.segments.open(1).is_none(), "older/newer segment accepted");
+            // Another record's segment (another id), same key and size (other contents:
+            // unsealed, identical bytes are the same value and may well verify).
+            let other = SessionId::parse("ffffffffffffffffffffffffffffffff").unwrap();
+            let theirs_b = if sealed { b.clone() } else { blob(5_000, 7) };
+            let large = [Value::New {
+                key: b"kb",
+                kind: Kind::Bytes,
+                plain: &theirs_b,
+            }];
+            let theirs = encode_slot(
+                &keys,
+                &other,
+                1,
+                1.0,
+                2.0,
+                Payload {
+                    small: b"",
+                    large: &large,
+                    loaded: None,
+                },
+            )
+            .unwrap();
+            let mut mixed = first.clone();
+            mixed[len - seg2..].copy_from_slice(&theirs[theirs.len() - seg2..]);
+            let v = open_value(&keys, &id(), &mixed).unwrap();
+            assert!(
+                v.segments.open(1).is_none(),
+                "another record's segment accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn unchanged_segments_are_reused_byte_for_byte_and_resealed_under_a_new_key() {
+        for sealed in [true, false] {
+            let keys = keys(sealed);
+            let (a, b) = (blob(10_000, 1), blob(5_000, 2));
+            let slot = slot_with(&keys, 1, b"small", &a, &b);
+            let v = open_value(&keys, &id(), &slot).unwrap();
+            let large = [
+                Value::Reuse(0),
+                Value::New {
+                    key: b"kc",
+                    kind: Kind::Pickle,
+                    plain: &blob(6_000, 9),
+                },
+            ];
+            let payload = Payload {
+                small: b"changed",
+                large: &large,
+                loaded: Some(&v.segments),
+            };
+            let next = encode_slot(&keys, &id(), 2, 1.0, 3.0, payload).unwrap();
+            let seg1 = 10_000 + if sealed { OVERHEAD } else { 0 };
+            let start = |s: &[u8]| HEADER_LEN + covered(&s[HEADER_LEN..]).unwrap().len();
+            assert_eq!(
+                &next[start(&next)..start(&next) + seg1],
+                &slot[start(&slot)..start(&slot) + seg1],
+                "segment not reused as stored"
+            );
+            let w = open_value(&keys, &id(), &next).unwrap();
+            assert_eq!(w.payload, b"changed");
+            assert_eq!(w.segments.open(0).unwrap(), a);
+            assert_eq!(w.segments.open(1).unwrap(), blob(6_000, 9));
+            // A reuse index the record does not have is the caller's error.
+            let bad = [Value::Reuse(5)];
+            let payload = Payload {
+                small: b"",
+                large: &bad,
+                loaded: Some(&v.segments),
+            };
+            assert!(matches!(
+                encode_slot(&keys, &id(), 2, 1.0, 3.0, payload),
+                Err(StoreError::BadPayload(_))
+            ));
+            // Under a new key (the old as fallback): opened stale, and a save re-seals the
+            // reused segment under the new key, which then opens it alone.
+            let rotated = Keys::new(&[b"new".to_vec(), b"secret".to_vec()]).encrypting(sealed);
+            let v = open_value(&rotated, &id(), &slot).unwrap();
+            assert!(v.stale && v.fallback);
+            let reuse = [Value::Reuse(0), Value::Reuse(1)];
+            let payload = Payload {
+                small: b"small",
+                large: &reuse,
+                loaded: Some(&v.segments),
+            };
+            let resealed = encode_slot(&rotated, &id(), 2, 1.0, 3.0, payload).unwrap();
+            let only_new = Keys::new(&[b"new".to_vec()]).encrypting(sealed);
+            let w = open_value(&only_new, &id(), &resealed).unwrap();
+            assert_eq!(
+                (w.segments.open(0).unwrap(), w.segments.open(1).unwrap()),
+                (a.clone(), b.clone())
+            );
+            // A rekey walk does the same, known by digest only.
+            let digest = crate::shard::digest_bytes(&id());
+            let Ok(Rekey::Reseal(walked)) = rekey_value(&rotated, &digest, &slot) else {
+                panic!("not resealed");
+            };
+            let w = open_value(&only_new, &id(), &walked).unwrap();
+            assert_eq!(
+                (w.segments.open(0).unwrap(), w.segments.open(1).unwrap()),
+                (a.clone(), b.clone())
+            );
+            assert!(matches!(
+                rekey_value(&only_new, &digest, &walked),
+                Ok(Rekey::Current)
+            ));
+        }
+    }
+
+    #[test]
+    fn version_2_records_are_rekeyed_to_version_3() {
+        let keys = keys(true);
+        let old = encode_slot_v2(&keys, &id(), 4, 1.0, 2.0, b"pickle").unwrap();
+        let digest = crate::shard::digest_bytes(&id());
+        let Ok(Rekey::Reseal(new)) = rekey_value(&keys, &digest, &old) else {
+            panic!("not rewritten");
+        };
+        let v = open_value(&keys, &id(), &new).unwrap();
+        assert_eq!(
+            (v.header.version, v.header.seq, v.stale),
+            (VERSION, 5, false)
+        );
+        assert_eq!(v.payload, b"pickle");
+    }
 }

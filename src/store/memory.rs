@@ -115,13 +115,14 @@ impl Store for MemoryStore {
             return Ok(Opened::Expired);
         }
         // Written by this process with its keys: it only fails to check if garbled.
-        let verified = match record::check_owned(&self.shared.cfg.keys, id, Arc::clone(&entry.value)) {
-            Ok(v) => v,
-            Err(refused) => {
-                data.remove(id);
-                return Ok(refused.into());
-            }
-        };
+        let verified =
+            match record::check_owned(&self.shared.cfg.keys, id, Arc::clone(&entry.value)) {
+                Ok(v) => v,
+                Err(refused) => {
+                    data.remove(id);
+                    return Ok(refused.into());
+                }
+            };
         Ok(Opened::Found(Box::new(MemoryHandle {
             store: Arc::clone(&self.shared),
             id: *id,

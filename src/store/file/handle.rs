@@ -118,7 +118,9 @@ impl FileHandle {
         let tmp = self.path.with_file_name(&tmp_name);
         let keys = self.store.keys.signing()?;
         let mut slot = Vec::with_capacity(HEADER_LEN + stored.len());
-        slot.extend_from_slice(&record::encode_header(keys, &self.id, seq, created, now, stored));
+        slot.extend_from_slice(&record::encode_header(
+            keys, &self.id, seq, created, now, stored,
+        ));
         slot.extend_from_slice(stored);
         let slot_size = record::slot_size_for(slot.len() - HEADER_LEN);
         // The record's shard: known for a record; for a legacy session, reached (and
