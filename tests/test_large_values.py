@@ -493,8 +493,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "records_v2"
 def test_version_2_and_1_records_load_and_are_rewritten_as_version_3(
     data_dir: Path, name: str
 ) -> None:
-    """Records written by 0.4's code (tests/fixtures/records_v2, made with the build on
-    main before this change: ``make_fixtures.py`` there): read, then saved as version 3."""
+    """Records written by the code before this format (tests/fixtures/records_v2, made with
+    the build on main before segmented records: ``make_fixtures.py`` there): read, then saved as version 3."""
     fixture = FIXTURES / name
     meta = json.loads((fixture / "meta.json").read_text())
     sid = meta["sid"]

@@ -61,7 +61,8 @@ use segments::{Sealer, AD_LEN};
 pub const MAGIC: [u8; 4] = *b"FBSR";
 /// The highest format version this build reads, and the one it writes (sealed or not).
 pub const VERSION: u16 = 3;
-/// The format version 0.4's sealed records had (read, rewritten as version 3).
+/// The format version of sealed records before segmentation (unreleased builds of 0.4
+/// between encryption and `segments`): read, and rewritten as version 3.
 pub const VERSION_SEALED: u16 = 2;
 /// The format version of unsealed records (what 0.2 and 0.3 wrote, and still read).
 pub const VERSION_PLAIN: u16 = 1;
@@ -638,7 +639,7 @@ pub fn encode_slot<'a>(
 }
 
 /// A slot in a format this build no longer writes (version 1 when the keys do not seal,
-/// else 2), for tests of upgrades: what 0.3 and 0.4 wrote.
+/// else 2), for tests of upgrades: what 0.3 wrote, and builds before `segments`.
 #[doc(hidden)]
 pub fn encode_slot_v2(
     keys: &Keys,
@@ -699,7 +700,7 @@ pub enum Rekey {
 
 /// The new slot re-sealing `v` (opened by digest) under the current key, in version 3,
 /// head and every large segment; `None` if it is current already. A rewritten record is
-/// sealed whenever the keys are keyed, even with encryption off (as 0.4 did), so a walk
+/// sealed whenever the keys are keyed, even with encryption off (as version 2 was), so a walk
 /// never turns a sealed record into a plain one.
 pub fn reseal(keys: &Keys, digest: &[u8; 32], v: &Verified) -> StoreResult<Option<Vec<u8>>> {
     let h = &v.header;
@@ -1002,7 +1003,7 @@ mod tests {
         let sealed = slot(&sealing, 1, b"pickle");
         let v = opened(&plain_keys, &id(), &sealed).unwrap();
         assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
-        // A version 2 record (0.4) opens, stale: its next save writes version 3.
+        // A version 2 record (before segments) opens, stale: its next save writes version 3.
         let sealed = encode_slot_v2(&sealing, &id(), 1, 1.0, 1.0, b"pickle").unwrap();
         assert_eq!(u16_at(&sealed, 4), VERSION_SEALED);
         let v = opened(&sealing, &id(), &sealed).unwrap();
