@@ -26,7 +26,7 @@ from flask import session as flask_session
 from flask_beaker_session import _core
 from helpers import build_app, client_with, cookie_of, record_path
 from redis_server import RedisServer
-from test_encryption import aof_server, all_bytes, marker, redis_dump  # noqa: F401
+from test_encryption import all_bytes, aof_server, marker, redis_dump  # noqa: F401
 
 HEADER_LEN = 64
 LARGE = _core.LARGE_VALUE
@@ -213,7 +213,7 @@ READS: dict[str, Any] = {
     "dict": lambda s: dict(s)["blob"],
     "unpack": lambda s: {**s}["blob"],
     "items": lambda s: dict(s.items())["blob"],
-    "values": lambda s: [v for v in s.values() if isinstance(v, bytes)][0],
+    "values": lambda s: next(v for v in s.values() if isinstance(v, bytes)),
     "copy": lambda s: s.copy()["blob"],
     "copy.copy": lambda s: copy.copy(s)["blob"],
     "deepcopy": lambda s: copy.deepcopy(s)["blob"],
@@ -238,7 +238,8 @@ def test_no_placeholder_ever_reaches_user_code(data_dir: Path, backend: dict[str
     def whole() -> Any:
         flask_session["probe"] = "small now"
         expected = {"blob": BLOB, "probe": "small now", "n": 0}
-        assert flask_session == expected and not (flask_session != expected)
+        assert flask_session == expected
+        assert flask_session.__ne__(expected) is False
         assert "unread" not in repr(flask_session)
         return "ok"
 
@@ -389,7 +390,10 @@ def tamper(path: Path, edit: Any) -> None:
 
 
 def newest_offset(data: bytearray, size: int) -> int:
-    seqs = [struct.unpack_from("<Q", data, o + 8)[0] if data[o : o + 4] == b"FBSR" else -1 for o in (0, size)]
+    seqs = [
+        struct.unpack_from("<Q", data, o + 8)[0] if data[o : o + 4] == b"FBSR" else -1
+        for o in (0, size)
+    ]
     return 0 if seqs[0] >= seqs[1] else size
 
 
@@ -434,9 +438,7 @@ def test_a_damaged_large_segment_makes_its_key_absent_and_is_never_unpickled(
 
 
 @pytest.mark.parametrize("edit", [flip_in_head, truncate], ids=["head", "truncate"])
-def test_a_damaged_head_or_truncated_record_is_a_fresh_session(
-    data_dir: Path, edit: Any
-) -> None:
+def test_a_damaged_head_or_truncated_record_is_a_fresh_session(data_dir: Path, edit: Any) -> None:
     app = large_app(data_dir)
     sid = filled(app)
     assert get(app, sid, "/bump") == "1"  # both slots written
@@ -494,7 +496,8 @@ def test_version_2_and_1_records_load_and_are_rewritten_as_version_3(
     data_dir: Path, name: str
 ) -> None:
     """Records written by the code before this format (tests/fixtures/records_v2, made with
-    the build on main before segmented records: ``make_fixtures.py`` there): read, then saved as version 3."""
+    the build on main before segmented records: ``make_fixtures.py`` there): read, then
+    saved as version 3."""
     fixture = FIXTURES / name
     meta = json.loads((fixture / "meta.json").read_text())
     sid = meta["sid"]

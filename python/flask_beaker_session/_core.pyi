@@ -351,7 +351,6 @@ class Store:
         """Removes unreadable entries and those older than ``grace`` whose record is gone."""
 
 @final
-@final
 class LargeValue:
     """One large value of a save: reused from the loaded record, or changed."""
 
@@ -365,6 +364,7 @@ class LargeValue:
     def index(self) -> int | None:
         """The loaded index it reuses (None for a changed value)."""
 
+@final
 class Handle:
     """A locked, open session. Each of ``save``, ``touch``, ``delete`` and ``release``
     ends it (gives up the lock); a second one raises RuntimeError, except ``release``."""

@@ -63,7 +63,7 @@ class LargeUnreadable(Exception):
 class _Entry:
     """One large value of the loaded record."""
 
-    __slots__ = ("index", "key_pickle", "raw", "value", "pickled")
+    __slots__ = ("index", "key_pickle", "pickled", "raw", "value")
 
     def __init__(self, index: int, key_pickle: bytes, raw: bool) -> None:
         self.index = index
@@ -167,7 +167,9 @@ def encode_parts(
     """
     from .codec import _IMMUTABLE, encode
 
-    if loaded is None and not any(type(v) is bytes and len(v) >= LARGE_VALUE for v in data.values()):
+    if loaded is None and not any(
+        type(v) is bytes and len(v) >= LARGE_VALUE for v in data.values()
+    ):
         # Most sessions: one pickle; if it is small, every value is.
         payload = encode(data, max_size)
         if len(payload) < LARGE_VALUE:

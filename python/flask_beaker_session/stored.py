@@ -34,7 +34,6 @@ from .codec import (
     Decoded,
     PayloadError,
     decode,
-    encode,
     loads,
     same,
     seconds,
