@@ -534,3 +534,18 @@ def test_rekey_leaves_a_0_3_record_for_its_next_save(data_dir: Path) -> None:
     assert get(app, sid, "/bump") == "1"
     blob = bytes(range(256)) * (meta["blob_len"] // 256)
     assert blob[:600] not in all_bytes(data_dir)
+
+
+def test_non_locking_sessions_merge_with_large_values(data_dir: Path) -> None:
+    """Without locking the handle is given up after loading: large values are still read
+    on demand, and a save merges key by key into what is stored then."""
+    app = large_app(data_dir, SESSION_LOCKING=False)
+    sid = filled(app)
+    before = Probe.loads
+    assert get(app, sid, "/blob") == str(BLOB_LEN - BLOB_LEN % 256)
+    assert get(app, sid, "/bump") == "2"
+    assert get(app, sid, "/probe") == "Probe"
+    assert get(app, sid, "/mutate") == "ok"
+    assert get(app, sid, "/fill-len") == str(3 * LARGE)
+    assert get(app, sid, "/n") == "2"
+    assert Probe.loads > before

@@ -119,6 +119,18 @@ class LoadedLarge:
         entry.value = value
         return value
 
+    def original(self, key: Any) -> Any:
+        """Large value ``key`` as stored, a fresh object (what was read may have been
+        changed in place since): the baseline of a non-locking merge.
+
+        :raises LargeUnreadable: as :meth:`read`.
+        """
+        entry = self.entries[key]
+        if entry.value is UNREAD or entry.raw:
+            return self.read(key)  # never handed out (or immutable bytes)
+        assert entry.pickled is not None
+        return pickle.loads(entry.pickled)
+
     def forget(self) -> None:
         """Forgets what was read (``revert()``: the values are read again from the record)."""
         for entry in self.entries.values():

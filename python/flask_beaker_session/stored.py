@@ -496,11 +496,12 @@ class StoredSession:
             return Outcome.UNCHANGED
         baseline = loads(self.payload) if self.payload else {}
         if large is not None:
-            # Compared key by key: every value, read (the stored side changed meanwhile).
+            # Compared key by key: every value as loaded (the stored side changed meanwhile).
             for key in large.entries:
-                value = self.read_large(key)
-                if value is not UNREAD:
-                    baseline[key] = value
+                try:
+                    baseline[key] = large.original(key)
+                except LargeUnreadable as exc:
+                    large.report(self.app.once, sid, key, exc)
             data = {k: v for k, v in data.items() if v is not UNREAD or k in baseline}
             data = {k: (baseline[k] if v is UNREAD else v) for k, v in data.items()}
         _, handle = store.open(sid, now)
