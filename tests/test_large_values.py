@@ -24,6 +24,7 @@ import pytest
 from flask import Flask, jsonify
 from flask import session as flask_session
 from flask_beaker_session import _core
+from flask_beaker_session.errors import SessionTooLargeError
 from helpers import build_app, client_with, cookie_of, record_path
 from redis_server import RedisServer
 from test_encryption import all_bytes, aof_server, marker, redis_dump  # noqa: F401
@@ -243,7 +244,7 @@ def test_no_placeholder_ever_reaches_user_code(data_dir: Path, backend: dict[str
         assert "unread" not in repr(flask_session)
         return "ok"
 
-    text = "t" * (2 * LARGE)
+    text = "t" * (20 * LARGE)  # past SPLIT_AT: stored apart
 
     @app.route("/text")
     def fill_text() -> str:
@@ -549,3 +550,21 @@ def test_non_locking_sessions_merge_with_large_values(data_dir: Path) -> None:
     assert get(app, sid, "/fill-len") == str(3 * LARGE)
     assert get(app, sid, "/n") == "2"
     assert Probe.loads > before
+
+
+def test_the_size_limit_counts_large_values_kept_as_stored(data_dir: Path) -> None:
+    """A large value reused as stored still counts towards ``SESSION_MAX_SIZE``: a record
+    bigger than the limit would read back as no session."""
+    app = large_app(data_dir, SESSION_MAX_SIZE=100_000, TESTING=True)
+
+    @app.route("/put/<key>/<int:size>")
+    def put(key: str, size: int) -> str:
+        flask_session[key] = b"x" * size
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/put/a/60000").status_code == 200
+    with pytest.raises(SessionTooLargeError):
+        client.get("/put/b/60000")
+    assert client.get("/has/a").get_data(as_text=True) == "True"
+    assert client.get("/has/b").get_data(as_text=True) == "False"

@@ -385,9 +385,12 @@ class Handle:
         """The stored payload (pickle bytes) as loaded."""
     def record(
         self,
-    ) -> tuple[bytes, float | None, float | None, tuple[tuple[bytes, bool], ...] | None] | None:
+    ) -> (
+        tuple[bytes, float | None, float | None, tuple[tuple[bytes, bool, int], ...] | None] | None
+    ):
         """``(payload, created, last_access, large)`` of a record of this package's own
-        format, in one call: ``large`` lists its large values as ``(pickled key, raw)``
+        format, in one call: ``large`` lists its large values as ``(pickled key, raw,
+        size)`` (size: of the pickle, or of the bytes when raw)
         (None when it has none); None for any other kind (legacy files)."""
     def open_large(self, index: int) -> bytes | None:
         """Large value ``index`` verified and decrypted (its pickle, or the value when raw);

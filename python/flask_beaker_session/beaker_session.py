@@ -175,7 +175,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         """Bytes of data the last :meth:`persist` wrote (None: it wrote no data)."""
         outcome = self.outcome
         if outcome is _CREATED_OUTCOME or outcome is _SAVED_OUTCOME:
-            payload = self._stored.payload
+            stored = self._stored
+            if stored.written is not None:
+                return stored.written  # small and large values (large.py)
+            payload = stored.payload
             return None if payload is None else len(payload)
         return None
 

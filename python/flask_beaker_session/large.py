@@ -31,6 +31,11 @@ __all__ = ["LARGE_VALUE", "UNREAD", "LargeUnreadable", "LoadedLarge", "encode_pa
 #: A value whose pickle (or, for ``bytes``, whose length) is at least this many bytes is
 #: stored in a segment of its own (``record::LARGE_VALUE`` in the core: 4 KiB).
 LARGE_VALUE: int = _core.LARGE_VALUE
+#: A session whose whole pickle is smaller than this (64 KiB), and that was not stored with
+#: large values, is stored in one segment whatever its values hold: finding its large
+#: values would mean pickling each value on its own at every save, which costs more than
+#: decrypting the whole of such a session does.
+SPLIT_AT: int = 16 * LARGE_VALUE
 
 _dumps = pickle.dumps
 _HIGHEST = pickle.HIGHEST_PROTOCOL
@@ -63,12 +68,14 @@ class LargeUnreadable(Exception):
 class _Entry:
     """One large value of the loaded record."""
 
-    __slots__ = ("index", "key_pickle", "pickled", "raw", "value")
+    __slots__ = ("index", "key_pickle", "pickled", "raw", "size", "value")
 
-    def __init__(self, index: int, key_pickle: bytes, raw: bool) -> None:
+    def __init__(self, index: int, key_pickle: bytes, raw: bool, size: int) -> None:
         self.index = index
         self.key_pickle = key_pickle
         self.raw = raw
+        #: Bytes of its pickle (or of the value, raw) as stored, for the size limit.
+        self.size = size
         #: The value as read (UNREAD until then).
         self.value: Any = UNREAD
         #: Its pickle as read (None for a raw ``bytes`` value, or before it is read).
@@ -82,20 +89,20 @@ class LoadedLarge:
     readable after the lock is given up (the core keeps their stored bytes).
     """
 
-    def __init__(self, handle: _core.Handle, listed: tuple[tuple[bytes, bool], ...]) -> None:
+    def __init__(self, handle: _core.Handle, listed: tuple[tuple[bytes, bool, int], ...]) -> None:
         self.handle = handle
         #: By key, in stored order.
         self.entries: dict[Any, _Entry] = {}
         #: How many the record lists (a save reusing all of them, and the same small
         #: values, changes nothing).
         self.count = len(listed)
-        for index, (key_pickle, raw) in enumerate(listed):
+        for index, (key_pickle, raw, size) in enumerate(listed):
             try:
                 key = pickle.loads(key_pickle)
                 hash(key)
             except Exception:
                 continue  # a key that does not load: absent (the head is authentic)
-            self.entries[key] = _Entry(index, key_pickle, raw)
+            self.entries[key] = _Entry(index, key_pickle, raw, size)
 
     def read(self, key: Any) -> Any:
         """The value of large key ``key``, read (once) from the record.
@@ -166,8 +173,9 @@ def encode_parts(
     loaded: LoadedLarge | None,
     reuse: bool,
     resolve: Any,
-) -> tuple[bytes, list[_core.LargeValue] | None]:
-    """Splits ``data`` into the pickle of its small values and its large values.
+) -> tuple[bytes, list[_core.LargeValue] | None, int]:
+    """Splits ``data`` into the pickle of its small values and its large values, and says
+    how many bytes of pickles (and keys) they hold.
 
     Large values of ``loaded`` (the record being replaced) that are unread, the immutable
     object read, or pickled the same as read, are reused as stored when ``reuse`` (the
@@ -184,8 +192,8 @@ def encode_parts(
     ):
         # Most sessions: one pickle; if it is small, every value is.
         payload = encode(data, max_size)
-        if len(payload) < LARGE_VALUE:
-            return payload, None
+        if len(payload) < SPLIT_AT:
+            return payload, None, len(payload)
     entries = loaded.entries if loaded is not None else {}
     small: dict[Any, Any] = {}
     large: list[_core.LargeValue] = []
@@ -196,12 +204,14 @@ def encode_parts(
             if value is UNREAD:
                 if reuse:
                     large.append(_reused(entry.index))
+                    size += entry.size
                     continue
                 value = resolve(key)
                 if value is UNREAD:
                     continue
             elif reuse and value is entry.value and type(value) in _IMMUTABLE:
                 large.append(_reused(entry.index))
+                size += entry.size
                 continue
         if type(value) is bytes and len(value) >= LARGE_VALUE:
             if reuse and entry is not None and entry.raw and value == entry.value:
@@ -227,7 +237,7 @@ def encode_parts(
     size += len(payload)
     if max_size is not None and size > max_size:
         raise SessionTooLargeError(size, max_size)
-    return payload, large or None
+    return payload, large or None, size
 
 
 def reuses_all(large: list[_core.LargeValue] | None, loaded: LoadedLarge | None) -> bool:

@@ -201,6 +201,9 @@ class StoredSession:
     #: The loaded record's large values (None: it has none), read on first use; their
     #: keys hold :data:`~flask_beaker_session.large.UNREAD` in the data until then.
     large: LoadedLarge | None = None
+    #: Bytes of pickles (and keys) the session holds as last encoded for a save (the
+    #: ``record_bytes`` metric), None before.
+    written: int | None = None
     #: Records to remove once the session is stored under its new id.
     _retired: tuple[_core.Handle, ...] = ()
     _retired_ids: tuple[str, ...] = ()
@@ -414,10 +417,11 @@ class StoredSession:
             payload = unchanged(self.payload, modified, data)
             parts = None
             if payload is None:
-                payload, parts = encode_parts(
+                payload, parts, size = encode_parts(
                     data, self.app.config.max_size, self.large, True, self.read_large
                 )
                 same = payload == self.payload and reuses_all(parts, self.large)
+                self.written = size
             else:
                 same = True
             # Save or touch, and release the lock in the same native call.
@@ -432,7 +436,7 @@ class StoredSession:
         if not data and not self.keep:
             self._retire(now)
             return self._deleted()
-        payload, parts = encode_parts(
+        payload, parts, self.written = encode_parts(
             data, self.app.config.max_size, self.large, False, self.read_large
         )
         assert self.id is not None
@@ -478,7 +482,9 @@ class StoredSession:
             payload = unchanged(self.payload, modified, data)
             same = payload is not None
             if payload is None:
-                payload, parts = encode_parts(data, limit, large, True, self.read_large)
+                payload, parts, self.written = encode_parts(
+                    data, limit, large, True, self.read_large
+                )
                 same = payload == self.payload and reuses_all(parts, large)
         if same:
             # Only a touch may be due. The core applies its touch interval itself; asking
@@ -515,7 +521,7 @@ class StoredSession:
             if not merged and not self.keep:
                 handle.delete()
                 return self._deleted()
-            merged_payload, parts = encode_parts(merged, limit, None, False, None)
+            merged_payload, parts, self.written = encode_parts(merged, limit, None, False, None)
             handle.save(merged_payload, now, created, parts)
             self.payload = merged_payload
             return Outcome.SAVED

@@ -87,7 +87,7 @@ impl PyHandle {
     /// A record of this package's own format, in one call (it runs on every request that
     /// uses a session): its payload (the small values' pickle), creation time, last access
     /// and large values (None when it has none: most sessions; else a tuple of `(pickled
-    /// key, raw)` in the order `open_large` and `LargeValue.loaded` number them); None for
+    /// key, raw, size)` in the order `open_large` and `LargeValue.loaded` number them); None for
     /// any other kind (legacy files), whose payload and times come from the getters.
     #[allow(clippy::type_complexity)]
     fn record<'py>(
@@ -109,11 +109,10 @@ impl PyHandle {
         let large = if self.segments.is_empty() {
             None
         } else {
-            let entries = self
-                .segments
-                .entries()
-                .iter()
-                .map(|e| (PyBytes::new(py, &e.key), e.kind == Kind::Bytes));
+            let entries = self.segments.entries().iter().enumerate().map(|(i, e)| {
+                let size = self.segments.plain_len(i).unwrap_or(0);
+                (PyBytes::new(py, &e.key), e.kind == Kind::Bytes, size)
+            });
             Some(PyTuple::new(py, entries)?)
         };
         Ok(Some((
