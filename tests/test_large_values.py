@@ -568,3 +568,27 @@ def test_the_size_limit_counts_large_values_kept_as_stored(data_dir: Path) -> No
         client.get("/put/b/60000")
     assert client.get("/has/a").get_data(as_text=True) == "True"
     assert client.get("/has/b").get_data(as_text=True) == "False"
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_rekey_reseals_the_head_and_every_large_segment(
+    data_dir: Path, kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    extra: dict[str, Any] = {}
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        extra = {
+            "SESSION_TYPE": "redis",
+            "SESSION_REDIS_URL": server.url,
+            "SESSION_REDIS_PREFIX": f"rekey-{tmp_path.name}:",
+        }
+    old = large_app(data_dir, SECRET_KEY="old-key", **extra)
+    sid = filled(old)
+    rotated = large_app(data_dir, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"], **extra)
+    result = rotated.test_cli_runner().invoke(args=["beaker-session", "rekey"])
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 1 of 1 sessions" in result.output
+    new_only = large_app(data_dir, SECRET_KEY="new-key", **extra)
+    assert get(new_only, sid, "/blob") == str(BLOB_LEN - BLOB_LEN % 256)
+    assert get(new_only, sid, "/probe") == "Probe"
+    assert get(large_app(data_dir, SECRET_KEY="old-key", **extra), sid, "/n") == "None"
