@@ -592,3 +592,17 @@ def test_rekey_reseals_the_head_and_every_large_segment(
     assert get(new_only, sid, "/blob") == str(BLOB_LEN - BLOB_LEN % 256)
     assert get(new_only, sid, "/probe") == "Probe"
     assert get(large_app(data_dir, SECRET_KEY="old-key", **extra), sid, "/n") == "None"
+
+
+def test_regenerate_id_rewrites_large_values_under_the_new_id(
+    data_dir: Path, backend: dict[str, Any]
+) -> None:
+    """A new id is a new record: large values never read in the request are read from the
+    old record and sealed anew (a segment is bound to its record's id)."""
+    app = large_app(data_dir, **backend)
+    sid = filled(app)
+    new = get(app, sid, "/regenerate")
+    assert new != sid
+    assert get(app, new, "/blob") == str(BLOB_LEN - BLOB_LEN % 256)
+    assert get(app, new, "/probe") == "Probe"
+    assert get(app, sid, "/n") == "None"
