@@ -26,6 +26,7 @@ from flask import session as flask_session
 from flask_beaker_session import _core
 from flask_beaker_session.errors import SessionTooLargeError
 from helpers import build_app, client_with, cookie_of, record_path
+from postgres_server import PostgresServer, table_for
 from redis_server import RedisServer
 from test_encryption import all_bytes, aof_server, marker, redis_dump  # noqa: F401
 
@@ -151,12 +152,19 @@ def current_slot(path: Path) -> tuple[int, bytes, bytes]:
     return best
 
 
-@pytest.fixture(params=["file", "memory", "redis"])
+@pytest.fixture(params=["file", "memory", "redis", "postgresql"])
 def backend(request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path) -> dict[str, Any]:
     if request.param == "file":
         return {}
     if request.param == "memory":
         return {"SESSION_TYPE": "memory"}
+    if request.param == "postgresql":
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        return {
+            "SESSION_TYPE": "postgresql",
+            "SESSION_DATABASE_URL": pg.url(),
+            "SESSION_DATABASE_TABLE": table_for(tmp_path.name),
+        }
     server: RedisServer = request.getfixturevalue("redis_server")
     return {
         "SESSION_TYPE": "redis",
