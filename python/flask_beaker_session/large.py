@@ -13,7 +13,8 @@ Small sessions (all values small: most of them) take none of this: one pickle, o
 
 A large value whose segment does not verify when it is read (an altered record) or does
 not unpickle in this process (its class is gone) is reported once as a corrupt record and
-reads as absent; the next save writes the record without it.
+reads as absent; the next save writes the record without it. Until it is read, its key is
+listed (``in``, ``keys()``, ``len()``), as nothing has been checked yet.
 """
 
 from __future__ import annotations
