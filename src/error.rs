@@ -67,6 +67,10 @@ pub enum StoreError {
     /// A setting cannot be used (e.g. a malformed Redis URL).
     #[error("{0}")]
     Config(String),
+    /// A save named a large value of the loaded record that it does not have (a caller's
+    /// mistake: `Reuse` of an index the record did not list, or on a new session).
+    #[error("invalid session payload: {0}")]
+    BadPayload(&'static str),
     /// The session handle was already saved-and-released or deleted.
     #[error("the session handle is already released")]
     Released,

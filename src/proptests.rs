@@ -262,6 +262,66 @@ proptest! {
         }
     }
 
+    /// Version 3 with large values: the record round-trips (each segment opens to its
+    /// value), and after any edit of its bytes it is refused, or opens to the same small
+    /// values with each large value either intact or failing to open: never altered.
+    #[test]
+    fn record_segmented_round_trip_and_edits(
+        small in proptest::collection::vec(any::<u8>(), 0..100),
+        values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..4),
+        kind in any::<u8>(),
+        edits in proptest::collection::vec(edit(), 1..4),
+    ) {
+        let keys = keys_of(kind);
+        let names: Vec<Vec<u8>> = (0..values.len()).map(|i| format!("key{i}").into_bytes()).collect();
+        let large: Vec<record::Value<'_>> = values
+            .iter()
+            .zip(&names)
+            .map(|(v, k)| record::Value::New { key: k, kind: record::Kind::Pickle, plain: v })
+            .collect();
+        let payload = record::Payload { small: &small, large: &large, loaded: None };
+        let slot = record::encode_slot(&keys, &sid(), 1, 1.0, 2.0, payload).expect("random");
+        let v = record::check_value(&keys, &sid(), &slot).expect("round trip");
+        prop_assert_eq!(&v.payload, &small);
+        for (i, value) in values.iter().enumerate() {
+            prop_assert_eq!(v.segments.open(i), Some(value.clone()));
+        }
+        let mut bad = slot.clone();
+        apply(&mut bad, &edits);
+        if bad != slot {
+            if let Ok(w) = record::check_value(&keys, &sid(), &bad) {
+                prop_assert_eq!(&w.payload, &small);
+                prop_assert_eq!(w.segments.entries().len(), values.len());
+                for (i, value) in values.iter().enumerate() {
+                    if let Some(opened) = w.segments.open(i) {
+                        prop_assert_eq!(&opened, value, "altered segment opened");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The version 3 head parser on arbitrary (unsealed, taken as authentic) stored bytes:
+    /// never a panic, and what it describes lies within the input.
+    #[test]
+    fn record_segmented_head_parser_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        count in 0u32..4,
+    ) {
+        let mut stored = bytes.clone();
+        if stored.len() >= 8 {
+            // Often a plausible head: its length within the input, a small count.
+            let head_len = (u32::from(stored[0]) % (stored.len() as u32 - 3)).to_le_bytes();
+            stored[..4].copy_from_slice(&head_len);
+            stored[4..8].copy_from_slice(&count.to_le_bytes());
+        }
+        if let Some((small, segments)) = record::segments::parse_unsealed(&stored) {
+            let total: usize = small.len() + segments.iter().flatten().map(Vec::len).sum::<usize>();
+            prop_assert!(total <= stored.len());
+        }
+        let _ = record::segments::parse_unsealed(&bytes);
+    }
+
     /// Rotation: a record sealed under an old key and opened through a fallback re-seals
     /// (by digest, as `rekey` does) into a record the new key alone opens, with the same
     /// payload and times; the re-sealed record is current.

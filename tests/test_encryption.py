@@ -203,9 +203,11 @@ def test_a_record_moved_to_another_id_or_read_with_another_key_is_no_session(
 
 
 def test_rotation_through_fallbacks_and_rekey_on_files(data_dir: Path) -> None:
-    """Sessions written under the old key (and one by 0.3, unencrypted) are read through
-    the fallback; ``rekey`` re-seals the encrypted ones in place; a save seals the old
-    unencrypted one; then the new key alone reads every session."""
+    """Sessions written under the old key (and one with encryption off) are read through
+    the fallback; ``rekey`` re-seals them all in place (a record of format version 3 is
+    bound to the digest of its id, which a walk knows, encrypted or not; 0.3's unencrypted
+    records are sealed by their next save: ``test_large_values``); then the new key alone
+    reads every session."""
     value = marker()
     old = build_app(data_dir, SECRET_KEY="old-key")
     sealed = [new_session(old, value) for _ in range(3)]
@@ -217,17 +219,15 @@ def test_rotation_through_fallbacks_and_rekey_on_files(data_dir: Path) -> None:
 
     dry = cli(rotated, "rekey", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "would re-encrypt 3 of 4 sessions; 0 already under the current key" in dry.output
-    assert "1 unencrypted sessions" in dry.output
+    assert "would re-encrypt 4 of 4 sessions; 0 already under the current key" in dry.output
+    assert "unencrypted sessions" not in dry.output
     done = cli(rotated, "rekey")
     assert done.exit_code == 0, done.output
-    assert "re-encrypted 3 of 4 sessions" in done.output
+    assert "re-encrypted 4 of 4 sessions" in done.output
     again = cli(rotated, "rekey")
-    assert "re-encrypted 0 of 4 sessions; 3 already under the current key" in again.output
-
-    # The unencrypted one is sealed by its next save (under the new key).
-    assert client_with(rotated, legacy_plain).get("/set/x/1").status_code == 200
+    assert "re-encrypted 0 of 4 sessions; 4 already under the current key" in again.output
     assert value.encode() not in all_bytes(data_dir)
+    assert client_with(rotated, legacy_plain).get("/set/x/1").status_code == 200
     new_only = build_app(data_dir, SECRET_KEY="new-key")
     for sid in [*sealed, legacy_plain]:
         assert read_back(new_only, sid) == value
@@ -441,7 +441,7 @@ def test_rotation_and_rekey_on_postgres(tmp_path: Path, postgres_server: Postgre
 
 
 def test_the_record_format_version_is_exported() -> None:
-    assert _core.RECORD_FORMAT_VERSION == 2
+    assert _core.RECORD_FORMAT_VERSION == 3
 
 
 # -- Redis Cluster and Sentinel -----------------------------------------------------------

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar, final
 
 __all__ = [
+    "LARGE_VALUE",
     "RECORD_FORMAT_VERSION",
     "BackendKind",
     "FileBackend",
     "Handle",
+    "LargeValue",
     "MemoryBackend",
     "OpenStatus",
     "PayloadKind",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 RECORD_FORMAT_VERSION: int
+#: A value whose pickle is at least this many bytes is stored in a segment of its own.
+LARGE_VALUE: int
 
 def reset_after_fork() -> None:
     """Forget in-process lock state, cached descriptors and pooled connections (called in a
@@ -317,7 +321,14 @@ class Store:
         to Python (legacy sessions keep theirs inside the pickle)."""
     def open(self, sid: str, now: float) -> tuple[OpenStatus, Handle | None]:
         """Lock, read and verify session ``sid``; the handle is set iff ``Found``."""
-    def create(self, sid: str, payload: bytes, created: float, now: float) -> None:
+    def create(
+        self,
+        sid: str,
+        payload: bytes,
+        created: float,
+        now: float,
+        large: list[LargeValue] | None = None,
+    ) -> None:
         """Store a new session under a fresh id (never overwrites)."""
     def walk(self, now: float, mode: WalkMode, threads: int = 0) -> Report:
         """One pass over the store (``threads=0``: one per core)."""
@@ -340,6 +351,20 @@ class Store:
         """Removes unreadable entries and those older than ``grace`` whose record is gone."""
 
 @final
+class LargeValue:
+    """One large value of a save: reused from the loaded record, or changed."""
+
+    @staticmethod
+    def loaded(index: int) -> LargeValue:
+        """The loaded record's large value ``index``, unchanged (reused as stored)."""
+    @staticmethod
+    def changed(key: bytes, value: bytes, raw: bool = False) -> LargeValue:
+        """A new or changed value (pickled key; pickled value, or the bytes when raw)."""
+    @property
+    def index(self) -> int | None:
+        """The loaded index it reuses (None for a changed value)."""
+
+@final
 class Handle:
     """A locked, open session. Each of ``save``, ``touch``, ``delete`` and ``release``
     ends it (gives up the lock); a second one raises RuntimeError, except ``release``."""
@@ -358,12 +383,27 @@ class Handle:
     @property
     def payload(self) -> bytes:
         """The stored payload (pickle bytes) as loaded."""
-    def record(self) -> tuple[bytes, float | None, float | None] | None:
-        """``(payload, created, last_access)`` of a record of this package's own format, in
-        one call; None for any other kind (legacy files)."""
-    def save(self, payload: bytes, now: float, created: float | None = None) -> None:
+    def record(
+        self,
+    ) -> (
+        tuple[bytes, float | None, float | None, tuple[tuple[bytes, bool, int], ...] | None] | None
+    ):
+        """``(payload, created, last_access, large)`` of a record of this package's own
+        format, in one call: ``large`` lists its large values as ``(pickled key, raw,
+        size)`` (size: of the pickle, or of the bytes when raw)
+        (None when it has none); None for any other kind (legacy files)."""
+    def open_large(self, index: int) -> bytes | None:
+        """Large value ``index`` verified and decrypted (its pickle, or the value when raw);
+        None if it does not verify. Works after the handle was released."""
+    def save(
+        self,
+        payload: bytes,
+        now: float,
+        created: float | None = None,
+        large: list[LargeValue] | None = None,
+    ) -> None:
         """Store a new version and release. ``created`` fills in a creation time the core
-        could not read (legacy sessions)."""
+        could not read (legacy sessions); ``large`` lists the large values."""
     def touch(self, now: float) -> bool:
         """Refresh the last access if the store's touch interval has passed, and release;
         True if it wrote."""

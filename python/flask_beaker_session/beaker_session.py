@@ -31,6 +31,7 @@ from typing import Any
 from flask.sessions import SessionMixin
 
 from .codec import TIME_KEYS, loads
+from .large import UNREAD
 from .store import AppState
 from .stored import Outcome, StoredSession
 
@@ -83,6 +84,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     #: Whether the stored session was ``permanent`` when loaded: a save that changes it
     #: must re-send the cookie with the other kind of expiry.
     was_permanent = False
+    #: Whether some value may still be the placeholder of a large value not read yet
+    #: (:mod:`~flask_beaker_session.large`): single-key reads replace that key's, reads
+    #: of every value (:meth:`_read_all`) all of them, before anything is returned.
+    _unread = False
 
     #: The stored side (lock, id, record), created by the first use: a request whose view
     #: never touches the session builds nothing more than this object (SPEC §5).
@@ -119,6 +124,8 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
             dict.__setitem__(self, _CREATED, self._created)
             dict.__setitem__(self, _ACCESSED, now)
         dict.update(self, data)
+        if stored.large is not None:
+            self._unread = True
         if "_permanent" in data:  # (False, the class default, otherwise)
             self.was_permanent = bool(data["_permanent"])
 
@@ -127,8 +134,27 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         self._created = self._accessed = now
 
     def _read_all(self) -> None:
-        """Loads before a read that returns every value (``items()``, ``copy()`` …)."""
+        """Loads before a read that returns every value (``items()``, ``copy()`` …), and
+        reads every large value not read yet."""
         self._load()
+        if self._unread:
+            self._read_unread()
+
+    def _read_unread(self) -> None:
+        for key, value in list(dict.items(self)):
+            if value is UNREAD:
+                self._read_large(key)
+        self._unread = False
+
+    def _read_large(self, key: Any) -> Any:
+        """Reads large value ``key`` into the mapping and returns it; a value that cannot be
+        read (logged as a corrupt record) is removed, and the result is UNREAD."""
+        value = self._stored.read_large(key)
+        if value is UNREAD:
+            dict.pop(self, key, None)
+        else:
+            dict.__setitem__(self, key, value)
+        return value
 
     # -- the interface's side ----------------------------------------------------------
 
@@ -149,7 +175,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         """Bytes of data the last :meth:`persist` wrote (None: it wrote no data)."""
         outcome = self.outcome
         if outcome is _CREATED_OUTCOME or outcome is _SAVED_OUTCOME:
-            payload = self._stored.payload
+            stored = self._stored
+            if stored.written is not None:
+                return stored.written  # small and large values (large.py)
+            payload = stored.payload
             return None if payload is None else len(payload)
         return None
 
@@ -245,13 +274,28 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         dict.clear(self)
         if self._snapshot is not None:
             dict.update(self, loads(self._snapshot))
+        self._unread_again()
         self.modified = True
+
+    def _unread_again(self) -> None:
+        """``revert()``: large values as loaded, read again from the record when used."""
+        large = self._stored.large
+        if large is not None and self._snapshot is not None:
+            large.forget()
+            for key in large.entries:
+                dict.__setitem__(self, key, UNREAD)
+            self._unread = True
 
     # -- mapping: every access loads first ---------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
         self._load()
-        return dict.__getitem__(self, key)  # a miss goes to __missing__
+        value = dict.__getitem__(self, key)  # a miss goes to __missing__
+        if value is UNREAD:
+            value = self._read_large(key)
+            if value is UNREAD:
+                raise KeyError(key)
+        return value
 
     def __missing__(self, key: str) -> Any:
         # The time keys answer without being keys of the mapping.
@@ -296,17 +340,17 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         return dict.__len__(self)
 
     def __eq__(self, other: object) -> bool:
-        self._load()
+        self._read_all()
         return dict.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
-        self._load()
+        self._read_all()
         return dict.__ne__(self, other)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        self._load()
+        self._read_all()
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
 
     def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -331,6 +375,10 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
         value = dict.get(self, key, _ABSENT)
         if value is _ABSENT:
             return self.__missing__(key) if key in _TIME_KEY_SET else default
+        if value is UNREAD:
+            value = self._read_large(key)
+            if value is UNREAD:
+                return default
         return value
 
     def keys(self) -> Any:
@@ -366,16 +414,20 @@ class BeakerSession(dict, SessionMixin):  # type: ignore[type-arg]
     def pop(self, key: str, *default: Any) -> Any:
         self._load()
         self.modified = True
+        if dict.get(self, key) is UNREAD:
+            self._read_large(key)
         return dict.pop(self, key, *default)
 
     def popitem(self) -> tuple[str, Any]:
-        self._load()
+        self._read_all()
         self.modified = True
         return dict.popitem(self)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         self._load()
         self.modified = True
+        if dict.get(self, key) is UNREAD:
+            self._read_large(key)
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from . import _core
 from .errors import SessionTooLargeError
+from .large import UNREAD
 
 __all__ = [
     "TIME_KEYS",
@@ -165,7 +166,7 @@ def unchanged(loaded: bytes | None, modified: bool, data: dict[str, Any]) -> byt
         return None
     for value in data.values():
         kind = type(value)
-        if kind in _IMMUTABLE:
+        if kind in _IMMUTABLE or value is UNREAD:  # (a large value never read: unchanged)
             continue
         if (kind is tuple or kind is frozenset) and all(type(v) in _IMMUTABLE for v in value):
             continue

@@ -34,12 +34,12 @@ from .codec import (
     Decoded,
     PayloadError,
     decode,
-    encode,
     loads,
     same,
     seconds,
     unchanged,
 )
+from .large import UNREAD, LargeUnreadable, LoadedLarge, encode_parts, reuses_all
 from .metrics import Metrics
 from .store import AppState
 
@@ -124,6 +124,16 @@ def decode_or_remove(
     if decoded.legacy and store.expired(now, decoded.created, decoded.last_access):
         handle.delete()
         return None
+    if not decoded.legacy:
+        record = handle.record()
+        if record is not None and record[3] is not None:
+            # Every value, for callers that need the whole session (merge, the CLI).
+            large = LoadedLarge(handle, record[3])
+            for key in large.entries:
+                try:
+                    decoded.data[key] = large.read(key)
+                except LargeUnreadable as exc:
+                    large.report(once, handle.id, key, exc)
     return decoded
 
 
@@ -188,6 +198,12 @@ class StoredSession:
     payload: bytes | None = None
     #: Time of the previous request that used the session (None: new).
     last_access: float | None = None
+    #: The loaded record's large values (None: it has none), read on first use; their
+    #: keys hold :data:`~flask_beaker_session.large.UNREAD` in the data until then.
+    large: LoadedLarge | None = None
+    #: Bytes of pickles (and keys) the session holds as last encoded for a save (the
+    #: ``record_bytes`` metric), None before.
+    written: int | None = None
     #: Records to remove once the session is stored under its new id.
     _retired: tuple[_core.Handle, ...] = ()
     _retired_ids: tuple[str, ...] = ()
@@ -233,8 +249,9 @@ class StoredSession:
                 # takes _load_unusual.
                 record = handle.record()
                 data: Any = None
+                listed = None
                 if record is not None:
-                    payload, created, last_access = record
+                    payload, created, last_access, listed = record
                     try:
                         data = _loads(payload)
                     except Exception:
@@ -244,6 +261,12 @@ class StoredSession:
                 if data is not None:
                     kept: bytes | None = payload
                     snapshot: bytes | None = payload
+                    if listed is not None:
+                        # Large values: placeholders, read when used (large.py).
+                        large = self.large = LoadedLarge(handle, listed)
+                        for key in large.entries:
+                            if key not in data:
+                                data[key] = UNREAD
                 else:
                     unusual = self._decode_unusual(handle, now, metrics)
                     if unusual is None:
@@ -312,6 +335,7 @@ class StoredSession:
         self.stored_id = None
         self.last_access = None
         self.payload = None
+        self.large = None
         self.keep = False
 
     # -- the Beaker API's storage side ---------------------------------------------------
@@ -350,6 +374,24 @@ class StoredSession:
         self._retired = ()
         self._retired_ids = ()
 
+    def read_large(self, key: Any) -> Any:
+        """The loaded record's large value ``key``, read on first use; UNREAD (after
+        reporting it as a corrupt record, once) if it cannot be read: the caller treats
+        it as absent, and the next save writes the record without it."""
+        large = self.large
+        if large is None or key not in large.entries:
+            return UNREAD
+        try:
+            return large.read(key)
+        except LargeUnreadable as exc:
+            large.report(self.app.once, self.stored_id, key, exc)
+            metrics = self.app.metrics
+            if metrics is not None:
+                metrics.count("corrupt_payloads")
+            # Whatever else happens, the next persist rewrites the record.
+            self.payload = None
+            return UNREAD
+
     # -- persisting ----------------------------------------------------------------------
 
     def persist(self, data: dict[str, Any], modified: bool, created: Any, now: float) -> Outcome:
@@ -372,12 +414,19 @@ class StoredSession:
                 handle.delete()
                 self.handle = None
                 return self._deleted()
-            payload = unchanged(self.payload, modified, data) or encode(
-                data, self.app.config.max_size
-            )
+            payload = unchanged(self.payload, modified, data)
+            parts = None
+            if payload is None:
+                payload, parts, size = encode_parts(
+                    data, self.app.config.max_size, self.large, True, self.read_large
+                )
+                same = payload == self.payload and reuses_all(parts, self.large)
+                self.written = size
+            else:
+                same = True
             # Save or touch, and release the lock in the same native call.
-            if payload != self.payload:
-                handle.save(payload, now, created_at)
+            if not same:
+                handle.save(payload, now, created_at, parts)
                 self.handle = None
                 self.payload = payload
                 return Outcome.SAVED
@@ -387,9 +436,13 @@ class StoredSession:
         if not data and not self.keep:
             self._retire(now)
             return self._deleted()
-        payload = encode(data, self.app.config.max_size)
+        payload, parts, self.written = encode_parts(
+            data, self.app.config.max_size, self.large, False, self.read_large
+        )
         assert self.id is not None
-        self.app.store.create(self.id, payload, now if created_at is None else created_at, now)
+        self.app.store.create(
+            self.id, payload, now if created_at is None else created_at, now, parts
+        )
         self._retire(now)
         self.payload = payload
         return Outcome.CREATED
@@ -423,8 +476,17 @@ class StoredSession:
         assert sid is not None
         limit = self.app.config.max_size
         kept = bool(data) or self.keep
-        payload = (unchanged(self.payload, modified, data) or encode(data, limit)) if kept else b""
-        if kept and payload == self.payload:
+        large = self.large
+        same = False
+        if kept:
+            payload = unchanged(self.payload, modified, data)
+            same = payload is not None
+            if payload is None:
+                payload, parts, self.written = encode_parts(
+                    data, limit, large, True, self.read_large
+                )
+                same = payload == self.payload and reuses_all(parts, large)
+        if same:
             # Only a touch may be due. The core applies its touch interval itself; asking
             # first spares most read-only requests a lock and a read.
             interval = store.config.touch_interval
@@ -439,6 +501,15 @@ class StoredSession:
                         handle.release()
             return Outcome.UNCHANGED
         baseline = loads(self.payload) if self.payload else {}
+        if large is not None:
+            # Compared key by key: every value as loaded (the stored side changed meanwhile).
+            for key in large.entries:
+                try:
+                    baseline[key] = large.original(key)
+                except LargeUnreadable as exc:
+                    large.report(self.app.once, sid, key, exc)
+            data = {k: v for k, v in data.items() if v is not UNREAD or k in baseline}
+            data = {k: (baseline[k] if v is UNREAD else v) for k, v in data.items()}
         _, handle = store.open(sid, now)
         if handle is None:
             return self._deleted()
@@ -450,8 +521,8 @@ class StoredSession:
             if not merged and not self.keep:
                 handle.delete()
                 return self._deleted()
-            merged_payload = encode(merged, limit)
-            handle.save(merged_payload, now, created)
+            merged_payload, parts, self.written = encode_parts(merged, limit, None, False, None)
+            handle.save(merged_payload, now, created, parts)
             self.payload = merged_payload
             return Outcome.SAVED
         finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .beaker_session import _ABSENT, _ACCESSED, _CREATED, _TIME_KEY_SET, BeakerSession
 from .codec import TIME_KEYS, loads
+from .large import UNREAD
 from .stored import Outcome
 
 __all__ = ["TimeKeysSession"]
@@ -36,7 +37,7 @@ class TimeKeysSession(BeakerSession):
 
     def _read_all(self) -> None:
         # Every value includes the creation time: reading them reads the identity.
-        self._load()
+        BeakerSession._read_all(self)
         self._stored.keep = True
 
     def _creation_time(self) -> Any:
@@ -58,6 +59,7 @@ class TimeKeysSession(BeakerSession):
         dict.update(self, {k: v for k, v in times.items() if v is not _ABSENT})
         if self._snapshot is not None:
             dict.update(self, loads(self._snapshot))
+        self._unread_again()
         self.modified = True
 
     def __missing__(self, key: str) -> Any:
@@ -67,7 +69,12 @@ class TimeKeysSession(BeakerSession):
         self._load()
         if key == _CREATED:
             self._stored.keep = True
-        return dict.__getitem__(self, key)
+        value = dict.__getitem__(self, key)
+        if value is UNREAD:
+            value = self._read_large(key)
+            if value is UNREAD:
+                raise KeyError(key)
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._load()
@@ -82,4 +89,11 @@ class TimeKeysSession(BeakerSession):
         self._load()
         if key == _CREATED:
             self._stored.keep = True
-        return dict.get(self, key, default)
+        value = dict.get(self, key, _ABSENT)
+        if value is _ABSENT:
+            return default
+        if value is UNREAD:
+            value = self._read_large(key)
+            if value is UNREAD:
+                return default
+        return value

@@ -58,7 +58,7 @@ pub(crate) fn classify(err: &StoreError) -> PyErrKind {
         }
         StoreError::Unavailable(_) => PyErrKind::Unavailable,
         StoreError::Config(_) => PyErrKind::Configuration,
-        StoreError::InvalidId => PyErrKind::Value,
+        StoreError::InvalidId | StoreError::BadPayload(_) => PyErrKind::Value,
         StoreError::TooLarge(_) => PyErrKind::Overflow,
         StoreError::Released => PyErrKind::Runtime,
     }

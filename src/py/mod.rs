@@ -7,6 +7,7 @@ mod config;
 mod enums;
 mod errors;
 mod handle;
+mod large;
 mod report;
 mod store;
 
@@ -23,6 +24,8 @@ pub mod _core {
     use super::enums::{PyBackendKind, PyOpenStatus, PyPayloadKind, PyPostgresLock, PyWalkMode};
     #[pymodule_export]
     use super::handle::PyHandle;
+    #[pymodule_export]
+    use super::large::PyLargeValue;
     #[pymodule_export]
     use super::report::PyReport;
     #[pymodule_export]
@@ -62,6 +65,7 @@ pub mod _core {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("RECORD_FORMAT_VERSION", crate::record::VERSION)?;
+        m.add("LARGE_VALUE", crate::record::LARGE_VALUE)?;
         Ok(())
     }
 }

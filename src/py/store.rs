@@ -11,8 +11,10 @@ use super::config::PyStoreConfig;
 use super::enums::{PyBackendKind, PyOpenStatus, PyWalkMode};
 use super::errors::guarded;
 use super::handle::PyHandle;
+use super::large::{self, PyLargeValue};
 use super::report::PyReport;
 use crate::error::StoreError;
+use crate::record::Payload;
 use crate::sid::SessionId;
 use crate::store::index::{handle_of, IndexEntry, MAX_META};
 use crate::store::{self, Store};
@@ -81,7 +83,9 @@ impl PyStore {
         Ok((status, handle.map(PyHandle::new)))
     }
 
-    /// Store a new session under a fresh id (never overwrites).
+    /// Store a new session under a fresh id (never overwrites); `large` lists its large
+    /// values (all changed ones: a new record has nothing loaded to reuse).
+    #[pyo3(signature = (sid, payload, created, now, large = None))]
     fn create(
         &self,
         py: Python<'_>,
@@ -89,9 +93,19 @@ impl PyStore {
         payload: &[u8],
         created: f64,
         now: f64,
+        large: Option<Vec<Bound<'_, PyLargeValue>>>,
     ) -> PyResult<()> {
         let id = SessionId::parse(sid).ok_or(StoreError::InvalidId)?;
-        guarded(py, || self.inner.create(&id, payload, created, now))?;
+        let large = large.unwrap_or_default();
+        let values = large::values(py, &large);
+        let payload = Payload {
+            small: payload,
+            large: &values,
+            loaded: None,
+        };
+        guarded(py, || {
+            self.inner.create_payload(&id, &payload, created, now)
+        })?;
         Ok(())
     }
 

@@ -164,6 +164,8 @@ pub struct FileHandle {
     origin: Origin,
     /// The stored payload as loaded (pickle bytes).
     pub payload: Vec<u8>,
+    /// The large values as loaded (taken by the Python handle).
+    pub segments: record::Segments,
     /// Creation time, when known without Python (always for our records).
     pub created: Option<f64>,
     /// Time of the previous access, when known without Python.
@@ -343,6 +345,7 @@ impl FileStore {
         let mut handle =
             self.handle(id, path, Found::Record(shard), locked, origin, thread_lock)?;
         handle.payload = read.payload;
+        handle.segments = read.segments;
         handle.stale = read.stale;
         handle.created = Some(read.created);
         handle.last_access = Some(last_access);
@@ -377,6 +380,7 @@ impl FileStore {
             reusable: true,
             origin,
             payload: Vec::new(),
+            segments: record::Segments::default(),
             created: None,
             last_access: None,
             stale: false,
@@ -513,17 +517,19 @@ impl FileStore {
 
     /// Stores a brand-new session under a freshly generated `id`. Nobody else knows the id
     /// yet, so no lock is needed; `O_EXCL` refuses to overwrite anything.
-    pub fn create_file(
+    pub fn create_file<'a>(
         &self,
         id: &SessionId,
-        payload: &[u8],
+        payload: impl Into<record::Payload<'a>>,
         created: f64,
         now: f64,
     ) -> StoreResult<()> {
-        check_len(payload)?;
+        let payload = payload.into();
+        check_len(payload.plain_len())?;
         let path = self.record_path(id);
         let keys = self.shared.keys.signing()?;
         let slot = record::encode_slot(keys, id, 1, created, now, payload)?;
+        check_len(slot.len() - record::HEADER_LEN)?;
         let slot_size = record::slot_size_for(slot.len() - record::HEADER_LEN);
         let (shard, file) = self.create_record(record_name(&path), &path)?;
         if let Err(e) = fill_new(&file, &path, &slot, slot_size, now) {
@@ -550,8 +556,14 @@ impl Store for FileStore {
             .map(|h| Box::new(h) as Box<dyn SessionHandle>))
     }
 
-    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
-        self.create_file(id, payload, created, now)
+    fn create_payload(
+        &self,
+        id: &SessionId,
+        payload: &record::Payload<'_>,
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()> {
+        self.create_file(id, *payload, created, now)
     }
 
     fn walk(&self, now: f64, mode: WalkMode, threads: usize) -> StoreResult<Report> {

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::lock::{clone_if_free, lock, ForkLocal, LockKey, LockScope, ThreadLock};
+use crate::record;
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 use crate::store::{
@@ -20,9 +21,12 @@ use crate::store::{
     StoreConfig,
 };
 
+/// A session as kept: its record as one value (`record`, as the network backends store
+/// it), shared with the handles that read it, so a large value is neither copied nor
+/// opened until it is used.
 #[derive(Clone)]
 struct Entry {
-    payload: Arc<Vec<u8>>,
+    value: Arc<Vec<u8>>,
     created: f64,
     last_access: f64,
 }
@@ -52,6 +56,8 @@ pub struct MemoryHandle {
     store: Arc<Shared>,
     id: SessionId,
     entry: Entry,
+    payload: Vec<u8>,
+    segments: record::Segments,
     _lock: ThreadLock,
 }
 
@@ -108,21 +114,39 @@ impl Store for MemoryStore {
             data.remove(id);
             return Ok(Opened::Expired);
         }
+        // Written by this process with its keys: it only fails to check if garbled.
+        let verified =
+            match record::check_owned(&self.shared.cfg.keys, id, Arc::clone(&entry.value)) {
+                Ok(v) => v,
+                Err(refused) => {
+                    data.remove(id);
+                    return Ok(refused.into());
+                }
+            };
         Ok(Opened::Found(Box::new(MemoryHandle {
             store: Arc::clone(&self.shared),
             id: *id,
             entry,
+            payload: verified.payload,
+            segments: verified.segments,
             _lock: lock,
         })))
     }
 
-    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+    fn create_payload(
+        &self,
+        id: &SessionId,
+        payload: &record::Payload<'_>,
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()> {
+        let value = record::encode_slot(&self.shared.cfg.keys, id, 1, created, now, *payload)?;
         let mut data = self.shared.data();
         if data.contains_key(id) {
             return Err(StoreError::IdCollision);
         }
         let entry = Entry {
-            payload: Arc::new(payload.to_vec()),
+            value: Arc::new(value),
             created,
             last_access: now,
         };
@@ -138,7 +162,7 @@ impl Store for MemoryStore {
         report.records = before;
         crate::report::count_walked(before);
         for entry in data.values() {
-            report.bytes += entry.payload.len() as u64;
+            report.bytes += entry.value.len() as u64;
             if self.shared.expired(now, entry) {
                 report.expired += 1;
             }
@@ -217,14 +241,27 @@ impl SessionHandle for MemoryHandle {
     }
 
     fn payload(&self) -> &[u8] {
-        &self.entry.payload
+        &self.payload
     }
 
-    fn save(self: Box<Self>, payload: &[u8], now: f64, _created: Option<f64>) -> StoreResult<()> {
+    fn take_segments(&mut self) -> record::Segments {
+        std::mem::take(&mut self.segments)
+    }
+
+    fn save_payload(
+        self: Box<Self>,
+        payload: &record::Payload<'_>,
+        now: f64,
+        _created: Option<f64>,
+    ) -> StoreResult<()> {
+        let (created, seq) = (self.entry.created, 1);
+        let last_access = expiry::save_time(Some(self.entry.last_access), now);
+        let keys = &self.store.cfg.keys;
+        let value = record::encode_slot(keys, &self.id, seq, created, last_access, *payload)?;
         let entry = Entry {
-            payload: Arc::new(payload.to_vec()),
-            created: self.entry.created,
-            last_access: expiry::save_time(Some(self.entry.last_access), now),
+            value: Arc::new(value),
+            created,
+            last_access,
         };
         self.store.data().insert(self.id, entry);
         Ok(())

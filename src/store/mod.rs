@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::error::{StoreError, StoreResult};
 use crate::expiry::Expiry;
 use crate::lock::{deadline_after, Acquired, LockKey, ThreadLock};
-use crate::record::Keys;
+use crate::record::{Keys, Payload, Segments};
 use crate::report::{Report, WalkMode};
 use crate::sid::SessionId;
 pub use index::IndexEntry;
@@ -229,7 +229,19 @@ pub trait Store: Send + Sync {
     fn open(&self, id: &SessionId, now: f64) -> StoreResult<Opened<Box<dyn SessionHandle>>>;
 
     /// Stores a new session under a fresh `id`; never overwrites (`StoreError::IdCollision`).
-    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()>;
+    /// The payload's large values are all new (a new record has no loaded segments).
+    fn create_payload(
+        &self,
+        id: &SessionId,
+        payload: &Payload<'_>,
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()>;
+
+    /// [`Store::create_payload`] for a payload without large values.
+    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+        self.create_payload(id, &Payload::small(payload), created, now)
+    }
 
     /// One pass over the store; `threads == 0` means one worker per core.
     fn walk(&self, now: f64, mode: WalkMode, threads: usize) -> StoreResult<Report>;
@@ -299,12 +311,32 @@ pub trait SessionHandle: Send {
     /// What was loaded, besides the payload.
     fn loaded(&self) -> Loaded;
 
-    /// The stored payload as loaded (pickle bytes).
+    /// The stored payload as loaded (pickle bytes): of the small values only when the
+    /// record has large ones (`take_segments`).
     fn payload(&self) -> &[u8];
 
+    /// The loaded record's large values (`record::segments`), taken out (once: afterwards
+    /// empty). They keep the stored bytes they live in, so they stay readable after the
+    /// handle is gone, and a save's `Value::Reuse` refers to them.
+    fn take_segments(&mut self) -> Segments {
+        Segments::default()
+    }
+
     /// Stores `payload` as the new version and releases the lock (also when it fails).
-    /// `created` fills in a creation time the store could not read (legacy sessions).
-    fn save(self: Box<Self>, payload: &[u8], now: f64, created: Option<f64>) -> StoreResult<()>;
+    /// `created` fills in a creation time the store could not read (legacy sessions). The
+    /// record format (sealing, segments reused as stored) is `record`'s business: a
+    /// backend passes the payload on to `record::encode_slot` or `record::seal`.
+    fn save_payload(
+        self: Box<Self>,
+        payload: &Payload<'_>,
+        now: f64,
+        created: Option<f64>,
+    ) -> StoreResult<()>;
+
+    /// [`SessionHandle::save_payload`] for a payload without large values.
+    fn save(self: Box<Self>, payload: &[u8], now: f64, created: Option<f64>) -> StoreResult<()> {
+        self.save_payload(&Payload::small(payload), now, created)
+    }
 
     /// Refreshes the last access if the touch interval has passed since the loaded one
     /// (`Expiry::touch_due`), and releases the lock either way. True if it wrote.

@@ -254,6 +254,8 @@ pub struct PostgresHandle {
     /// The session lock (`None` once let go).
     hold: Option<Hold>,
     payload: Vec<u8>,
+    /// The large values as loaded (taken by the Python handle).
+    segments: record::Segments,
     created: f64,
     last_access: f64,
     seq: u64,
@@ -501,13 +503,14 @@ impl Store for PostgresStore {
             digest,
             hold: Some(hold),
             payload: Vec::new(),
+            segments: record::Segments::default(),
             created: now,
             last_access: now,
             seq: 0,
             stale: false,
             _lock: thread_lock,
         };
-        let verified = match record::check_value(&shared.cfg.keys, id, &value) {
+        let verified = match record::check_owned(&shared.cfg.keys, id, std::sync::Arc::new(value)) {
             Ok(v) => v,
             Err(refused) => {
                 if refused.removes() {
@@ -526,6 +529,7 @@ impl Store for PostgresStore {
             return Ok(Opened::Expired);
         }
         handle.payload = verified.payload;
+        handle.segments = verified.segments;
         handle.stale = verified.stale;
         handle.created = header.created;
         handle.last_access = last_access;
@@ -534,9 +538,15 @@ impl Store for PostgresStore {
     }
 
     /// `INSERT … ON CONFLICT DO NOTHING`: never overwrites.
-    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+    fn create_payload(
+        &self,
+        id: &SessionId,
+        payload: &record::Payload<'_>,
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()> {
         let shared = &self.shared;
-        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload)?;
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, *payload)?;
         let expires = expires_at(&shared.cfg.expiry, created, now);
         let rows = shared.query(
             &shared.sql.create,
@@ -665,7 +675,16 @@ impl SessionHandle for PostgresHandle {
     }
 
     /// Writes the new record and releases the lock in one statement (if still ours).
-    fn save(mut self: Box<Self>, payload: &[u8], now: f64, _: Option<f64>) -> StoreResult<()> {
+    fn take_segments(&mut self) -> record::Segments {
+        std::mem::take(&mut self.segments)
+    }
+
+    fn save_payload(
+        mut self: Box<Self>,
+        payload: &record::Payload<'_>,
+        now: f64,
+        _: Option<f64>,
+    ) -> StoreResult<()> {
         let store = Arc::clone(&self.store);
         let now = expiry::save_time(Some(self.last_access), now);
         let value = record::encode_slot(
@@ -674,7 +693,7 @@ impl SessionHandle for PostgresHandle {
             self.seq + 1,
             self.created,
             now,
-            payload,
+            *payload,
         )?;
         let expires = expires_at(&store.cfg.expiry, self.created, now);
         self.run(

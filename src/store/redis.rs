@@ -191,6 +191,8 @@ pub struct RedisHandle {
     keys: SessionKeys,
     token: String,
     payload: Vec<u8>,
+    /// The large values as loaded (taken by the Python handle).
+    segments: record::Segments,
     created: f64,
     last_access: f64,
     seq: u64,
@@ -401,6 +403,7 @@ impl Store for RedisStore {
             keys,
             token,
             payload: Vec::new(),
+            segments: record::Segments::default(),
             created: now,
             last_access: now,
             seq: 0,
@@ -413,7 +416,7 @@ impl Store for RedisStore {
             handle.release();
             return Ok(Opened::Missing);
         };
-        let verified = match record::check_value(&shared.cfg.keys, id, &value) {
+        let verified = match record::check_owned(&shared.cfg.keys, id, std::sync::Arc::new(value)) {
             Ok(v) => v,
             Err(refused) => {
                 if refused.removes() {
@@ -433,6 +436,7 @@ impl Store for RedisStore {
             return Ok(Opened::Expired);
         }
         handle.payload = verified.payload;
+        handle.segments = verified.segments;
         handle.stale = verified.stale;
         handle.created = header.created;
         handle.last_access = last_access;
@@ -441,9 +445,15 @@ impl Store for RedisStore {
     }
 
     /// `SET NX`: never overwrites.
-    fn create(&self, id: &SessionId, payload: &[u8], created: f64, now: f64) -> StoreResult<()> {
+    fn create_payload(
+        &self,
+        id: &SessionId,
+        payload: &record::Payload<'_>,
+        created: f64,
+        now: f64,
+    ) -> StoreResult<()> {
         let shared = &self.shared;
-        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, payload)?;
+        let value = record::encode_slot(&shared.cfg.keys, id, 1, created, now, *payload)?;
         let ttl = clamp_ttl(shared.cfg.expiry.ttl_ms(created, now));
         let key = shared.session_keys(id).record;
         let stored: Option<String> = shared.pool.run(|c| {
@@ -640,7 +650,16 @@ impl SessionHandle for RedisHandle {
     }
 
     /// Saves and releases in one round trip.
-    fn save(mut self: Box<Self>, payload: &[u8], now: f64, _: Option<f64>) -> StoreResult<()> {
+    fn take_segments(&mut self) -> record::Segments {
+        std::mem::take(&mut self.segments)
+    }
+
+    fn save_payload(
+        mut self: Box<Self>,
+        payload: &record::Payload<'_>,
+        now: f64,
+        _: Option<f64>,
+    ) -> StoreResult<()> {
         let store = Arc::clone(&self.store);
         let now = expiry::save_time(Some(self.last_access), now);
         let value = record::encode_slot(
@@ -649,7 +668,7 @@ impl SessionHandle for RedisHandle {
             self.seq + 1,
             self.created,
             now,
-            payload,
+            *payload,
         )?;
         let ttl = clamp_ttl(store.cfg.expiry.ttl_ms(self.created, now)).to_string();
         self.run(&store.save, &[&value, ttl.as_bytes()])

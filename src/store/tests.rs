@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::expiry::Expiry;
+use crate::record;
 
 fn real_now() -> f64 {
     SystemTime::now()
@@ -420,9 +421,22 @@ fn file_records_are_sealed_rotated_and_rekeyed_in_place() {
     let t = real_now() - 100.0;
     let (a, b) = (new_id(), new_id());
     old.create(&a, marker, t, t).unwrap();
-    // A 0.3 record (authenticated only) under the old key.
-    let plain = file_store(&dir, Keys::new(&[b"old".to_vec()]).encrypting(false));
-    plain.create(&b, marker, t, t).unwrap();
+    // A 0.3 record (version 1: authenticated only, bound to the id) under the old key.
+    let v1 = record::encode_slot_v2(
+        &Keys::new(&[b"old".to_vec()]).encrypting(false),
+        &b,
+        1,
+        t,
+        t,
+        marker,
+    )
+    .unwrap();
+    let path = crate::shard::record_path(&dir, &b);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let size = record::slot_size_for(v1.len() - record::HEADER_LEN);
+    let mut file = v1.clone();
+    file.resize(2 * size, 0);
+    std::fs::write(&path, &file).unwrap();
     let bytes = all_bytes(&dir);
     let found_at = |hay: &[u8]| hay.windows(marker.len()).filter(|w| w == marker).count();
     assert_eq!(

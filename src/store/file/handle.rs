@@ -12,7 +12,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::expiry;
 use crate::lock::{fd_cache, LockedFile};
 use crate::platform;
-use crate::record::{self, HEADER_LEN};
+use crate::record::{self, Payload, Segments, HEADER_LEN};
 use crate::shard;
 use crate::sid::SessionId;
 use crate::store::{Loaded, PayloadKind, SessionHandle};
@@ -26,17 +26,19 @@ impl FileHandle {
     /// Stores `payload` as the new version of the session and keeps the lock (`save` is
     /// this, then the release). In place when it fits the older slot, otherwise through a
     /// new file installed by `rename`.
-    pub fn write(&mut self, payload: &[u8], now: f64) -> StoreResult<()> {
-        check_len(payload)?;
+    pub fn write<'a>(&mut self, payload: impl Into<Payload<'a>>, now: f64) -> StoreResult<()> {
+        let payload = payload.into();
+        check_len(payload.plain_len())?;
         let created = self.created.unwrap_or(now);
         let keys = self.store.keys.signing()?;
+        let stored = record::seal(keys, &self.id, created, &payload)?;
+        check_len(stored.len())?;
         match self.origin {
             Origin::Record {
                 slot,
                 seq,
                 slot_size,
-            } if HEADER_LEN + record::stored_len(keys, payload.len()) <= slot_size => {
-                let stored = record::seal(keys, &self.id, created, payload)?;
+            } if HEADER_LEN + stored.len() <= slot_size => {
                 let header = record::encode_header(keys, &self.id, seq + 1, created, now, &stored);
                 let target = 1 - slot;
                 self.write_slot(&header, &stored, (target * slot_size) as u64, now)?;
@@ -52,12 +54,12 @@ impl FileHandle {
                     slot_size,
                 };
             }
-            Origin::Record { seq, .. } => drop(self.install(payload, created, now, seq + 1)?),
+            Origin::Record { seq, .. } => drop(self.install(&stored, created, now, seq + 1)?),
             Origin::Legacy { .. } => {
                 // Keep the legacy file locked until it is unlinked: a waiter in another
                 // process must then see `nlink == 0` and move to the new record, never load
                 // the stale legacy session.
-                let legacy_file = self.install(payload, created, now, 1)?;
+                let legacy_file = self.install(&stored, created, now, 1)?;
                 if let Some(old) = self.legacy.take() {
                     let _ = platform::unlink(&old.dir, &old.name);
                 }
@@ -67,6 +69,7 @@ impl FileHandle {
         // `payload` means "as loaded"; the caller has the saved bytes already, and keeping
         // a copy would cost a large session an allocation and a copy per save.
         self.payload = Vec::new();
+        self.segments = Segments::default();
         self.stale = false;
         self.created = Some(created);
         self.last_access = Some(now);
@@ -105,7 +108,7 @@ impl FileHandle {
     /// lock we already hold. Returns the old file, still locked, for the caller to drop.
     fn install(
         &mut self,
-        payload: &[u8],
+        stored: &[u8],
         created: f64,
         now: f64,
         seq: u64,
@@ -114,7 +117,11 @@ impl FileHandle {
         let tmp_name = format!("{}.{}{}", self.name, &suffix[..8], shard::TMP_SUFFIX);
         let tmp = self.path.with_file_name(&tmp_name);
         let keys = self.store.keys.signing()?;
-        let slot = record::encode_slot(keys, &self.id, seq, created, now, payload)?;
+        let mut slot = Vec::with_capacity(HEADER_LEN + stored.len());
+        slot.extend_from_slice(&record::encode_header(
+            keys, &self.id, seq, created, now, stored,
+        ));
+        slot.extend_from_slice(stored);
         let slot_size = record::slot_size_for(slot.len() - HEADER_LEN);
         // The record's shard: known for a record; for a legacy session, reached (and
         // created, 0700) from the data dir without following symlinks.
@@ -222,16 +229,20 @@ impl SessionHandle for FileHandle {
         &self.payload
     }
 
-    fn save(
+    fn take_segments(&mut self) -> Segments {
+        std::mem::take(&mut self.segments)
+    }
+
+    fn save_payload(
         mut self: Box<Self>,
-        payload: &[u8],
+        payload: &Payload<'_>,
         now: f64,
         created: Option<f64>,
     ) -> StoreResult<()> {
         if self.created.is_none() {
             self.created = created;
         }
-        self.write(payload, expiry::save_time(self.last_access, now))
+        self.write(*payload, expiry::save_time(self.last_access, now))
     }
 
     fn touch(mut self: Box<Self>, now: f64) -> StoreResult<bool> {

@@ -69,11 +69,11 @@ pub(crate) fn fill_new(
     pin_mtime(file, path, now)
 }
 
-/// Refuses payloads the record format cannot describe.
-pub(crate) fn check_len(payload: &[u8]) -> StoreResult<()> {
+/// Refuses payloads (plain bytes, or stored bytes) the record format cannot describe.
+pub(crate) fn check_len(len: usize) -> StoreResult<()> {
     // Room for the nonce and tag of a sealed record as well.
-    if u32::try_from(payload.len().saturating_add(record::SEAL_OVERHEAD)).is_err() {
-        return Err(StoreError::TooLarge(payload.len()));
+    if u32::try_from(len.saturating_add(record::SEAL_OVERHEAD)).is_err() {
+        return Err(StoreError::TooLarge(len));
     }
     Ok(())
 }
@@ -86,6 +86,8 @@ pub(crate) struct RecordRead {
     pub created: f64,
     pub saved_at: f64,
     pub payload: Vec<u8>,
+    /// The large values (`record::Verified::segments`).
+    pub segments: record::Segments,
     /// Opened under a fallback key or in the other format (`record::Verified::stale`).
     pub stale: bool,
 }
@@ -122,6 +124,7 @@ pub(crate) fn read_record(
             created: v.header.created,
             saved_at: v.header.saved_at,
             payload: v.payload,
+            segments: v.segments,
             stale: v.stale,
         }),
         Choice::Newer(_) => Err(ReadError::Newer),
@@ -152,7 +155,7 @@ fn choose_in_file(
     let (heads, whole) = read_heads(file, len, slot_size).map_err(eof_is_corrupt)?;
     let mut io_error = None;
     let choice = record::choose_named(keys, name, [&heads[0], &heads[1]], slot_size, |i, h| {
-        if h.payload_len > max_payload.saturating_add(record::SEAL_OVERHEAD) {
+        if h.payload_len > record::max_stored(max_payload) {
             return None;
         }
         let start = i * slot_size + HEADER_LEN;

@@ -482,7 +482,8 @@ fn growing_past_the_slot_installs_a_new_file_then_shrinks_in_place() {
     let small_slot = record_slot_size(&h);
     let big = garbage(7, small_slot * 3);
     h.write(&big, t + 1.0).unwrap();
-    let big_slot = slot_size_for(big.len());
+    // Version 3 stored bytes: head length and an empty manifest (8 bytes) before the pickle.
+    let big_slot = slot_size_for(big.len() + 8);
     assert_eq!(
         h.origin(),
         Origin::Record {
@@ -592,8 +593,9 @@ fn truncated_empty_zeroed_and_garbage_files_are_corrupt_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let id = new_id();
     let t = now();
-    let payload = garbage(3, 300);
-    let path = two_versions(dir.path(), &id, &payload, &garbage(4, 300), t);
+    // (Stored as version 3: 8 bytes more than the payload, unsealed.)
+    let payload = garbage(3, 292);
+    let path = two_versions(dir.path(), &id, &payload, &garbage(4, 292), t);
     let full = fs::read(&path).unwrap();
     assert_eq!(full.len(), 1024);
     let mut magic_then_noise = garbage(5, full.len());

@@ -11,16 +11,22 @@
 //! slot  = header (64 bytes) | stored bytes | unused capacity
 //! header, little endian:
 //!   0  magic        4  b"FBSR"
-//!   4  version      2  1: stored bytes = the pickle; 2: stored bytes sealed (below)
-//!   6  flags        2  bit 0: tag is keyed from a secret; bit 1: sealed (version 2 only)
+//!   4  version      2  3: segmented (written now, sealed or not; `segments`); read only:
+//!                       1: stored bytes = the pickle; 2: stored bytes sealed (below)
+//!   6  flags        2  bit 0: tag is keyed from a secret; bit 1: sealed (versions 2 and 3)
 //!   8  seq          8  save counter; the higher valid slot wins
 //!  16  created      8  f64 epoch seconds, fixed at creation
 //!  24  saved_at     8  f64 epoch seconds of this save (last access; mtime may be newer)
 //!  32  payload_len  4  length of the stored bytes
 //!  36  reserved    12  zero
-//!  48  tag         16  BLAKE3 keyed hash of header[0..48] ‖ id bytes ‖ stored bytes, truncated
+//!  48  tag         16  BLAKE3 keyed hash of header[0..48] ‖ binding ‖ covered bytes, truncated:
+//!                       version 3: binding = SHA-256 of the id, covered = head_len ‖ head
+//!                       (`segments`: each large value's segment is authenticated by the
+//!                       head's manifest, and checked when first used); version 2: digest,
+//!                       all stored bytes; version 1: the id's 16 bytes, all stored bytes
 //! sealed stored bytes (version 2) = nonce (24, random) ‖ XChaCha20-Poly1305 ciphertext of
-//!   the pickle ‖ Poly1305 tag (16); associated data = id bytes ‖ header[0..8] ‖ header[16..24]
+//!   the pickle ‖ Poly1305 tag (16); associated data = id digest ‖ header[0..8] ‖ header[16..24]
+//! version 3 stored bytes: see `segments` (the head is sealed as version 2's stored bytes are)
 //! ```
 //!
 //! The tag authenticates the record *before* anything is decrypted or unpickled: with a
@@ -37,19 +43,27 @@
 //! header. Records of version 1 (0.2/0.3, or written with `SESSION_ENCRYPT = False`) are
 //! still read; a record opened under a fallback key or in the other format is *stale*: its
 //! next save writes it under the current key and format (`flask beaker-session rekey`).
+//! Records of versions 1 and 2 are always stale: their next save writes version 3.
 
-use std::borrow::Cow;
+pub mod segments;
+
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use crate::aead::{self, NONCE_LEN};
 use crate::error::{StoreError, StoreResult};
 use crate::sid::SessionId;
+pub use segments::{Entry, Kind, Payload, Segments, Value, LARGE_VALUE};
+use segments::{Sealer, AD_LEN};
 
 /// Magic bytes at the start of every slot header.
 pub const MAGIC: [u8; 4] = *b"FBSR";
-/// The highest format version this build reads (and the one it writes when sealing).
-pub const VERSION: u16 = 2;
+/// The highest format version this build reads, and the one it writes (sealed or not).
+pub const VERSION: u16 = 3;
+/// The format version of sealed records before segmentation (unreleased builds of 0.4
+/// between encryption and `segments`): read, and rewritten as version 3.
+pub const VERSION_SEALED: u16 = 2;
 /// The format version of unsealed records (what 0.2 and 0.3 wrote, and still read).
 pub const VERSION_PLAIN: u16 = 1;
 /// Size of a slot header.
@@ -63,12 +77,15 @@ const AEAD_TAG_LEN: usize = aead::TAG_LEN;
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + AEAD_TAG_LEN;
 const KDF_CONTEXT: &str = "flask-beaker-session 2026-11 record tag v1";
 const SEAL_CONTEXT: &str = "flask-beaker-session 2026-12 record encryption v1";
+const SEGMENT_CONTEXT: &str = "flask-beaker-session 2026-12 record segment hash v1";
 
 /// One secret's two subkeys; both are wiped from memory when dropped.
 #[derive(Clone)]
 struct KeyPair {
     tag: Zeroizing<[u8; 32]>,
     seal: Zeroizing<[u8; 32]>,
+    /// Keys the hashes of unsealed segments (a key of its own: `segments`).
+    segment: Zeroizing<[u8; 32]>,
 }
 
 /// The keys records are tagged (and sealed) with: the first signs new records, all verify
@@ -90,6 +107,7 @@ impl Keys {
                 keys: vec![KeyPair {
                     tag: Zeroizing::new(blake3::derive_key(KDF_CONTEXT, b"")),
                     seal: Zeroizing::new([0u8; 32]),
+                    segment: Zeroizing::new(blake3::derive_key(SEGMENT_CONTEXT, b"")),
                 }],
                 keyed: false,
                 encrypt: true,
@@ -101,6 +119,7 @@ impl Keys {
                 .map(|s| KeyPair {
                     tag: Zeroizing::new(blake3::derive_key(KDF_CONTEXT, s)),
                     seal: Zeroizing::new(blake3::derive_key(SEAL_CONTEXT, s)),
+                    segment: Zeroizing::new(blake3::derive_key(SEGMENT_CONTEXT, s)),
                 })
                 .collect(),
             keyed: true,
@@ -144,13 +163,13 @@ impl Keys {
 }
 
 /// What a record is bound to: its id's 16 bytes (version 1), or the SHA-256 of the id that
-/// names the record in every store (version 2), so that a walk over the store (`rekey`),
-/// which sees names and never ids, can verify and re-seal a record.
-fn binding(id: &SessionId, sealed: bool) -> &[u8] {
-    if sealed {
-        id.digest()
-    } else {
+/// names the record in every store (versions 2 and 3), so that a walk over the store
+/// (`rekey`), which sees names and never ids, can verify and re-seal a record.
+fn binding(id: &SessionId, version: u16) -> &[u8] {
+    if version == VERSION_PLAIN {
         id.as_bytes()
+    } else {
+        id.digest()
     }
 }
 
@@ -175,32 +194,58 @@ fn associated_data(digest: &[u8], head8: &[u8], created: &[u8]) -> Vec<u8> {
     ad
 }
 
-fn sealed_head8() -> [u8; 8] {
+/// The first 8 header bytes of a version 3 record written under `keys`.
+fn head8(keys: &Keys, sealed: bool) -> [u8; 8] {
     let mut h = [0u8; 8];
     h[..4].copy_from_slice(&MAGIC);
     h[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    h[6..8].copy_from_slice(&(FLAG_KEYED | FLAG_SEALED).to_le_bytes());
+    let mut flags = if keys.keyed { FLAG_KEYED } else { 0 };
+    if sealed {
+        flags |= FLAG_SEALED;
+    }
+    h[6..8].copy_from_slice(&flags.to_le_bytes());
     h
 }
 
-/// The bytes to store for `payload`: sealed under the current key when the keys seal,
-/// else the payload itself. The nonce is 24 random bytes from the OS (XChaCha20's extended
-/// nonce makes random nonces safe at any realistic write rate).
-pub fn seal<'a>(
+/// The record's associated data as one array (`associated_data`).
+fn ad_array(digest: &[u8], head8: &[u8], created: &[u8]) -> [u8; AD_LEN] {
+    let mut ad = [0u8; AD_LEN];
+    let v = associated_data(digest, head8, created);
+    ad[..v.len().min(AD_LEN)].copy_from_slice(&v[..v.len().min(AD_LEN)]);
+    ad
+}
+
+/// How a new record for the id of `digest` created at `created` seals (or hashes) its
+/// head and segments: under the current key, sealed if `sealed`.
+fn sealer_for(keys: &Keys, digest: &[u8], created: f64, sealed: bool) -> Sealer {
+    let pair = keys.primary();
+    Sealer {
+        sealed,
+        seal: pair.seal.clone(),
+        hash: pair.segment.clone(),
+        ad: ad_array(
+            digest,
+            &head8(keys, sealed),
+            &created.to_bits().to_le_bytes(),
+        ),
+    }
+}
+
+/// The stored bytes (version 3) for `payload`: the head and each large value sealed under
+/// the current key when the keys seal, else in the clear with the segments hashed. The
+/// nonces are 24 random bytes from the OS (XChaCha20's extended nonce makes random nonces
+/// safe at any realistic write rate). Fails only if the OS random source does, or for a
+/// `Value::Reuse` the payload's loaded segments do not have.
+pub fn seal(
     keys: &Keys,
     id: &SessionId,
     created: f64,
-    payload: &'a [u8],
-) -> StoreResult<Cow<'a, [u8]>> {
-    if !keys.seals() {
-        return Ok(Cow::Borrowed(payload));
-    }
-    seal_bound(keys, binding(id, true), created, payload).map(Cow::Owned)
-}
-
-fn seal_bound(keys: &Keys, digest: &[u8], created: f64, payload: &[u8]) -> StoreResult<Vec<u8>> {
-    let ad = associated_data(digest, &sealed_head8(), &created.to_bits().to_le_bytes());
-    seal_with(&keys.primary().seal, &ad, payload)
+    payload: &Payload<'_>,
+) -> StoreResult<Vec<u8>> {
+    segments::build(
+        &sealer_for(keys, id.digest(), created, keys.seals()),
+        payload,
+    )
 }
 
 /// `plain` sealed under `key` with a fresh random nonce: nonce ‖ ciphertext ‖ tag. Fails
@@ -265,16 +310,16 @@ pub fn open_entry(keys: &Keys, sealed: &[u8]) -> Option<Vec<u8>> {
         .find_map(|pair| open_with(&pair.seal, ENTRY_AD, sealed.to_vec()))
 }
 
-/// Length of the stored bytes for a payload of `len` bytes under `keys`.
-pub fn stored_len(keys: &Keys, len: usize) -> usize {
-    if keys.seals() {
-        len + SEAL_OVERHEAD
-    } else {
-        len
-    }
+/// The largest stored bytes a record holding at most `max_payload` bytes of pickles (and
+/// keys) can have: each large value's segment adds a nonce, a tag and a manifest entry, and
+/// there is at most one large value per `LARGE_VALUE` bytes.
+pub fn max_stored(max_payload: usize) -> usize {
+    max_payload
+        .saturating_add(max_payload / 32)
+        .saturating_add(1024)
 }
 
-/// A record's sealed stored bytes, decrypted (in place) under `pair`.
+/// A record's sealed stored bytes (version 2), decrypted (in place) under `pair`.
 fn unseal(pair: &KeyPair, head: &[u8], digest: &[u8], stored: Vec<u8>) -> Option<Vec<u8>> {
     let ad = associated_data(digest, &head[..8], &head[16..24]);
     open_with(&pair.seal, &ad, stored)
@@ -289,8 +334,10 @@ pub struct SlotHeader {
     pub created: f64,
     /// Time of this save (epoch seconds).
     pub saved_at: f64,
-    /// Length of the stored bytes following the header (the payload, or its sealed form).
+    /// Length of the stored bytes following the header.
     pub payload_len: usize,
+    /// Format version (1, 2 or 3).
+    pub version: u16,
     flags: u16,
 }
 
@@ -320,8 +367,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// Parses the 64-byte header at the start of `slot`. Version 1 (plain) and version 2
-/// (sealed, always keyed) are read; a sealed flag on the wrong version is garbage.
+/// Parses the 64-byte header at the start of `slot`. Version 1 (plain), version 2 (sealed,
+/// always keyed) and version 3 (sealed and keyed, or plain) are read; a sealed flag on the
+/// wrong version, or without a key, is garbage.
 pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
     if slot.len() < HEADER_LEN || slot[..4] != MAGIC {
         return Err(HeaderError::Garbage);
@@ -332,9 +380,11 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
     }
     let flags = u16_at(slot, 6);
     let sealed = flags & FLAG_SEALED != 0;
+    let keyed = flags & FLAG_KEYED != 0;
     let well_formed = match version {
         VERSION_PLAIN => !sealed,
-        VERSION => sealed && flags & FLAG_KEYED != 0,
+        VERSION_SEALED => sealed && keyed,
+        VERSION => !sealed || keyed,
         _ => false,
     };
     if !well_formed {
@@ -347,6 +397,7 @@ pub fn parse_header(slot: &[u8]) -> Result<SlotHeader, HeaderError> {
         created: f64::from_bits(u64_at(slot, 16)),
         saved_at: f64::from_bits(u64_at(slot, 24)),
         payload_len: u32::from_le_bytes(len) as usize,
+        version,
         flags,
     })
 }
@@ -369,29 +420,50 @@ impl Refused {
     }
 }
 
-/// A record that verified and, if sealed, decrypted.
+/// A record that verified and, if sealed, whose head decrypted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verified {
     /// Its header.
     pub header: SlotHeader,
-    /// The payload in the clear (the pickle).
+    /// The pickle of the small values in the clear (of every value, for versions 1 and 2).
     pub payload: Vec<u8>,
-    /// Opened under a fallback key, or sealed when the keys do not seal (or the reverse):
-    /// the next save rewrites it under the current key and format.
+    /// The large values, each opened on demand ([`Segments::open_into`]).
+    pub segments: Segments,
+    /// Opened under a fallback key, sealed when the keys do not seal (or the reverse), or
+    /// of version 1 or 2: the next save rewrites it under the current key and format.
     pub stale: bool,
     /// Opened under a fallback key (`SECRET_KEY_FALLBACKS`).
     pub fallback: bool,
 }
 
 /// Checks a record stored as one value, header and stored bytes together (the network
-/// backends store it so): its header, its exact length, its tag, and opens it.
+/// backends store it so): its header, its exact length, its tag, and opens its head.
 pub fn check_value(keys: &Keys, id: &SessionId, value: &[u8]) -> Result<Verified, Refused> {
-    match parse_header(value) {
+    check_owned(keys, id, Arc::new(value.to_vec()))
+}
+
+/// [`check_value`] for a value the caller owns: kept (shared) by the returned segments,
+/// never copied whole.
+pub fn check_owned(keys: &Keys, id: &SessionId, value: Arc<Vec<u8>>) -> Result<Verified, Refused> {
+    match parse_header(&value) {
         Ok(h) if value.len() == HEADER_LEN + h.payload_len => {
-            open(keys, value, &h, id, &value[HEADER_LEN..]).ok_or(Refused::Unauthenticated)
+            let mut head = [0u8; HEADER_LEN];
+            head.copy_from_slice(&value[..HEADER_LEN]);
+            let bind = binding(id, h.version);
+            open_bound(keys, &head, &h, bind, value, HEADER_LEN).ok_or(Refused::Unauthenticated)
         }
         Ok(_) | Err(HeaderError::Garbage) => Err(Refused::Corrupt),
         Err(HeaderError::Newer(_)) => Err(Refused::Newer),
+    }
+}
+
+/// The part of a record's stored bytes its tag covers: all of them before version 3, the
+/// head (with its length) from version 3; None if they are too short for that.
+fn tagged_part(version: u16, stored: &[u8]) -> Option<&[u8]> {
+    if version == VERSION {
+        segments::covered(stored)
+    } else {
+        Some(stored)
     }
 }
 
@@ -408,9 +480,10 @@ fn verifying_key(
     if (header.flags & FLAG_KEYED != 0) != keys.keyed || head.len() < HEADER_LEN {
         return None;
     }
+    let covered = tagged_part(header.version, stored)?;
     let expected_tag = &head[TAG_OFFSET..TAG_OFFSET + TAG_LEN];
     keys.keys.iter().position(|pair| {
-        let expected = tag(&pair.tag, head, bind, stored);
+        let expected = tag(&pair.tag, head, bind, covered);
         // Constant-time comparison: the tag is a MAC when keyed.
         expected
             .iter()
@@ -428,12 +501,12 @@ pub fn verify(
     id: &SessionId,
     stored: &[u8],
 ) -> bool {
-    verifying_key(keys, head, header, binding(id, header.sealed()), stored).is_some()
+    verifying_key(keys, head, header, binding(id, header.version), stored).is_some()
 }
 
-/// Verifies a slot and, if sealed, decrypts it with the subkey of the secret whose tag
-/// verified. `None` if no key verifies, or the ciphertext does not open (never happens for
-/// a record this package wrote and whose tag verified).
+/// Verifies a slot and, if sealed, decrypts it (its head, for version 3) with the subkey of
+/// the secret whose tag verified. `None` if no key verifies, or the ciphertext does not
+/// open (never happens for a record this package wrote and whose tag verified).
 pub fn open(
     keys: &Keys,
     head: &[u8],
@@ -445,29 +518,63 @@ pub fn open(
         keys,
         head,
         header,
-        binding(id, header.sealed()),
-        stored.to_vec(),
+        binding(id, header.version),
+        Arc::new(stored.to_vec()),
+        0,
     )
 }
 
+/// Verifies and opens the record whose header bytes are `head` and whose stored bytes are
+/// `buf[base..base + header.payload_len]`.
 fn open_bound(
     keys: &Keys,
     head: &[u8],
     header: &SlotHeader,
     bind: &[u8],
-    stored: Vec<u8>,
+    buf: Arc<Vec<u8>>,
+    base: usize,
 ) -> Option<Verified> {
-    let index = verifying_key(keys, head, header, bind, &stored)?;
+    let end = base.checked_add(header.payload_len)?;
+    let index = verifying_key(keys, head, header, bind, buf.get(base..end)?)?;
+    let pair = &keys.keys[index];
+    let fallback = index != 0;
+    if header.version == VERSION {
+        let sealer = Sealer {
+            sealed: header.sealed(),
+            seal: pair.seal.clone(),
+            hash: pair.segment.clone(),
+            ad: ad_array(bind, &head[..8], &head[16..24]),
+        };
+        let (payload, segments) = segments::open_head(sealer, buf, base, header.payload_len)?;
+        return Some(Verified {
+            header: *header,
+            payload,
+            segments,
+            stale: fallback || header.sealed() != keys.seals(),
+            fallback,
+        });
+    }
+    // Versions 1 and 2: the stored bytes are the payload (sealed, for version 2), taken
+    // without a copy when nothing else holds them.
+    let stored = match Arc::try_unwrap(buf) {
+        Ok(mut v) if base == 0 && v.len() == end => {
+            v.truncate(end);
+            v
+        }
+        Ok(v) => v[base..end].to_vec(),
+        Err(shared) => shared[base..end].to_vec(),
+    };
     let payload = if header.sealed() {
-        unseal(&keys.keys[index], head, bind, stored)?
+        unseal(pair, head, bind, stored)?
     } else {
         stored
     };
     Some(Verified {
         header: *header,
         payload,
-        stale: index != 0 || header.sealed() != keys.seals(),
-        fallback: index != 0,
+        segments: Segments::default(),
+        stale: true,
+        fallback,
     })
 }
 
@@ -481,28 +588,60 @@ pub fn encode_header(
     saved_at: f64,
     stored: &[u8],
 ) -> [u8; HEADER_LEN] {
+    header_for(
+        keys,
+        id.digest(),
+        keys.seals(),
+        seq,
+        created,
+        saved_at,
+        stored,
+    )
+}
+
+fn header_for(
+    keys: &Keys,
+    digest: &[u8],
+    sealed: bool,
+    seq: u64,
+    created: f64,
+    saved_at: f64,
+    stored: &[u8],
+) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
-    if keys.seals() {
-        out[..8].copy_from_slice(&sealed_head8());
-    } else {
-        out[..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&VERSION_PLAIN.to_le_bytes());
-        let flags = if keys.keyed { FLAG_KEYED } else { 0 };
-        out[6..8].copy_from_slice(&flags.to_le_bytes());
-    }
+    out[..8].copy_from_slice(&head8(keys, sealed));
     out[8..16].copy_from_slice(&seq.to_le_bytes());
     out[16..24].copy_from_slice(&created.to_bits().to_le_bytes());
     out[24..32].copy_from_slice(&saved_at.to_bits().to_le_bytes());
     let len = u32::try_from(stored.len()).unwrap_or(u32::MAX);
     out[32..36].copy_from_slice(&len.to_le_bytes());
-    let t = tag(&keys.primary().tag, &out, binding(id, keys.seals()), stored);
+    let covered = segments::covered(stored).unwrap_or(stored);
+    let t = tag(&keys.primary().tag, &out, digest, covered);
     out[TAG_OFFSET..].copy_from_slice(&t);
     out
 }
 
 /// Serialises one slot (header + stored bytes) for `id`, sealing `payload` when the keys
-/// seal. Fails only if the OS random source does.
-pub fn encode_slot(
+/// seal. Fails only if the OS random source does (or a `Reuse` names no loaded segment).
+pub fn encode_slot<'a>(
+    keys: &Keys,
+    id: &SessionId,
+    seq: u64,
+    created: f64,
+    saved_at: f64,
+    payload: impl Into<Payload<'a>>,
+) -> StoreResult<Vec<u8>> {
+    let stored = seal(keys, id, created, &payload.into())?;
+    let mut out = Vec::with_capacity(HEADER_LEN + stored.len());
+    out.extend_from_slice(&encode_header(keys, id, seq, created, saved_at, &stored));
+    out.extend_from_slice(&stored);
+    Ok(out)
+}
+
+/// A slot in a format this build no longer writes (version 1 when the keys do not seal,
+/// else 2), for tests of upgrades: what 0.3 wrote, and builds before `segments`.
+#[doc(hidden)]
+pub fn encode_slot_v2(
     keys: &Keys,
     id: &SessionId,
     seq: u64,
@@ -510,9 +649,32 @@ pub fn encode_slot(
     saved_at: f64,
     payload: &[u8],
 ) -> StoreResult<Vec<u8>> {
-    let stored = seal(keys, id, created, payload)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + stored.len());
-    out.extend_from_slice(&encode_header(keys, id, seq, created, saved_at, &stored));
+    let (version, flags, stored) = if keys.seals() {
+        let mut h8 = [0u8; 8];
+        h8[..4].copy_from_slice(&MAGIC);
+        h8[4..6].copy_from_slice(&VERSION_SEALED.to_le_bytes());
+        h8[6..8].copy_from_slice(&(FLAG_KEYED | FLAG_SEALED).to_le_bytes());
+        let ad = associated_data(id.digest(), &h8, &created.to_bits().to_le_bytes());
+        (
+            VERSION_SEALED,
+            FLAG_KEYED | FLAG_SEALED,
+            seal_with(&keys.primary().seal, &ad, payload)?,
+        )
+    } else {
+        let flags = if keys.keyed { FLAG_KEYED } else { 0 };
+        (VERSION_PLAIN, flags, payload.to_vec())
+    };
+    let mut out = vec![0u8; HEADER_LEN];
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&version.to_le_bytes());
+    out[6..8].copy_from_slice(&flags.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    out[16..24].copy_from_slice(&created.to_bits().to_le_bytes());
+    out[24..32].copy_from_slice(&saved_at.to_bits().to_le_bytes());
+    let len = u32::try_from(stored.len()).map_err(|_| StoreError::TooLarge(stored.len()))?;
+    out[32..36].copy_from_slice(&len.to_le_bytes());
+    let t = tag(&keys.primary().tag, &out, binding(id, version), &stored);
+    out[TAG_OFFSET..].copy_from_slice(&t);
     out.extend_from_slice(&stored);
     Ok(out)
 }
@@ -536,25 +698,34 @@ pub enum Rekey {
     Corrupt,
 }
 
-/// The new slot re-sealing `v` (opened by digest) under the current key, or `None` if it is
-/// current already. Sealed records stay sealed even with encryption off: without the id a
-/// plain record cannot be bound.
+/// The new slot re-sealing `v` (opened by digest) under the current key, in version 3,
+/// head and every large segment; `None` if it is current already. A rewritten record is
+/// sealed whenever the keys are keyed, even with encryption off (as version 2 was), so a walk
+/// never turns a sealed record into a plain one.
 pub fn reseal(keys: &Keys, digest: &[u8; 32], v: &Verified) -> StoreResult<Option<Vec<u8>>> {
-    if !v.fallback && (v.header.sealed() || !keys.seals()) {
+    let h = &v.header;
+    if h.version == VERSION && !v.fallback && (h.sealed() || !keys.seals()) {
         return Ok(None);
     }
-    let h = &v.header;
-    let stored = seal_bound(keys, digest, h.created, &v.payload)?;
+    let sealed = keys.keyed;
+    let reuse: Vec<Value<'_>> = (0..v.segments.entries().len()).map(Value::Reuse).collect();
+    let payload = Payload {
+        small: &v.payload,
+        large: &reuse,
+        loaded: Some(&v.segments),
+    };
+    let stored = segments::build(&sealer_for(keys, digest, h.created, sealed), &payload)?;
+    u32::try_from(stored.len()).map_err(|_| StoreError::TooLarge(stored.len()))?;
+    let head = header_for(
+        keys,
+        digest,
+        sealed,
+        h.seq.wrapping_add(1),
+        h.created,
+        h.saved_at,
+        &stored,
+    );
     let mut out = Vec::with_capacity(HEADER_LEN + stored.len());
-    let mut head = [0u8; HEADER_LEN];
-    head[..8].copy_from_slice(&sealed_head8());
-    head[8..16].copy_from_slice(&h.seq.wrapping_add(1).to_le_bytes());
-    head[16..24].copy_from_slice(&h.created.to_bits().to_le_bytes());
-    head[24..32].copy_from_slice(&h.saved_at.to_bits().to_le_bytes());
-    let len = u32::try_from(stored.len()).map_err(|_| StoreError::TooLarge(stored.len()))?;
-    head[32..36].copy_from_slice(&len.to_le_bytes());
-    let t = tag(&keys.primary().tag, &head, digest, &stored);
-    head[TAG_OFFSET..].copy_from_slice(&t);
     out.extend_from_slice(&head);
     out.extend_from_slice(&stored);
     Ok(Some(out))
@@ -568,10 +739,17 @@ pub fn rekey_value(keys: &Keys, digest: &[u8; 32], value: &[u8]) -> StoreResult<
         Ok(_) | Err(HeaderError::Garbage) => return Ok(Rekey::Corrupt),
         Err(HeaderError::Newer(_)) => return Ok(Rekey::Newer),
     };
-    if !header.sealed() {
+    if header.version == VERSION_PLAIN {
         return Ok(Rekey::Plain);
     }
-    let Some(v) = open_bound(keys, value, &header, digest, value[HEADER_LEN..].to_vec()) else {
+    let Some(v) = open_bound(
+        keys,
+        &value[..HEADER_LEN],
+        &header,
+        digest,
+        Arc::new(value[HEADER_LEN..].to_vec()),
+        0,
+    ) else {
         return Ok(Rekey::Unopenable);
     };
     Ok(match reseal(keys, digest, &v)? {
@@ -579,7 +757,6 @@ pub fn rekey_value(keys: &Keys, digest: &[u8; 32], value: &[u8]) -> StoreResult<
         None => Rekey::Current,
     })
 }
-
 /// Slot size for a payload of `len` bytes: room for 25% growth before the file must be
 /// rebuilt, rounded up to 512 bytes (a small session's two slots share one 4 KiB block).
 pub fn slot_size_for(len: usize) -> usize {
@@ -591,7 +768,7 @@ pub fn slot_size_for(len: usize) -> usize {
 #[derive(Debug, PartialEq)]
 pub enum Choice {
     /// Slot index and what it holds, verified and opened.
-    Valid(usize, Verified),
+    Valid(usize, Box<Verified>),
     /// No valid slot; at least one was written by a newer format version.
     Newer(u16),
     /// No valid slot, but at least one is whole and well-formed and only its tag fails under
@@ -633,11 +810,11 @@ pub enum Name<'a> {
 
 /// The bytes a record under `name` is bound to, if `name` is enough to know them (a version
 /// 1 record is bound to the id itself).
-fn bound_to<'a>(name: Name<'a>, sealed: bool) -> Option<&'a [u8]> {
+fn bound_to<'a>(name: Name<'a>, version: u16) -> Option<&'a [u8]> {
     match name {
-        Name::Id(id) => Some(binding(id, sealed)),
-        Name::Digest(digest) if sealed => Some(digest),
-        Name::Digest(_) => None,
+        Name::Id(id) => Some(binding(id, version)),
+        Name::Digest(_) if version == VERSION_PLAIN => None,
+        Name::Digest(digest) => Some(digest),
     }
 }
 
@@ -667,13 +844,14 @@ where
     candidates.sort_by_key(|c| std::cmp::Reverse(c.1.seq));
     let mut whole = false;
     for (i, header) in candidates {
-        let Some(bind) = bound_to(name, header.sealed()) else {
+        let Some(bind) = bound_to(name, header.version) else {
             return Choice::Unbound;
         };
         if let Some(stored) = payload_of(i, &header) {
             if stored.len() == header.payload_len {
-                if let Some(verified) = open_bound(keys, heads[i], &header, bind, stored) {
-                    return Choice::Valid(i, verified);
+                let stored = Arc::new(stored);
+                if let Some(verified) = open_bound(keys, heads[i], &header, bind, stored, 0) {
+                    return Choice::Valid(i, Box::new(verified));
                 }
                 whole = true;
             }
@@ -715,12 +893,13 @@ mod tests {
             let keys = Keys::new(&[b"secret".to_vec()]).encrypting(encrypt);
             let slot = encode_slot(&keys, &id(), 7, 1.5, 2.5, b"payload").unwrap();
             let h = parse_header(&slot).unwrap();
-            let len = if encrypt { 7 + SEAL_OVERHEAD } else { 7 };
+            // head_len, an empty manifest, the payload (sealed: with nonce and tag).
+            let len = 4 + 4 + 7 + if encrypt { SEAL_OVERHEAD } else { 0 };
             assert_eq!(
                 (h.seq, h.created, h.saved_at, h.payload_len, h.sealed()),
                 (7, 1.5, 2.5, len, encrypt)
             );
-            assert_eq!(slot.len(), HEADER_LEN + stored_len(&keys, 7));
+            assert_eq!(slot.len(), HEADER_LEN + len);
             let v = opened(&keys, &id(), &slot).unwrap();
             assert_eq!((v.payload.as_slice(), v.stale), (&b"payload"[..], false));
         }
@@ -740,7 +919,7 @@ mod tests {
         assert!(!unkeyed.seals() && unkeyed.wants_encryption());
         let plain = slot(&unkeyed, 1, marker);
         assert!(!parse_header(&plain).unwrap().sealed());
-        assert_eq!(&plain[HEADER_LEN..], marker);
+        assert!(plain.ends_with(marker));
     }
 
     #[test]
@@ -772,8 +951,8 @@ mod tests {
         let t = tag(
             &keys.primary().tag,
             &s,
-            binding(&id(), true),
-            &s[HEADER_LEN..],
+            binding(&id(), VERSION),
+            segments::covered(&s[HEADER_LEN..]).unwrap(),
         );
         s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
         assert!(verify(&keys, &s, &h, &id(), &s[HEADER_LEN..]));
@@ -784,8 +963,8 @@ mod tests {
         let t = tag(
             &keys.primary().tag,
             &s,
-            binding(&id(), true),
-            &s[HEADER_LEN..],
+            binding(&id(), VERSION),
+            segments::covered(&s[HEADER_LEN..]).unwrap(),
         );
         s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
         assert!(opened(&keys, &id(), &s).is_none());
@@ -815,13 +994,20 @@ mod tests {
     #[test]
     fn plain_records_of_0_3_still_open_and_are_stale_when_sealing() {
         let plain_keys = Keys::new(&[b"k".to_vec()]).encrypting(false);
-        let old = slot(&plain_keys, 1, b"pickle");
+        let old = encode_slot_v2(&plain_keys, &id(), 1, 1.0, 1.0, b"pickle").unwrap();
         assert_eq!(u16_at(&old, 4), VERSION_PLAIN);
         let sealing = Keys::new(&[b"k".to_vec()]);
         let v = opened(&sealing, &id(), &old).unwrap();
         assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
         // And a sealed record opens with encryption turned off (stale: saved plain next).
         let sealed = slot(&sealing, 1, b"pickle");
+        let v = opened(&plain_keys, &id(), &sealed).unwrap();
+        assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
+        // A version 2 record (before segments) opens, stale: its next save writes version 3.
+        let sealed = encode_slot_v2(&sealing, &id(), 1, 1.0, 1.0, b"pickle").unwrap();
+        assert_eq!(u16_at(&sealed, 4), VERSION_SEALED);
+        let v = opened(&sealing, &id(), &sealed).unwrap();
+        assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
         let v = opened(&plain_keys, &id(), &sealed).unwrap();
         assert_eq!((v.payload.as_slice(), v.stale), (&b"pickle"[..], true));
     }
@@ -833,7 +1019,7 @@ mod tests {
         s[4..6].copy_from_slice(&VERSION_PLAIN.to_le_bytes());
         assert_eq!(parse_header(&s), Err(HeaderError::Garbage));
         let mut p = slot(&keys.clone().encrypting(false), 1, b"x");
-        p[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        p[4..6].copy_from_slice(&VERSION_SEALED.to_le_bytes());
         assert_eq!(parse_header(&p), Err(HeaderError::Garbage));
         // Too short to hold a nonce and a tag: never opens, never panics.
         let mut short = s[..HEADER_LEN].to_vec();
