@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 
 from . import _core
 from .errors import SessionTooLargeError
-from .large import UNREAD
 
 __all__ = [
     "TIME_KEYS",
+    "UNREAD",
     "Decoded",
     "PayloadError",
     "decode",
@@ -41,6 +41,24 @@ _IMMUTABLE = frozenset({str, bytes, int, float, bool, complex, type(None)})
 
 _RECORD = _core.PayloadKind.Record
 _WRAPPED = _core.PayloadKind.LegacyWrapped
+
+
+class _Unread:
+    """The placeholder of a large value not read yet (``large.py``). It never reaches
+    user code (every read of the session replaces it first); should it leak, it refuses
+    to be pickled rather than being stored as a value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unread large session value>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an unread large session value cannot be pickled")
+
+
+#: The placeholder in the session's mapping of every large value not read yet.
+UNREAD: Any = _Unread()
 
 
 class Decoded(NamedTuple):

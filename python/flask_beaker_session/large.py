@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _core
 from ._log import CORRUPT, Once, log_id
+from .codec import _IMMUTABLE, UNREAD, encode
 from .errors import SessionTooLargeError
 
 __all__ = ["LARGE_VALUE", "UNREAD", "LargeUnreadable", "LoadedLarge", "encode_parts"]
@@ -42,24 +43,6 @@ _dumps = pickle.dumps
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 _changed = _core.LargeValue.changed
 _reused = _core.LargeValue.loaded
-
-
-class _Unread:
-    """The placeholder of a large value not read yet. It never reaches user code (every
-    read of the session replaces it first); should it leak, it refuses to be pickled
-    rather than being stored as a value."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<unread large session value>"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("an unread large session value cannot be pickled")
-
-
-#: The placeholder in the session's mapping of every large value not read yet.
-UNREAD: Any = _Unread()
 
 
 class LargeUnreadable(Exception):
@@ -186,15 +169,17 @@ def encode_parts(
     :raises TypeError: a value cannot be pickled (the message names its key).
     :raises SessionTooLargeError: the pickles (and keys) add up to more than ``max_size``.
     """
-    from .codec import _IMMUTABLE, encode
-
-    if loaded is None and not any(
-        type(v) is bytes and len(v) >= LARGE_VALUE for v in data.values()
-    ):
-        # Most sessions: one pickle; if it is small, every value is.
+    if loaded is None:
+        # Most sessions: one pickle. Under LARGE_VALUE no value can be large (the common
+        # case: no further look at the values); under SPLIT_AT only a large ``bytes``
+        # value is stored apart.
         payload = encode(data, max_size)
-        if len(payload) < SPLIT_AT:
-            return payload, None, len(payload)
+        size = len(payload)
+        if size < LARGE_VALUE or (
+            size < SPLIT_AT
+            and not any(type(v) is bytes and len(v) >= LARGE_VALUE for v in data.values())
+        ):
+            return payload, None, size
     entries = loaded.entries if loaded is not None else {}
     small: dict[Any, Any] = {}
     large: list[_core.LargeValue] = []

@@ -317,10 +317,9 @@ pub trait SessionHandle: Send {
 
     /// The loaded record's large values (`record::segments`), taken out (once: afterwards
     /// empty). They keep the stored bytes they live in, so they stay readable after the
-    /// handle is gone, and a save's `Value::Reuse` refers to them.
-    fn take_segments(&mut self) -> Segments {
-        Segments::default()
-    }
+    /// handle is gone, and a save's `Value::Reuse` refers to them. No default: a backend
+    /// that answered "none" would make every large value of its records vanish.
+    fn take_segments(&mut self) -> Segments;
 
     /// Stores `payload` as the new version and releases the lock (also when it fails).
     /// `created` fills in a creation time the store could not read (legacy sessions). The
