@@ -138,13 +138,24 @@ def release_site(work: Path) -> Path:
 SHARD_CHARS = 2
 
 
+def _store(core: Any, data_dir: Path) -> Any:
+    """The file store the app would build: keyed records, a 30 min idle timeout."""
+    return core.Store(
+        core.StoreConfig(
+            backend=core.FileBackend(data_dir=data_dir),
+            keys=[b"bench-key"],
+            idle_timeout=TIMEOUT_MIN * 60.0,
+        )
+    )
+
+
 def templates(scratch: Path) -> tuple[bytes, bytes]:
     """Bytes of a live and of an expired record, written by the Rust store (and the
     store's shard layout, taken from where it put them)."""
     global SHARD_CHARS
     from flask_beaker_session import _core
 
-    store = _core.Store(scratch, [b"bench-key"], TIMEOUT_MIN * 60.0, None, 10.0, False)
+    store = _store(_core, scratch)
     now = time.time()
     payload = pickle.dumps({"user_id": 42, "csrf": "x" * 32, "cart": [1, 2, 3]})
     out = []
@@ -246,11 +257,11 @@ def run_find(root: Path) -> float:
 def run_ours(root: Path, threads: int) -> float:
     from flask_beaker_session import _core
 
-    store = _core.Store(root, [b"bench-key"], TIMEOUT_MIN * 60.0, None, 10.0, False)
+    store = _store(_core, root)
     started = time.perf_counter()
-    report = store.walk(time.time(), "sweep", threads)
+    report = store.walk(time.time(), _core.WalkMode.Sweep, threads)
     elapsed = time.perf_counter() - started
-    if report["errors"] or report["removed"] != report["expired"]:
+    if report.errors or report.removed != report.expired:
         raise SystemExit(f"unexpected sweep report: {report}")
     return elapsed
 
