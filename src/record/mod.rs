@@ -945,28 +945,26 @@ mod tests {
         // Someone holding the tag key but not the encryption key (impossible with one
         // secret, but the two checks must each hold): the AEAD still refuses the bytes.
         let keys = Keys::new(&[b"k".to_vec()]);
+        // A valid tag over whatever the slot now holds.
+        let retag = |s: &mut Vec<u8>| {
+            let t = tag(
+                &keys.primary().tag,
+                s,
+                binding(&id(), VERSION),
+                segments::covered(&s[HEADER_LEN..]).unwrap(),
+            );
+            s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
+        };
         let mut s = slot(&keys, 1, b"payload");
         s[HEADER_LEN + NONCE_LEN] ^= 1;
         let h = parse_header(&s).unwrap();
-        let t = tag(
-            &keys.primary().tag,
-            &s,
-            binding(&id(), VERSION),
-            segments::covered(&s[HEADER_LEN..]).unwrap(),
-        );
-        s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
+        retag(&mut s);
         assert!(verify(&keys, &s, &h, &id(), &s[HEADER_LEN..]));
         assert!(opened(&keys, &id(), &s).is_none());
         // Nor does a sealed record whose created time was rewritten (associated data).
         let mut s = slot(&keys, 1, b"payload");
         s[16..24].copy_from_slice(&5.0f64.to_bits().to_le_bytes());
-        let t = tag(
-            &keys.primary().tag,
-            &s,
-            binding(&id(), VERSION),
-            segments::covered(&s[HEADER_LEN..]).unwrap(),
-        );
-        s[TAG_OFFSET..HEADER_LEN].copy_from_slice(&t);
+        retag(&mut s);
         assert!(opened(&keys, &id(), &s).is_none());
     }
 

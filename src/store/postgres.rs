@@ -674,11 +674,11 @@ impl SessionHandle for PostgresHandle {
         &self.payload
     }
 
-    /// Writes the new record and releases the lock in one statement (if still ours).
     fn take_segments(&mut self) -> record::Segments {
         std::mem::take(&mut self.segments)
     }
 
+    /// Writes the new record and releases the lock in one statement (if still ours).
     fn save_payload(
         mut self: Box<Self>,
         payload: &record::Payload<'_>,

@@ -649,11 +649,11 @@ impl SessionHandle for RedisHandle {
         &self.payload
     }
 
-    /// Saves and releases in one round trip.
     fn take_segments(&mut self) -> record::Segments {
         std::mem::take(&mut self.segments)
     }
 
+    /// Saves and releases in one round trip.
     fn save_payload(
         mut self: Box<Self>,
         payload: &record::Payload<'_>,
