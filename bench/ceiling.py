@@ -9,13 +9,17 @@ server, everything else (gunicorn, Flask, the socket, the client) being equal. T
 Each repetition runs ``rw, free, free, rw`` (the next one ``free, rw, rw, free``), so
 drift in the machine's speed weighs on both routes alike; the *A/A* figure compares the
 first and the second run of each route within the repetitions (1.00: they agree), which
-is how far two runs of the same thing drift apart here. The sessions are created in
+is how far two runs of the same thing drift apart here. ``null`` (``impls.py``), a
+process-local dict behind Flask's ``SessionInterface``, is the ideal store: its ratio is
+the best a session that is used can reach, what Flask's session proxy, the view's own
+work and ``Vary: Cookie`` cost with nothing stored. The sessions are created in
 process (``worker.py populate`` into the data dir) before gunicorn starts, so the
 runs only measure serving them.
 
 Standalone::
 
-    python bench/ceiling.py [--impls ours] [--baseline REF] [--sessions 1000,100000]
+    python bench/ceiling.py [--impls ours,null] [--baseline REF]
+                            [--sessions 1000,100000]
                             [--configs sync:2,sync:4,gthread:2x4]
                             [--seconds 5] [--reps 2]
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -119,6 +124,79 @@ def wrk(
     }
 
 
+#: ``/proc/stat``'s fields counted as busy: user, nice, system, irq, softirq, steal.
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+
+
+def _machine_ticks() -> list[int] | None:
+    """The machine's CPU ticks by kind (``/proc/stat``), or None without ``/proc``."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return None
+
+
+def _process_ticks(pid: int) -> tuple[int, int]:
+    """A process's user and system CPU ticks (0, 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    return int(fields[11]), int(fields[12])
+
+
+def _workers(port: int) -> list[int]:
+    """The gunicorn workers serving ``port``: processes bound to it whose parent is
+    too (the master's parent is this script)."""
+    bound: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if f"{load.HOST}:{port}".encode() in cmdline:
+            bound[int(entry.name)] = parent
+    return [pid for pid, parent in bound.items() if parent in bound]
+
+
+class CpuMeter:
+    """CPU time per request of one ``wrk`` run, split by who spent it (µs): the whole
+    machine's busy time, the workers' user and system time, and ``other`` (the rest of
+    the busy time: ``wrk``, the kernel's network and writeback work, the master).
+
+    The routes' difference says where a session's cost goes; ``other`` is the part an
+    instruction count inside the worker does not see."""
+
+    def __init__(self, port: int) -> None:
+        self.workers = _workers(port) if _machine_ticks() is not None else []
+
+    def start(self) -> tuple[list[int] | None, list[tuple[int, int]]]:
+        return _machine_ticks(), [_process_ticks(pid) for pid in self.workers]
+
+    def per_request(
+        self, started: tuple[list[int] | None, list[tuple[int, int]]], requests: int
+    ) -> dict[str, float] | None:
+        machine0, workers0 = started
+        machine1, workers1 = self.start()
+        if machine0 is None or machine1 is None or not self.workers or not requests:
+            return None
+        scale = 1e6 / os.sysconf("SC_CLK_TCK") / requests
+        busy = sum(machine1[i] - machine0[i] for i in BUSY_FIELDS) * scale
+        user = sum(b[0] - a[0] for a, b in zip(workers0, workers1)) * scale
+        system = sum(b[1] - a[1] for a, b in zip(workers0, workers1)) * scale
+        return {
+            "busy": busy,
+            "workers_user": user,
+            "workers_sys": system,
+            "other": busy - user - system,
+        }
+
+
 def serve_runs(
     python: Path,
     impl: str,
@@ -141,11 +219,14 @@ def serve_runs(
     ) as port:
         for path in ("/rw", "/free"):
             wrk(port, path, spec.cookie_name, ids, WARMUP_SECONDS)
+        meter = CpuMeter(port)  # (after the warm-up: every worker forked)
         for rep in range(reps):
             order = ("/rw", "/free") if rep % 2 == 0 else ("/free", "/rw")
             for position, path in enumerate((*order, *reversed(order))):
+                started = meter.start()
                 run = wrk(port, path, spec.cookie_name, ids, seconds)
-                runs.append({"rep": rep, "half": position // 2, **run})
+                cpu = meter.per_request(started, run["requests"])
+                runs.append({"rep": rep, "half": position // 2, **run, "cpu_us": cpu})
     return {"impl": impl, "config": config.label, "runs": runs, **summarise(runs)}
 
 
@@ -165,7 +246,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     rw = [r["req_per_s"] for r in runs if r["path"] == "/rw"]
     free = [r["req_per_s"] for r in runs if r["path"] == "/free"]
+    # CPU µs per request that /rw spends beyond /free, by kind (median of each route).
+    cpu: dict[str, float] | None = None
+    if all(r.get("cpu_us") for r in runs):
+        cpu = {
+            kind: statistics.median(
+                r["cpu_us"][kind] for r in runs if r["path"] == "/rw"
+            )
+            - statistics.median(r["cpu_us"][kind] for r in runs if r["path"] == "/free")
+            for kind in runs[0]["cpu_us"]
+        }
     return {
+        "cpu_over_free_us": cpu,
         "rw_req_per_s": statistics.median(rw),
         "free_req_per_s": statistics.median(free),
         "ratio": statistics.median(ratios),
@@ -236,7 +328,11 @@ def main(argv: list[str]) -> int:
     import envs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impls", default="ours")
+    parser.add_argument(
+        "--impls",
+        default="ours,null",
+        help="null: the ideal store (a process-local dict), the best ratio reachable",
+    )
     parser.add_argument("--baseline", metavar="REF", help="also this package at REF")
     parser.add_argument("--sessions", default="1000")
     parser.add_argument("--configs", default="sync:2,sync:4")

@@ -154,6 +154,42 @@ def setup_cookie(app: Flask, data_dir: str) -> None:
     """Flask's built-in signed-cookie session: nothing to set up but SECRET_KEY."""
 
 
+def setup_null(app: Flask, data_dir: str) -> None:
+    """The least a server-side session can cost in Flask: a process-local dict of
+    dicts behind Flask's ``SessionInterface`` (no store, no lock, no pickle, no I/O).
+
+    Its ``/rw ÷ /free`` is the ceiling ratio of an ideal store: what Flask's session
+    proxy, the view's own work and the ``Vary: Cookie`` header cost, with nothing
+    stored. An unknown cookie value starts an empty session under that value, so the
+    ids the ceiling run sends exist in every worker after its first request.
+    """
+    import secrets
+
+    from flask.sessions import SecureCookieSession, SessionInterface
+
+    sessions: dict[str, dict[str, Any]] = {}
+
+    class NullInterface(SessionInterface):
+        def open_session(self, app: Flask, request: Any) -> SecureCookieSession:
+            sid = request.cookies.get("null.session.id")
+            new = sid is None
+            if sid is None:
+                sid = secrets.token_hex(16)
+            session = SecureCookieSession(sessions.setdefault(sid, {}))
+            session.sid, session.new = sid, new  # type: ignore[attr-defined]
+            return session
+
+        def save_session(self, app: Flask, session: Any, response: Any) -> None:
+            if session.accessed:
+                response.vary.add("Cookie")
+            if session.modified:
+                sessions[session.sid] = dict(session)
+            if session.new:
+                response.set_cookie("null.session.id", session.sid, httponly=True)
+
+    app.session_interface = NullInterface()
+
+
 def redis_url() -> str:
     """The runner's Redis server (``BENCH_REDIS_URL``)."""
     url = os.environ.get(REDIS_URL_ENV)
@@ -346,6 +382,15 @@ IMPLS: dict[str, Impl] = {
             setup=setup_cookie,
             server_side=False,
             max_payload=2048,
+        ),
+        Impl(
+            name="null",
+            label="process-local dict (no store: the ideal store's floor)",
+            requirements=(),
+            cookie_name="null.session.id",
+            setup=setup_null,
+            group="ceiling",
+            venv="ours",
         ),
         Impl(
             name="ours_redis",

@@ -868,12 +868,41 @@ def ceiling_markdown(results: dict[str, Any]) -> str:
         "repetition(s) of `/rw, /free, /free, /rw` (alternating), every request with "
         "a stored session's cookie; `rw ÷ free`: median over the repetitions of the "
         "read-write route's req/s over the session-free route's; A/A: second run of "
-        "a route over its first (1.000: they agree):\n\n"
+        "a route over its first (1.000: they agree); `÷ ideal`: the row's `rw ÷ free` "
+        "over that of the ideal store (`null`: a process-local dict behind Flask's "
+        "`SessionInterface`, nothing stored) on the same gunicorn set-up, i.e. the "
+        "share of the best ratio a session that is used can reach; CPU: µs per "
+        "request `/rw` spends beyond `/free` on the whole machine (2 CPUs), split "
+        "into the gunicorn workers' user and system time and the rest (`wrk`, the "
+        "kernel's network and writeback work), from `/proc` (medians per route):\n\n"
         + ceiling_table(results["summary"]["ceiling"])
     )
 
 
+#: The ceiling phase's ideal store (``run.py``'s ``CEILING_FLOOR``).
+IDEAL = "null"
+
+
+def cpu_cell(cpu: dict[str, float] | None) -> str:
+    """CPU µs per request a route spends beyond ``/free``: all of the machine's, then
+    the workers' user and system time and the rest (``ceiling.CpuMeter``)."""
+    if not cpu:
+        return ""
+    return (
+        f"{cpu['busy']:.0f} ({cpu['workers_user']:.0f}, {cpu['workers_sys']:.0f}, "
+        f"{cpu['other']:.0f})"
+    )
+
+
 def ceiling_table(runs: list[dict[str, Any]]) -> str:
+    ideal = {
+        (r["sessions"], r["config"]): r["ratio"] for r in runs if r["impl"] == IDEAL
+    }
+
+    def to_ideal(run: dict[str, Any]) -> str:
+        best = ideal.get((run["sessions"], run["config"]))
+        return "" if best is None else f"{run['ratio'] / best:.3f}"
+
     rows = [
         [
             f"{r['sessions']:,}",
@@ -882,6 +911,8 @@ def ceiling_table(runs: list[dict[str, Any]]) -> str:
             fmt(r["free_req_per_s"]),
             fmt(r["rw_req_per_s"]),
             f"{r['ratio']:.3f}",
+            to_ideal(r),
+            cpu_cell(r.get("cpu_over_free_us")),
             f"{r['aa_rw']:.3f}",
             f"{r['aa_free']:.3f}",
             str(r["errors"]),
@@ -889,7 +920,8 @@ def ceiling_table(runs: list[dict[str, Any]]) -> str:
         for r in runs
     ]
     header = ["sessions", "gunicorn", "implementation", "/free req/s", "/rw req/s",
-              "rw ÷ free", "A/A rw", "A/A free", "errors"]  # fmt: skip
+              "rw ÷ free", "÷ ideal", "CPU µs over /free: all (user, sys, other)",
+              "A/A rw", "A/A free", "errors"]  # fmt: skip
     return table(header, rows)
 
 

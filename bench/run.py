@@ -518,6 +518,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 #: Implementations the ceiling phase serves (the others have their own gunicorn rows).
 CEILING_IMPLS = ("ours", "baseline", "ours_plain")
+#: Served by the ceiling phase whenever it runs (``ours``' venv): the ideal store, a
+#: process-local dict, whose ratio is the best any session that is used can reach.
+CEILING_FLOOR = "null"
 #: ``--ceiling``'s implementations: the in-process goals are ratios to these two.
 CEILING_DEFAULT = ("ours", "original", "cookie")
 #: ``--ceiling``'s micro scenarios (besides the baseline).
@@ -588,8 +591,11 @@ def main(argv: list[str]) -> int:
         pg_names.insert(pg_names.index("ours_postgres") + 1, "baseline_postgres")
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
+    floor_names = [CEILING_FLOOR] if "ceiling" not in skip else []
     pythons = envs.ensure_all(
-        list(dict.fromkeys(names + redis_names + pg_names + variant_names))
+        list(
+            dict.fromkeys(names + redis_names + pg_names + variant_names + floor_names)
+        )
     )
     log(f"venvs ready ({time.monotonic() - started:.0f} s); {mode} run")
     measured = time.monotonic()
@@ -625,7 +631,11 @@ def main(argv: list[str]) -> int:
         "store": lambda: run_store(files, plan),
         "gunicorn": lambda: run_gunicorn(files, plan),
         "ceiling": lambda: run_ceiling(
-            {n: p for n, p in files.items() if n in CEILING_IMPLS}, plan
+            {
+                **{n: p for n, p in files.items() if n in CEILING_IMPLS},
+                **{n: pythons[n] for n in floor_names},
+            },
+            plan,
         ),
         "redis": lambda: run_redis({n: pythons[n] for n in redis_names}, plan),
         "postgres": lambda: run_postgres({n: pythons[n] for n in pg_names}, plan),
