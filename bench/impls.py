@@ -67,7 +67,8 @@ class Impl:
     #: PostgreSQL comparison, which also runs ``ours_redis``), ``variants`` (``ours``
     #: with one setting changed, only with ``run.py --variants``) or ``baseline`` (this
     #: package at an earlier commit, only with ``run.py --baseline REF``: ``baseline``
-    #: next to ``ours`` or a variant, ``baseline_postgres`` next to ``ours_postgres``).
+    #: next to ``ours`` or a variant, ``baseline_postgres`` next to ``ours_postgres``),
+    #: or ``ceiling`` (``null``, the ideal store, served by the ceiling phase only).
     group: str = "file"
     #: The virtualenv it runs in (another implementation's name; default: its own).
     venv: str = ""
@@ -385,7 +386,7 @@ IMPLS: dict[str, Impl] = {
         ),
         Impl(
             name="null",
-            label="process-local dict (no store: the ideal store's floor)",
+            label="ideal store: a process-local dict, nothing stored",
             requirements=(),
             cookie_name="null.session.id",
             setup=setup_null,
