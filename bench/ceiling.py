@@ -228,7 +228,8 @@ def serve_runs(
                 run = wrk(port, path, spec.cookie_name, ids, seconds)
                 # The pages a run dirtied are written back now, inside its CPU account,
                 # rather than by the kernel during the next run (which made a /free run
-                # after a /rw run up to 15 % slower than one after a /free run).
+                # after a /rw run ~5 % slower than one after a /free run; 5-23 % with
+                # gthread workers).
                 os.sync()
                 cpu = meter.per_request(started, run["requests"])
                 runs.append({"rep": rep, "half": position // 2, **run, "cpu_us": cpu})
