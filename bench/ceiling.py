@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cpu
 import load
 from impls import IMPLS
 
@@ -124,79 +125,6 @@ def wrk(
     }
 
 
-#: ``/proc/stat``'s fields counted as busy: user, nice, system, irq, softirq, steal.
-BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
-
-
-def _machine_ticks() -> list[int] | None:
-    """The machine's CPU ticks by kind (``/proc/stat``), or None without ``/proc``."""
-    try:
-        with open("/proc/stat") as stat:
-            return [int(x) for x in stat.readline().split()[1:]]
-    except OSError:
-        return None
-
-
-def _process_ticks(pid: int) -> tuple[int, int]:
-    """A process's user and system CPU ticks (0, 0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0
-    return int(fields[11]), int(fields[12])
-
-
-def _workers(port: int) -> list[int]:
-    """The gunicorn workers serving ``port``: processes bound to it whose parent is
-    too (the master's parent is this script)."""
-    bound: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        if f"{load.HOST}:{port}".encode() in cmdline:
-            bound[int(entry.name)] = parent
-    return [pid for pid, parent in bound.items() if parent in bound]
-
-
-class CpuMeter:
-    """CPU time per request of one ``wrk`` run, split by who spent it (µs): the whole
-    machine's busy time, the workers' user and system time, and ``other`` (the rest of
-    the busy time: ``wrk``, the kernel's network and writeback work, the master).
-
-    The routes' difference says where a session's cost goes; ``other`` is the part an
-    instruction count inside the worker does not see."""
-
-    def __init__(self, port: int) -> None:
-        self.workers = _workers(port) if _machine_ticks() is not None else []
-
-    def start(self) -> tuple[list[int] | None, list[tuple[int, int]]]:
-        return _machine_ticks(), [_process_ticks(pid) for pid in self.workers]
-
-    def per_request(
-        self, started: tuple[list[int] | None, list[tuple[int, int]]], requests: int
-    ) -> dict[str, float] | None:
-        machine0, workers0 = started
-        machine1, workers1 = self.start()
-        if machine0 is None or machine1 is None or not self.workers or not requests:
-            return None
-        scale = 1e6 / os.sysconf("SC_CLK_TCK") / requests
-        busy = sum(machine1[i] - machine0[i] for i in BUSY_FIELDS) * scale
-        user = sum(b[0] - a[0] for a, b in zip(workers0, workers1)) * scale
-        system = sum(b[1] - a[1] for a, b in zip(workers0, workers1)) * scale
-        return {
-            "busy": busy,
-            "workers_user": user,
-            "workers_sys": system,
-            "other": busy - user - system,
-        }
-
-
 def serve_runs(
     python: Path,
     impl: str,
@@ -216,10 +144,12 @@ def serve_runs(
         worker_class=config.worker_class,
         threads=config.threads,
         data_dir=str(data_dir),
-    ) as port:
+    ) as server:
+        port = server.port
         for path in ("/rw", "/free"):
             wrk(port, path, spec.cookie_name, ids, WARMUP_SECONDS)
-        meter = CpuMeter(port)  # (after the warm-up: every worker forked)
+        # (After the warm-up: every worker forked.)
+        meter = cpu.CpuMeter(cpu.children(server.pid))
         os.sync()
         for rep in range(reps):
             order = ("/rw", "/free") if rep % 2 == 0 else ("/free", "/rw")
@@ -231,8 +161,8 @@ def serve_runs(
                 # after a /rw run ~5 % slower than one after a /free run; 5-23 % with
                 # gthread workers).
                 os.sync()
-                cpu = meter.per_request(started, run["requests"])
-                runs.append({"rep": rep, "half": position // 2, **run, "cpu_us": cpu})
+                spent = meter.per_request(started, run["requests"])
+                runs.append({"rep": rep, "half": position // 2, **run, "cpu_us": spent})
     return {"impl": impl, "config": config.label, "runs": runs, **summarise(runs)}
 
 

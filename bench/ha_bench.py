@@ -57,6 +57,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 
 from redis_ha import RedisCluster, RedisSentinels  # noqa: E402
 
+import cpu  # noqa: E402
 import envs  # noqa: E402
 import load  # noqa: E402
 from impls import IMPLS, REDIS_URL_ENV, REDIS_WAIT_ENV  # noqa: E402
@@ -125,12 +126,8 @@ def pin(
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of ``pids`` so far (``/proc/<pid>/stat``)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of ``pids`` so far."""
+    return sum(sum(cpu.process_ticks(pid)) for pid in pids) * cpu.TICK_S
 
 
 def _base_of(name: str) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from impls import Impl
 
@@ -83,6 +83,13 @@ def _new_cookie(header_lines: list[str], cookie_name: str) -> str | None:
     return None
 
 
+class Server(NamedTuple):
+    """A running gunicorn: its port and its master's pid (the workers' parent)."""
+
+    port: int
+    pid: int
+
+
 @contextlib.contextmanager
 def gunicorn(
     python: Path,
@@ -92,9 +99,9 @@ def gunicorn(
     worker_class: str = "sync",
     threads: int = 1,
     data_dir: str | None = None,
-) -> Iterator[int]:
+) -> Iterator[Server]:
     """Runs gunicorn on ``data_dir`` (default: a fresh one, removed afterwards);
-    yields the port."""
+    yields its port and master pid."""
     own_dir = data_dir is None
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix=f"bench-gunicorn-{impl.name}-")
@@ -113,7 +120,7 @@ def gunicorn(
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         wait_ready(port, impl, server)
-        yield port
+        yield Server(port, server.pid)
     finally:
         stop(server)
         if own_dir:
@@ -239,7 +246,7 @@ def load_run(
 ) -> dict[str, Any]:
     """One gunicorn run: ``sessions`` distinct sessions (1 = one shared session)."""
     threads = 2 * workers
-    with gunicorn(python, impl, workers) as port:
+    with gunicorn(python, impl, workers) as (port, _):
         cookies = create_sessions(port, impl, sessions, threads)
         before = counters(port, impl, cookies, threads)
         cpu = time.process_time()

@@ -884,13 +884,14 @@ def ceiling_markdown(results: dict[str, Any]) -> str:
     )
 
 
-#: The ceiling phase's ideal store (``run.py``'s ``CEILING_FLOOR``).
+#: The ceiling phase's ideal store (``impls.py``'s ``null``), which ``run.py`` adds to
+#: every ceiling run.
 IDEAL = "null"
 
 
 def cpu_cell(cpu: dict[str, float] | None) -> str:
     """CPU µs per request a route spends beyond ``/free``: all of the machine's, then
-    the workers' user and system time and the rest (``ceiling.CpuMeter``)."""
+    the workers' user and system time and the rest (``cpu.CpuMeter``)."""
     if not cpu:
         return ""
     return (

@@ -518,9 +518,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 FILE_PHASES = ("floor", "micro", "syscalls", "store", "gunicorn")
 #: Implementations the ceiling phase serves (the others have their own gunicorn rows).
 CEILING_IMPLS = ("ours", "baseline", "ours_plain")
-#: Served by the ceiling phase whenever it runs (``ours``' venv): the ideal store, a
-#: process-local dict, whose ratio is the best any session that is used can reach.
-CEILING_FLOOR = "null"
 #: ``--ceiling``'s implementations: the in-process goals are ratios to these two.
 CEILING_DEFAULT = ("ours", "original", "cookie")
 #: ``--ceiling``'s micro scenarios (besides the baseline).
@@ -591,10 +588,12 @@ def main(argv: list[str]) -> int:
         pg_names.insert(pg_names.index("ours_postgres") + 1, "baseline_postgres")
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
-    floor_names = [CEILING_FLOOR] if "ceiling" not in skip else []
+    # The ideal store (a process-local dict, ``ours``' venv) whenever the ceiling phase
+    # runs: its ratio is the best any session that is used can reach.
+    ideal_names = [report.IDEAL] if "ceiling" not in skip else []
     pythons = envs.ensure_all(
         list(
-            dict.fromkeys(names + redis_names + pg_names + variant_names + floor_names)
+            dict.fromkeys(names + redis_names + pg_names + variant_names + ideal_names)
         )
     )
     log(f"venvs ready ({time.monotonic() - started:.0f} s); {mode} run")
@@ -633,7 +632,7 @@ def main(argv: list[str]) -> int:
         "ceiling": lambda: run_ceiling(
             {
                 **{n: p for n, p in files.items() if n in CEILING_IMPLS},
-                **{n: pythons[n] for n in floor_names},
+                **{n: pythons[n] for n in ideal_names},
             },
             plan,
         ),
